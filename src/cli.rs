@@ -1,0 +1,454 @@
+//! Subcommands and exit codes: the edge where library errors get `anyhow` context.
+//!
+//! Exit codes (also in the README):
+//! - 0: done; every recipient accepted (or nothing to do).
+//! - 1: done, but some recipients failed permanently (5xx, expired retries).
+//! - 2: bad input: campaign file, template, recipient list header, or command line.
+//! - 70: internal error (a bug or an unexpected I/O failure).
+//! - 75: temporary failure: try again later (campaign locked by another sender, no node
+//!   reachable, deferred recipients left for a later run).
+//! - 130 / 143: interrupted by SIGINT / SIGTERM after a clean stop.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context, anyhow};
+use clap::{Parser, Subcommand};
+
+use crate::campaign::{Campaign, CampaignError, NodeAddress, Problem};
+use crate::render::Renderer;
+use crate::source::{Source, SourceOptions};
+use crate::verp::VerpKey;
+
+pub mod exit {
+    pub const OK: u8 = 0;
+    pub const SOME_FAILED: u8 = 1;
+    pub const BAD_INPUT: u8 = 2;
+    pub const INTERNAL: u8 = 70;
+    pub const TEMPFAIL: u8 = 75;
+    pub const SIGINT: u8 = 130;
+    pub const SIGTERM: u8 = 143;
+}
+
+/// An error the operator must fix in their input; exits with [`exit::BAD_INPUT`].
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct BadInput(pub String);
+
+/// A condition that may clear by itself; exits with [`exit::TEMPFAIL`].
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct TempFail(pub String);
+
+pub fn exit_code_for(err: &anyhow::Error) -> u8 {
+    if err.downcast_ref::<BadInput>().is_some() || err.downcast_ref::<CampaignError>().is_some() {
+        exit::BAD_INPUT
+    } else if err.downcast_ref::<TempFail>().is_some() {
+        exit::TEMPFAIL
+    } else {
+        exit::INTERNAL
+    }
+}
+
+#[derive(Debug, Parser)]
+#[command(name = "blast", version, about = "High-volume bulk-mail campaign sender")]
+pub struct Args {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Validate a campaign: config, templates, the list header and the first rows. Lists every
+    /// problem found and exits 2 if there is any.
+    Check {
+        campaign: PathBuf,
+        /// How many rows to read and render.
+        #[arg(long, default_value_t = 1000)]
+        rows: u64,
+    },
+    /// Print the exact message (RFC 5322 bytes) one recipient would get.
+    Preview {
+        campaign: PathBuf,
+        /// Row number (1 = first data row).
+        #[arg(long, default_value_t = 1)]
+        row: u64,
+        /// Write the message to this file instead of stdout.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Send a campaign: stream the list, render, and pump it into the node pool.
+    Send {
+        campaign: PathBuf,
+        /// Render everything, send nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Read only the first N rows.
+        #[arg(long)]
+        limit: Option<u64>,
+        /// Send the first valid row to this address only (a test send), then stop.
+        #[arg(long, value_name = "ADDRESS")]
+        to: Option<String>,
+        /// Print only the summary.
+        #[arg(long, short)]
+        quiet: bool,
+        /// After SIGINT/SIGTERM, how long running transactions may take to finish.
+        #[arg(long, default_value = "30s", value_parser = parse_duration)]
+        grace: std::time::Duration,
+    },
+    /// Write a realistic synthetic recipient list (CSV) for tests and benchmarks.
+    #[command(hide = true)]
+    GenRecipients {
+        #[arg(long, default_value_t = 1_200_000)]
+        rows: u64,
+        #[arg(long, default_value_t = 50_000)]
+        domains: u32,
+        #[arg(long, default_value_t = 0)]
+        broken_per_million: u32,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Output file (default stdout).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+}
+
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    match args.command {
+        Command::Check { campaign, rows } => check(&campaign, rows),
+        Command::Preview { campaign, row, out } => preview(&campaign, row, out.as_deref()),
+        Command::Send {
+            campaign,
+            dry_run,
+            limit,
+            to,
+            quiet,
+            grace,
+        } => send(
+            &campaign,
+            to.as_deref(),
+            &crate::send::SendOptions {
+                dry_run,
+                limit,
+                mode: crate::progress::Mode::detect(quiet),
+                grace,
+            },
+        ),
+        Command::GenRecipients {
+            rows,
+            domains,
+            broken_per_million,
+            seed,
+            out,
+        } => {
+            let opts = crate::generate::GenOptions {
+                rows,
+                domains,
+                broken_per_million,
+                seed,
+            };
+            match out {
+                Some(path) => {
+                    let f = std::fs::File::create(&path)
+                        .with_context(|| format!("cannot create {}", path.display()))?;
+                    crate::generate::write_recipients(f, &opts)
+                        .with_context(|| format!("cannot write {}", path.display()))?;
+                }
+                None => crate::generate::write_recipients(std::io::stdout().lock(), &opts)
+                    .context("cannot write to stdout")?,
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// The HMAC key from the environment. A campaign whose nodes are all the embedded receiver
+/// (nothing leaves the machine) may run without one: it gets a fixed demo key and a warning.
+pub fn load_key(campaign: &Campaign) -> Result<VerpKey, String> {
+    let name = &campaign.envelope.secret_env;
+    match std::env::var(name) {
+        Ok(secret) => VerpKey::new(secret.as_bytes())
+            .map_err(|e| format!("environment variable {name}: {e}")),
+        Err(_) if campaign.all_embedded() => {
+            eprintln!(
+                "blast: warning: {name} is not set; using a fixed demo key (fine for the embedded receiver only)"
+            );
+            Ok(VerpKey::new(b"blast-demo-key-not-secret").expect("long enough"))
+        }
+        Err(_) => Err(format!(
+            "environment variable {name} is not set: it must hold the HMAC secret for VERP and unsubscribe tokens (16+ random bytes, e.g. `export {name}=$(openssl rand -hex 32)`)"
+        )),
+    }
+}
+
+/// Source options for a campaign's list; writes the demo list first when asked to.
+pub fn source_options(
+    campaign: &Campaign,
+    rejects: Option<PathBuf>,
+) -> anyhow::Result<SourceOptions> {
+    let r = &campaign.recipients;
+    if let Some(rows) = r.generate
+        && !r.path.exists()
+    {
+        if let Some(dir) = r.path.parent() {
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("cannot create {}", dir.display()))?;
+        }
+        let tmp = r.path.with_extension("csv.tmp");
+        let f = std::fs::File::create(&tmp)
+            .with_context(|| format!("cannot create {}", tmp.display()))?;
+        crate::generate::write_recipients(
+            std::io::BufWriter::new(f),
+            &crate::generate::GenOptions {
+                rows,
+                ..Default::default()
+            },
+        )
+        .with_context(|| format!("cannot write {}", tmp.display()))?;
+        std::fs::rename(&tmp, &r.path)
+            .with_context(|| format!("cannot rename {} to {}", tmp.display(), r.path.display()))?;
+    }
+    Ok(SourceOptions {
+        path: r.path.clone(),
+        delimiter: r.delimiter,
+        has_header: r.header,
+        columns: r.columns.clone(),
+        address_column: r.address_column.clone(),
+        dedupe: r.dedupe,
+        rejects_path: rejects,
+    })
+}
+
+/// Loads the campaign and everything needed to render it, collecting every problem.
+/// Returns the campaign, the open source and the renderer, or all problems found.
+pub fn prepare(
+    path: &Path,
+    rejects: Option<PathBuf>,
+) -> Result<(Campaign, Source, Renderer), Vec<String>> {
+    let campaign = Campaign::load(path).map_err(|e| lines(e.problems()))?;
+    let mut problems = Vec::new();
+    let key = load_key(&campaign).map_err(|e| problems.push(format!("{}: {e}", path.display())));
+    for node in &campaign.nodes {
+        if let Some(auth) = &node.auth
+            && std::env::var_os(&auth.password_env).is_none()
+        {
+            problems.push(format!(
+                "{}: node {:?}: environment variable {} (its AUTH password) is not set",
+                path.display(),
+                node.name,
+                auth.password_env
+            ));
+        }
+    }
+    let source = source_options(&campaign, rejects)
+        .map_err(|e| format!("{e:#}"))
+        .and_then(|o| Source::open(o).map_err(|e| e.to_string()));
+    let source = match source {
+        Ok(s) => Some(s),
+        Err(e) => {
+            problems.push(e);
+            None
+        }
+    };
+    let renderer = match (&source, key) {
+        (Some(s), Ok(key)) => match Renderer::new(&campaign, s.columns().clone(), key) {
+            Ok(r) => Some(r),
+            Err(errors) => {
+                problems.extend(errors.iter().map(|e| e.to_string()));
+                None
+            }
+        },
+        _ => None,
+    };
+    match (source, renderer) {
+        (Some(s), Some(r)) if problems.is_empty() => Ok((campaign, s, r)),
+        _ => Err(problems),
+    }
+}
+
+fn lines(problems: Vec<Problem>) -> Vec<String> {
+    problems.iter().map(|p| p.to_string()).collect()
+}
+
+fn report_problems(problems: &[String]) -> ExitCode {
+    let n = problems.len();
+    eprintln!("blast: {n} problem{} found:", if n == 1 { "" } else { "s" });
+    for p in problems {
+        eprintln!("  {p}");
+    }
+    ExitCode::from(exit::BAD_INPUT)
+}
+
+fn check(path: &Path, sample: u64) -> anyhow::Result<ExitCode> {
+    let (campaign, mut source, renderer) = match prepare(path, None) {
+        Ok(t) => t,
+        Err(problems) => return Ok(report_problems(&problems)),
+    };
+    let mut problems = Vec::new();
+    let now = unix_now();
+    let mut rendered = 0u64;
+    let mut bytes = 0u64;
+    while source.stats().rows < sample {
+        let Some(r) = source.next_recipient().context("reading the recipient list")? else {
+            break;
+        };
+        match renderer.render(r, now) {
+            Ok(m) => {
+                rendered += 1;
+                bytes += m.bytes.len() as u64;
+            }
+            Err(e) => {
+                if problems.len() < 20 {
+                    problems.push(e.to_string());
+                }
+            }
+        }
+    }
+    let stats = source.finish().context("reading the recipient list")?;
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "campaign   {} ({})", campaign.id, campaign.name)?;
+    writeln!(out, "file       {}", campaign.path.display())?;
+    writeln!(
+        out,
+        "list       {} — columns: {}",
+        campaign.recipients.path.display(),
+        renderer_columns(&renderer)
+    )?;
+    writeln!(
+        out,
+        "sampled    {} rows: {} accepted, {} rejected, {} rendered (avg {} bytes)",
+        stats.rows,
+        stats.accepted,
+        stats.rejected,
+        rendered,
+        if rendered > 0 { bytes / rendered } else { 0 }
+    )?;
+    for (kind, n) in stats.rejected_by_kind().filter(|(_, n)| *n > 0) {
+        writeln!(out, "  rejected {n:>8}  {kind}")?;
+    }
+    for n in &campaign.nodes {
+        let addr = match &n.address {
+            NodeAddress::Remote { host, port } => format!("{host}:{port}"),
+            NodeAddress::Embedded => "embedded receiver".to_string(),
+        };
+        writeln!(
+            out,
+            "node       {} {} tls={:?} weight={} connections={} per-connection={}{}{}",
+            n.name,
+            addr,
+            n.tls,
+            n.weight,
+            n.max_connections,
+            n.messages_per_connection,
+            n.rate.map(|r| format!(" rate={r}")).unwrap_or_default(),
+            if n.fallback { " fallback" } else { "" }
+        )?;
+    }
+    if !problems.is_empty() {
+        return Ok(report_problems(&problems));
+    }
+    writeln!(out, "ok")?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn renderer_columns(r: &Renderer) -> String {
+    r.columns().names().join(", ")
+}
+
+fn preview(path: &Path, row: u64, out: Option<&Path>) -> anyhow::Result<ExitCode> {
+    let (_campaign, mut source, renderer) = match prepare(path, None) {
+        Ok(t) => t,
+        Err(problems) => return Ok(report_problems(&problems)),
+    };
+    let recipient = loop {
+        match source.next_recipient().context("reading the recipient list")? {
+            Some(r) if r.row == row => break r,
+            Some(r) if r.row > row => {
+                return Err(BadInput(format!(
+                    "row {row} was rejected (see `blast check`; the rejects file names the reason)"
+                ))
+                .into());
+            }
+            Some(_) => continue,
+            None => {
+                let rows = source.stats().rows;
+                return Err(anyhow!(BadInput(format!(
+                    "row {row} not found: the list has {rows} rows{}",
+                    if rows >= row { " (that row was rejected)" } else { "" }
+                ))));
+            }
+        }
+    };
+    let message = renderer
+        .render(recipient, unix_now())
+        .map_err(|e| BadInput(e.to_string()))?;
+    match out {
+        Some(p) => std::fs::write(p, &message.bytes)
+            .with_context(|| format!("cannot write {}", p.display()))?,
+        None => {
+            let mut o = std::io::stdout().lock();
+            o.write_all(&message.bytes)?;
+            o.flush()?;
+        }
+    }
+    eprintln!(
+        "blast: row {} → {} (MAIL FROM:<{}>, Message-ID <{}>)",
+        message.row, message.rcpt, message.mail_from, message.message_id
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    s.parse::<crate::campaign::Dur>().map(|d| d.0)
+}
+
+fn send(
+    path: &Path,
+    to: Option<&str>,
+    opts: &crate::send::SendOptions,
+) -> anyhow::Result<ExitCode> {
+    init_tracing();
+    let rejects = (to.is_none() && !opts.dry_run).then_some(());
+    let campaign_for_rejects = Campaign::load(path).map_err(|e| BadInput(e.to_string()))?;
+    let rejects = rejects.map(|()| campaign_for_rejects.output.rejects.clone());
+    let (campaign, source, renderer) = match prepare(path, rejects) {
+        Ok(t) => t,
+        Err(problems) => return Ok(report_problems(&problems)),
+    };
+    if let Some(to) = to {
+        crate::source::check_address(to)
+            .map_err(|e| BadInput(format!("--to {to:?}: {e}")))?;
+        let line = crate::send::send_one(&campaign, source, renderer, to)?;
+        println!("{line}");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let report = crate::send::run(&campaign, source, renderer, opts)
+        .with_context(|| format!("sending {}", path.display()))?;
+    println!("{}", report.summary());
+    Ok(ExitCode::from(report.exit_code()))
+}
+
+/// Application logs (not per-recipient outcomes) go to stderr through a non-blocking writer;
+/// `RUST_LOG` sets the level (default: warnings).
+fn init_tracing() {
+    use tracing_subscriber::EnvFilter;
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(false)
+        .finish(std::io::stderr());
+    // The guard flushes on drop; the process exits right after `send` returns.
+    std::mem::forget(guard);
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn")),
+        )
+        .with_writer(writer)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .try_init();
+}
+
+pub fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}

@@ -1,0 +1,419 @@
+//! The dispatcher: the one task that decides which node gets which message, and when.
+//!
+//! Inputs: rendered messages from the render threads (a bounded queue of `queue_depth`: when
+//! it is full, rendering and the CSV reader wait), and jobs coming back from connections
+//! (lost connection: place again now; deferred: place again after the retry delay). Outputs:
+//! the nodes' small bounded queues.
+//!
+//! Choice of node: smooth weighted round-robin over healthy nodes whose queue has room and
+//! whose rate limit allows a message now. A recipient deferred `fallback_after` times by
+//! primaries goes to the `fallback = true` nodes; fallbacks also take over when no primary is
+//! up. The global rate limit is applied here too: one limiter, one waiter, which is how
+//! governor is cheapest and most accurate.
+//!
+//! Deferred jobs wait in an in-memory heap. Its size is bounded (`queue_depth`, at least
+//! 1000): when it is full the dispatcher stops taking new messages, so memory stays flat even
+//! when every node defers everything.
+
+use std::cmp::Ordering as CmpOrdering;
+use std::collections::BinaryHeap;
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use tokio::sync::{Notify, mpsc};
+
+use crate::campaign::{Rate, RetryPolicy};
+use crate::log::LogSender;
+use crate::node::Node;
+use crate::outcome::{Outcome, Status};
+use crate::progress::{Counters, dec, inc};
+use crate::render::Message;
+use crate::smtp::Delivery;
+
+/// A message on its way, with its delivery history.
+#[derive(Debug)]
+pub struct Job {
+    pub msg: Message,
+    /// Attempts that got an answer (or were charged for breaking connections).
+    pub attempts: u32,
+    /// Lost connections.
+    pub requeues: u32,
+    pub first_attempt: Option<Instant>,
+    /// Deferrals by primary nodes, for the switch to fallback nodes.
+    pub primary_deferrals: u32,
+    pub possibly_duplicated: bool,
+    /// The last deferral, reported if the recipient expires.
+    pub last: Option<(Arc<str>, Option<Delivery>)>,
+}
+
+impl Job {
+    pub fn new(msg: Message) -> Job {
+        Job {
+            msg,
+            attempts: 0,
+            requeues: 0,
+            first_attempt: None,
+            primary_deferrals: 0,
+            possibly_duplicated: false,
+            last: None,
+        }
+    }
+}
+
+enum Back {
+    /// Place again now (lost connection, node went down).
+    Now(Job),
+    /// Place again at the given time (deferred).
+    At(Instant, Job),
+}
+
+/// State shared by the dispatcher and every connection task.
+pub struct Shared {
+    pub policy: RetryPolicy,
+    pub counters: Arc<Counters>,
+    log: LogSender,
+    back: mpsc::UnboundedSender<Back>,
+    /// Recipients taken from the render queue and not yet final.
+    outstanding: AtomicU64,
+    /// Signalled when a node queue gets room or a node changes health.
+    pub capacity: Notify,
+    /// Signalled when `outstanding` drops to zero.
+    idle: Notify,
+    stop: AtomicBool,
+    stop_notify: Notify,
+}
+
+impl Shared {
+    /// Records a final outcome.
+    pub fn finish(&self, job: Job, status: Status, node: &Arc<str>, delivery: Option<Delivery>) {
+        match status {
+            Status::Accepted => inc(&self.counters.accepted),
+            Status::Failed => inc(&self.counters.failed),
+            Status::Expired => inc(&self.counters.expired),
+        }
+        if job.possibly_duplicated {
+            inc(&self.counters.possibly_duplicated);
+        }
+        let (stage, reply) = match delivery {
+            Some(d) => (Some(d.stage), Some(d.reply)),
+            None => (None, None),
+        };
+        self.log.record(Outcome {
+            row: job.msg.row,
+            rcpt: job.msg.rcpt,
+            message_id: job.msg.message_id,
+            status,
+            node: node.clone(),
+            stage,
+            reply,
+            attempts: job.attempts,
+            possibly_duplicated: job.possibly_duplicated,
+        });
+        if self.outstanding.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.idle.notify_one();
+        }
+    }
+
+    /// A deferral: retry later, or expire per the retry policy.
+    pub fn defer(&self, mut job: Job, node: &Arc<str>, delivery: Option<Delivery>) {
+        inc(&self.counters.deferrals);
+        let now = Instant::now();
+        let first = *job.first_attempt.get_or_insert(now);
+        if self.policy.gives_up(job.attempts, first, now) {
+            self.finish(job, Status::Expired, node, delivery);
+            return;
+        }
+        let at = now + self.policy.delay(job.attempts);
+        job.last = Some((node.clone(), delivery));
+        inc(&self.counters.waiting_retry);
+        let _ = self.back.send(Back::At(at, job));
+    }
+
+    /// A lost connection: place the job again at once.
+    pub fn requeued(&self, job: Job) {
+        inc(&self.counters.requeues);
+        self.redispatch(job);
+    }
+
+    /// Hands a job back to the dispatcher unchanged (its node went down).
+    pub fn redispatch(&self, job: Job) {
+        let _ = self.back.send(Back::Now(job));
+    }
+
+    pub fn stopping(&self) -> bool {
+        self.stop.load(Ordering::Relaxed)
+    }
+
+    /// Asks everything to stop: no new transactions start; running ones finish.
+    pub fn request_stop(&self) {
+        self.stop.store(true, Ordering::Relaxed);
+        self.stop_notify.notify_waiters();
+        self.capacity.notify_waiters();
+    }
+
+    pub fn outstanding(&self) -> u64 {
+        self.outstanding.load(Ordering::Acquire)
+    }
+}
+
+/// Why the dispatcher ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum End {
+    /// Every message reached a final outcome.
+    Done,
+    /// A stop was requested.
+    Stopped,
+    /// No node was reachable for `retry.all_nodes_down`.
+    AllNodesDown,
+}
+
+struct Entry {
+    at: Instant,
+    seq: u64,
+    job: Job,
+}
+
+impl PartialEq for Entry {
+    fn eq(&self, o: &Self) -> bool {
+        self.at == o.at && self.seq == o.seq
+    }
+}
+impl Eq for Entry {}
+impl PartialOrd for Entry {
+    fn partial_cmp(&self, o: &Self) -> Option<CmpOrdering> {
+        Some(self.cmp(o))
+    }
+}
+impl Ord for Entry {
+    // Reversed: BinaryHeap is a max-heap and we want the earliest first.
+    fn cmp(&self, o: &Self) -> CmpOrdering {
+        o.at.cmp(&self.at).then(o.seq.cmp(&self.seq))
+    }
+}
+
+/// Builds a governor limiter for a rate, with a burst of 1/20 s worth of messages (at least 1)
+/// so the limiter reaches the nominal rate without letting a whole second through at once.
+pub fn limiter(rate: Rate) -> DefaultDirectRateLimiter {
+    let per_sec = rate.per_second();
+    let period = rate.per / rate.count;
+    let burst = ((per_sec / 20.0).ceil() as u32).max(1);
+    let quota = Quota::with_period(period.max(Duration::from_nanos(1)))
+        .expect("non-zero period")
+        .allow_burst(NonZeroU32::new(burst).expect("at least 1"));
+    RateLimiter::direct(quota)
+}
+
+pub struct Dispatcher {
+    nodes: Vec<Arc<Node>>,
+    node_limiters: Vec<Option<DefaultDirectRateLimiter>>,
+    global: Option<DefaultDirectRateLimiter>,
+    shared: Arc<Shared>,
+    back_rx: mpsc::UnboundedReceiver<Back>,
+    heap: BinaryHeap<Entry>,
+    heap_limit: usize,
+    seq: u64,
+    /// Smooth weighted round-robin state, one per node.
+    current: Vec<i64>,
+    all_down_since: Option<Instant>,
+}
+
+impl Dispatcher {
+    /// Creates the dispatcher and the state shared with the connection tasks.
+    pub fn new(
+        nodes: Vec<Arc<Node>>,
+        node_rates: Vec<Option<Rate>>,
+        global_rate: Option<Rate>,
+        policy: RetryPolicy,
+        counters: Arc<Counters>,
+        log: LogSender,
+        heap_limit: usize,
+    ) -> (Dispatcher, Arc<Shared>) {
+        let (back, back_rx) = mpsc::unbounded_channel();
+        let shared = Arc::new(Shared {
+            policy,
+            counters,
+            log,
+            back,
+            outstanding: AtomicU64::new(0),
+            capacity: Notify::new(),
+            idle: Notify::new(),
+            stop: AtomicBool::new(false),
+            stop_notify: Notify::new(),
+        });
+        let n = nodes.len();
+        let d = Dispatcher {
+            nodes,
+            node_limiters: node_rates.into_iter().map(|r| r.map(limiter)).collect(),
+            global: global_rate.map(limiter),
+            shared: shared.clone(),
+            back_rx,
+            heap: BinaryHeap::new(),
+            heap_limit: heap_limit.max(1000),
+            seq: 0,
+            current: vec![0; n],
+            all_down_since: None,
+        };
+        (d, shared)
+    }
+
+    /// Runs until every message is final, a stop is requested, or no node is reachable.
+    /// Closes the node queues on the way out so the connection tasks finish.
+    pub async fn run(mut self, input: async_channel::Receiver<Message>) -> End {
+        let end = self.run_inner(input).await;
+        for n in &self.nodes {
+            n.queue_tx.close();
+        }
+        end
+    }
+
+    async fn run_inner(&mut self, input: async_channel::Receiver<Message>) -> End {
+        let mut input_done = false;
+        loop {
+            if self.shared.stopping() {
+                return End::Stopped;
+            }
+            // Due retries first.
+            if self.heap.peek().is_some_and(|e| e.at <= Instant::now()) {
+                let e = self.heap.pop().expect("peeked");
+                dec(&self.shared.counters.waiting_retry);
+                if let Err(end) = self.place(e.job).await {
+                    return end;
+                }
+                continue;
+            }
+            if input_done && self.shared.outstanding() == 0 {
+                return End::Done;
+            }
+            let next_due = self.heap.peek().map(|e| e.at);
+            let take_new = !input_done && self.heap.len() < self.heap_limit;
+            tokio::select! {
+                biased;
+                _ = self.shared.stop_notify.notified() => {}
+                back = self.back_rx.recv() => match back {
+                    Some(Back::Now(job)) => {
+                        if let Err(end) = self.place(job).await {
+                            return end;
+                        }
+                    }
+                    Some(Back::At(at, job)) => {
+                        self.seq += 1;
+                        self.heap.push(Entry { at, seq: self.seq, job });
+                    }
+                    None => {}
+                },
+                _ = sleep_until_opt(next_due), if next_due.is_some() => {}
+                msg = input.recv(), if take_new => match msg {
+                    Ok(msg) => {
+                        self.shared.outstanding.fetch_add(1, Ordering::AcqRel);
+                        if let Some(g) = &self.global {
+                            g.until_ready().await;
+                        }
+                        if let Err(end) = self.place(Job::new(msg)).await {
+                            return end;
+                        }
+                    }
+                    Err(_) => input_done = true,
+                },
+                _ = self.shared.idle.notified(), if input_done => {}
+            }
+        }
+    }
+
+    /// Puts a job into the queue of the best node that can take it now; waits while none can.
+    async fn place(&mut self, mut job: Job) -> Result<(), End> {
+        loop {
+            if self.shared.stopping() {
+                return Err(End::Stopped);
+            }
+            // Register interest before looking, so a wake-up between the look and the wait
+            // is not lost.
+            let shared = self.shared.clone();
+            let capacity = shared.capacity.notified();
+            tokio::pin!(capacity);
+            capacity.as_mut().enable();
+
+            let want_fallback = job.primary_deferrals >= self.shared.policy.fallback_after;
+            let mut eligible = self.eligible(want_fallback);
+            if eligible.is_empty() {
+                eligible = self.eligible(!want_fallback);
+            }
+            if eligible.is_empty() {
+                let since = *self.all_down_since.get_or_insert_with(Instant::now);
+                if since.elapsed() >= self.shared.policy.all_nodes_down {
+                    tracing::error!("no node reachable for {:?}; giving up", since.elapsed());
+                    // Keep the job accounted for: it was not sent.
+                    self.shared.redispatch(job);
+                    return Err(End::AllNodesDown);
+                }
+                let _ = tokio::time::timeout(Duration::from_millis(250), capacity).await;
+                continue;
+            }
+            self.all_down_since = None;
+
+            let mut earliest_rate: Option<Instant> = None;
+            while !eligible.is_empty() {
+                let i = self.pick(&eligible);
+                eligible.retain(|&e| e != i);
+                if let Some(l) = &self.node_limiters[i]
+                    && let Err(not_until) = l.check()
+                {
+                    let at = ready_at(&not_until);
+                    earliest_rate = Some(earliest_rate.map_or(at, |e| e.min(at)));
+                    continue;
+                }
+                match self.nodes[i].queue_tx.try_send(job) {
+                    Ok(()) => return Ok(()),
+                    Err(e) => job = e.into_inner(),
+                }
+            }
+            // Every eligible node is full or rate limited: wait for room or the limit.
+            match earliest_rate {
+                Some(at) => {
+                    tokio::select! {
+                        _ = capacity => {}
+                        _ = tokio::time::sleep_until(at.into()) => {}
+                    }
+                }
+                None => {
+                    let _ = tokio::time::timeout(Duration::from_millis(250), capacity).await;
+                }
+            }
+        }
+    }
+
+    fn eligible(&self, fallback: bool) -> Vec<usize> {
+        (0..self.nodes.len())
+            .filter(|&i| self.nodes[i].fallback == fallback && self.nodes[i].is_healthy())
+            .collect()
+    }
+
+    /// Smooth weighted round-robin (as in nginx) among `candidates`.
+    fn pick(&mut self, candidates: &[usize]) -> usize {
+        let total: i64 = candidates.iter().map(|&i| self.nodes[i].weight as i64).sum();
+        let mut best = candidates[0];
+        for &i in candidates {
+            self.current[i] += self.nodes[i].weight as i64;
+            if self.current[i] > self.current[best] {
+                best = i;
+            }
+        }
+        self.current[best] -= total;
+        best
+    }
+}
+
+async fn sleep_until_opt(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// When a rate-limited node may take a message again, as a std `Instant`.
+fn ready_at(n: &governor::NotUntil<governor::clock::QuantaInstant>) -> Instant {
+    use governor::clock::Clock;
+    Instant::now() + n.wait_time_from(governor::clock::DefaultClock::default().now())
+}

@@ -1,0 +1,23 @@
+//! blast: a high-volume bulk-mail campaign sender.
+//!
+//! Data flows one way:
+//! `campaign` (validated config) + `source` (streaming CSV) → `render` (templates + MIME)
+//! → `dispatch` (bounded queue, retry, fallback) → `node` (SMTP connections via `smtp`)
+//! → `outcome` → delivery `log` / `progress`.
+
+pub mod campaign;
+pub mod cli;
+pub mod dispatch;
+pub mod log;
+pub mod node;
+pub mod outcome;
+pub mod progress;
+#[path = "gen.rs"]
+pub mod generate;
+pub mod receiver;
+pub mod render;
+pub mod retry;
+pub mod send;
+pub mod smtp;
+pub mod source;
+pub mod verp;

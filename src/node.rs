@@ -1,0 +1,298 @@
+//! One sender node (a relay MTA): its queue, its health and its connection tasks.
+//!
+//! Each node has a small bounded queue (two jobs per connection) that the dispatcher fills and
+//! `max_connections` tasks drain. The queue is deliberately short: a slow node fills it fast
+//! and the dispatcher sends elsewhere, so slowness is routed around without any timing logic.
+//!
+//! Health is a circuit breaker. A failed connect or [`DEFERRALS_TO_TRIP`] deferrals in a row
+//! mark the node down: the dispatcher stops choosing it, the jobs in its queue go back to the
+//! dispatcher at once, and one task probes the node with exponential backoff (1 s up to 60 s).
+//! A successful connect marks it up again. Connections carry `messages_per_connection`
+//! transactions, then QUIT; an idle connection is closed after [`IDLE`].
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use crate::dispatch::{Job, Shared};
+use crate::outcome::{Status, Verdict, classify};
+use crate::progress::{NodeCounters, dec, inc};
+use crate::retry::REQUEUES_PER_ATTEMPT;
+use crate::smtp::{ClientSettings, Connection};
+
+/// Consecutive deferrals (4xx) that take a node out of rotation for a while.
+pub const DEFERRALS_TO_TRIP: u32 = 20;
+/// Consecutive lost connections or timeouts that do the same (a tarpit, a dying node).
+pub const ERRORS_TO_TRIP: u32 = 3;
+/// Idle connections are closed after this long without work.
+pub const IDLE: Duration = Duration::from_secs(5);
+const PROBE_MIN: Duration = Duration::from_secs(1);
+const PROBE_MAX: Duration = Duration::from_secs(60);
+
+/// A node of the pool at run time.
+pub struct Node {
+    pub name: Arc<str>,
+    pub addr: SocketAddr,
+    pub weight: u32,
+    pub fallback: bool,
+    pub max_connections: u32,
+    pub messages_per_connection: u32,
+    pub settings: Arc<ClientSettings>,
+    pub counters: Arc<NodeCounters>,
+    pub queue_tx: async_channel::Sender<Job>,
+    queue_rx: async_channel::Receiver<Job>,
+    /// Deferrals in a row.
+    deferral_streak: AtomicU32,
+    /// Lost connections and timeouts in a row.
+    error_streak: AtomicU32,
+    /// Failed connects / trips in a row, for the probe backoff.
+    failures: AtomicU32,
+    /// One task at a time probes a down node.
+    probing: AtomicBool,
+    /// When a tripped node may be probed again.
+    retry_at: Mutex<Instant>,
+}
+
+impl Node {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        name: &str,
+        addr: SocketAddr,
+        weight: u32,
+        fallback: bool,
+        max_connections: u32,
+        messages_per_connection: u32,
+        settings: Arc<ClientSettings>,
+    ) -> Node {
+        let (queue_tx, queue_rx) = async_channel::bounded(2 * max_connections as usize);
+        let counters = Arc::new(NodeCounters::default());
+        counters.healthy.store(true, Ordering::Relaxed);
+        Node {
+            name: name.into(),
+            addr,
+            weight,
+            fallback,
+            max_connections,
+            messages_per_connection,
+            settings,
+            counters,
+            queue_tx,
+            queue_rx,
+            deferral_streak: AtomicU32::new(0),
+            error_streak: AtomicU32::new(0),
+            failures: AtomicU32::new(0),
+            probing: AtomicBool::new(false),
+            retry_at: Mutex::new(Instant::now()),
+        }
+    }
+
+    pub fn is_healthy(&self) -> bool {
+        self.counters.healthy.load(Ordering::Relaxed)
+    }
+
+    fn mark_up(&self, shared: &Shared) {
+        self.failures.store(0, Ordering::Relaxed);
+        self.deferral_streak.store(0, Ordering::Relaxed);
+        if !self.counters.healthy.swap(true, Ordering::Relaxed) {
+            tracing::info!(node = %self.name, "node is up");
+            shared.capacity.notify_one();
+        }
+    }
+
+    /// Takes the node out of rotation and schedules the next probe.
+    fn trip(&self, shared: &Shared, why: &str) {
+        let n = self.failures.fetch_add(1, Ordering::Relaxed).min(6);
+        let wait = (PROBE_MIN * (1 << n)).min(PROBE_MAX);
+        *self.retry_at.lock().expect("not poisoned") = Instant::now() + wait;
+        if self.counters.healthy.swap(false, Ordering::Relaxed) {
+            tracing::warn!(node = %self.name, reason = why, retry_in = ?wait, "node is down");
+        }
+        self.drain(shared);
+        shared.capacity.notify_one();
+    }
+
+    /// Sends every job waiting in this node's queue back to the dispatcher.
+    fn drain(&self, shared: &Shared) {
+        while let Ok(job) = self.queue_rx.try_recv() {
+            shared.redispatch(job);
+        }
+    }
+
+    async fn connect(&self) -> Result<Connection, crate::smtp::SmtpError> {
+        Connection::connect(self.addr, self.settings.clone()).await
+    }
+
+    /// Starts the node's connection tasks.
+    pub fn spawn(self: &Arc<Self>, shared: &Arc<Shared>) -> Vec<tokio::task::JoinHandle<()>> {
+        (0..self.max_connections)
+            .map(|_| tokio::spawn(connection_loop(self.clone(), shared.clone())))
+            .collect()
+    }
+}
+
+/// One connection slot: connect, send jobs until the connection is used up, idle or broken,
+/// QUIT, and again, until the node's queue closes or a stop is requested.
+async fn connection_loop(node: Arc<Node>, shared: Arc<Shared>) {
+    let mut conn: Option<Connection> = None;
+    loop {
+        if shared.stopping() {
+            break;
+        }
+        if !node.is_healthy() {
+            node.drain(&shared);
+            if node.queue_rx.is_closed() && node.queue_rx.is_empty() {
+                break;
+            }
+            if let Some(c) = conn.take() {
+                c.quit().await;
+            }
+            if node.probing.swap(true, Ordering::Relaxed) {
+                // Someone else probes; check again shortly.
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
+            }
+            let at = *node.retry_at.lock().expect("not poisoned");
+            tokio::time::sleep_until(at.into()).await;
+            let probe = node.connect().await;
+            node.probing.store(false, Ordering::Relaxed);
+            match probe {
+                Ok(c) => {
+                    node.mark_up(&shared);
+                    inc(&node.counters.connections);
+                    conn = Some(c);
+                }
+                Err(e) => {
+                    inc(&node.counters.errors);
+                    node.trip(&shared, &e.to_string());
+                }
+            }
+            continue;
+        }
+
+        // Wait for work; with an open connection only for IDLE.
+        let job = match &conn {
+            None => match node.queue_rx.recv().await {
+                Ok(job) => job,
+                Err(_) => break,
+            },
+            Some(_) => match tokio::time::timeout(IDLE, node.queue_rx.recv()).await {
+                Ok(Ok(job)) => job,
+                Ok(Err(_)) => break,
+                Err(_) => {
+                    close(&node, conn.take()).await;
+                    continue;
+                }
+            },
+        };
+        shared.capacity.notify_one();
+
+        if conn.is_none() {
+            match node.connect().await {
+                Ok(c) => {
+                    node.mark_up(&shared);
+                    inc(&node.counters.connections);
+                    conn = Some(c);
+                }
+                Err(e) => {
+                    inc(&node.counters.errors);
+                    tracing::debug!(node = %node.name, error = %e, "connect failed");
+                    shared.redispatch(job);
+                    node.trip(&shared, &e.to_string());
+                    continue;
+                }
+            }
+        }
+        let c = conn.as_mut().expect("connected above");
+        inc(&node.counters.in_flight);
+        let result = c
+            .send(&job.msg.mail_from, &job.msg.rcpt, &job.msg.bytes)
+            .await;
+        dec(&node.counters.in_flight);
+        let verdict = classify(&result);
+        let usable = c.is_usable();
+        let used_up = c.transactions() >= u64::from(node.messages_per_connection);
+        handle(&node, &shared, job, verdict, result);
+        if !usable {
+            // Lost or closed (421): do not QUIT a dead connection.
+            conn = None;
+            dec(&node.counters.connections);
+        } else if used_up {
+            close(&node, conn.take()).await;
+        }
+    }
+    close(&node, conn.take()).await;
+}
+
+async fn close(node: &Node, conn: Option<Connection>) {
+    if let Some(c) = conn {
+        c.quit().await;
+        dec(&node.counters.connections);
+    }
+}
+
+/// Applies a verdict: final outcome, retry later, or send again elsewhere.
+fn handle(
+    node: &Node,
+    shared: &Shared,
+    mut job: Job,
+    verdict: Verdict,
+    result: Result<crate::smtp::Delivery, crate::smtp::SmtpError>,
+) {
+    let now = Instant::now();
+    match verdict {
+        Verdict::Accepted | Verdict::Failed => {
+            node.deferral_streak.store(0, Ordering::Relaxed);
+            node.error_streak.store(0, Ordering::Relaxed);
+            job.attempts += 1;
+            let status = if verdict == Verdict::Accepted {
+                inc(&node.counters.accepted);
+                Status::Accepted
+            } else {
+                inc(&node.counters.failed);
+                Status::Failed
+            };
+            shared.finish(job, status, &node.name, result.ok());
+        }
+        Verdict::Deferred => {
+            node.error_streak.store(0, Ordering::Relaxed);
+            inc(&node.counters.deferred);
+            job.attempts += 1;
+            job.first_attempt.get_or_insert(now);
+            if !node.fallback {
+                job.primary_deferrals += 1;
+            }
+            let delivery = result.ok();
+            if node.deferral_streak.fetch_add(1, Ordering::Relaxed) + 1 >= DEFERRALS_TO_TRIP {
+                node.deferral_streak.store(0, Ordering::Relaxed);
+                node.trip(shared, "every recent transaction was deferred (4xx)");
+            }
+            shared.defer(job, &node.name, delivery);
+        }
+        Verdict::Requeue { after_data } => {
+            inc(&node.counters.errors);
+            job.requeues += 1;
+            if after_data && !job.possibly_duplicated {
+                job.possibly_duplicated = true;
+            }
+            let why = match &result {
+                Err(e) => e.to_string(),
+                Ok(_) => String::new(),
+            };
+            tracing::debug!(node = %node.name, row = job.msg.row, error = %why, "connection lost; re-dispatching");
+            if node.error_streak.fetch_add(1, Ordering::Relaxed) + 1 >= ERRORS_TO_TRIP {
+                node.error_streak.store(0, Ordering::Relaxed);
+                node.trip(shared, &why);
+            }
+            if job.requeues % REQUEUES_PER_ATTEMPT == 0 {
+                // This message keeps breaking connections: charge it an attempt.
+                job.attempts += 1;
+                job.first_attempt.get_or_insert(now);
+                shared.defer(job, &node.name, None);
+            } else {
+                shared.requeued(job);
+            }
+        }
+    }
+}

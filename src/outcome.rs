@@ -1,0 +1,152 @@
+//! What happened to a recipient, decided in one place.
+//!
+//! [`classify`] is the single function that maps an SMTP transaction result to a [`Verdict`]:
+//! 2xx after the message body is the only "accepted"; 4xx anywhere is temporary and retried
+//! later; 5xx anywhere is final and never retried; a transport failure (lost connection,
+//! timeout, garbage) says nothing about the recipient, so the message is sent again,
+//! elsewhere if need be. [`Outcome`] is the final record that the delivery log (and the journal)
+//! keep per recipient.
+
+use std::sync::Arc;
+
+use serde::Serialize;
+
+use crate::smtp::{Delivery, EnhancedStatus, Reply, SmtpError, Stage};
+
+/// The verdict on one transaction attempt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// 2xx to the end of DATA: the node took responsibility for the message.
+    Accepted,
+    /// 4xx (or a reply that makes no sense at that stage): try again later.
+    Deferred,
+    /// 5xx: final.
+    Failed,
+    /// The transaction did not complete for reasons of the connection, not the recipient:
+    /// re-dispatch, not counted as an attempt. `after_data` means the final dot was written, so
+    /// the node may have queued the message: a re-send may duplicate it.
+    Requeue { after_data: bool },
+}
+
+/// Classifies a transaction result. The only place that turns replies into decisions.
+pub fn classify(result: &Result<Delivery, SmtpError>) -> Verdict {
+    match result {
+        Ok(d) => match d.reply.code / 100 {
+            2 if d.stage == Stage::Body => Verdict::Accepted,
+            5 => Verdict::Failed,
+            _ => Verdict::Deferred,
+        },
+        // Our own validation refused the address: sending again cannot help.
+        Err(SmtpError::InvalidAddress(_)) => Verdict::Failed,
+        Err(e) => Verdict::Requeue {
+            after_data: e.after_data(),
+        },
+    }
+}
+
+/// Final state of a recipient.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    /// A node accepted the message (2xx to DATA).
+    Accepted,
+    /// Permanent failure (5xx).
+    Failed,
+    /// Temporary failures until the retry policy gave up (attempts or age).
+    Expired,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Accepted => "accepted",
+            Status::Failed => "failed",
+            Status::Expired => "expired",
+        }
+    }
+}
+
+/// The final record of one recipient.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    pub row: u64,
+    pub rcpt: String,
+    pub message_id: String,
+    pub status: Status,
+    /// Node of the last attempt.
+    pub node: Arc<str>,
+    /// Stage of the last attempt where the transaction ended.
+    pub stage: Option<Stage>,
+    pub reply: Option<Reply>,
+    /// Transaction attempts that got an SMTP answer (requeues after lost connections excluded).
+    pub attempts: u32,
+    /// An earlier attempt lost its connection after the final dot: the recipient may get the
+    /// message twice (same Message-ID).
+    pub possibly_duplicated: bool,
+}
+
+impl Outcome {
+    pub fn code(&self) -> Option<u16> {
+        self.reply.as_ref().map(|r| r.code)
+    }
+
+    pub fn enhanced(&self) -> Option<EnhancedStatus> {
+        self.reply.as_ref().and_then(|r| r.enhanced)
+    }
+
+    pub fn queue_id(&self) -> Option<&str> {
+        match self.status {
+            Status::Accepted => self.reply.as_ref().and_then(|r| r.queue_id()),
+            _ => None,
+        }
+    }
+}
+
+pub fn stage_name(stage: Stage) -> &'static str {
+    match stage {
+        Stage::Mail => "mail",
+        Stage::Rcpt => "rcpt",
+        Stage::Data => "data",
+        Stage::Body => "body",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reply(code: u16) -> Reply {
+        Reply::parse(format!("{code} x.y.z text\r\n").as_bytes())
+            .unwrap()
+            .unwrap()
+            .0
+    }
+
+    fn delivery(stage: Stage, code: u16) -> Result<Delivery, SmtpError> {
+        Ok(Delivery {
+            stage,
+            reply: reply(code),
+        })
+    }
+
+    #[test]
+    fn replies() {
+        assert_eq!(classify(&delivery(Stage::Body, 250)), Verdict::Accepted);
+        assert_eq!(classify(&delivery(Stage::Rcpt, 550)), Verdict::Failed);
+        assert_eq!(classify(&delivery(Stage::Body, 554)), Verdict::Failed);
+        assert_eq!(classify(&delivery(Stage::Rcpt, 451)), Verdict::Deferred);
+        assert_eq!(classify(&delivery(Stage::Mail, 421)), Verdict::Deferred);
+        // A 2xx that ends the transaction before the body is nonsense: retry, never "accepted".
+        assert_eq!(classify(&delivery(Stage::Data, 250)), Verdict::Deferred);
+    }
+
+    #[test]
+    fn transport_errors_requeue() {
+        let e: Result<Delivery, SmtpError> = Err(SmtpError::Closed { after_data: true });
+        assert_eq!(classify(&e), Verdict::Requeue { after_data: true });
+        let e: Result<Delivery, SmtpError> = Err(SmtpError::Closed { after_data: false });
+        assert_eq!(classify(&e), Verdict::Requeue { after_data: false });
+        let e: Result<Delivery, SmtpError> = Err(SmtpError::InvalidAddress("x".into()));
+        assert_eq!(classify(&e), Verdict::Failed);
+    }
+}

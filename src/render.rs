@@ -1,0 +1,436 @@
+//! Rendering: one CSV row in, one wire-ready message (with its envelope) out.
+//!
+//! Templates are compiled once, at load time, and every variable they use is checked against
+//! the CSV columns there, so a typo fails `blast check` instead of sending a thousand messages
+//! with a blank name. The message itself is built with mail-builder: it encodes non-ASCII
+//! headers (RFC 2047), picks a transfer encoding that keeps lines under 998 octets and folds any
+//! CR/LF inside header values. blast does not rely on that alone: CSV fields with control
+//! characters never get here (`source` rejects the row), and rendered header values have
+//! control characters replaced by spaces, so no input can add a header.
+
+use std::borrow::Cow;
+use std::path::PathBuf;
+use std::sync::{Arc, OnceLock};
+
+use mail_builder::MessageBuilder;
+use mail_builder::headers::address::Address;
+use mail_builder::headers::date::Date;
+use mail_builder::headers::message_id::MessageId;
+use mail_builder::headers::raw::Raw;
+use mail_builder::headers::url::URL;
+use minijinja::value::{Object, Value};
+use minijinja::{AutoEscape, Environment};
+
+use crate::campaign::{Campaign, Mailbox, TemplateSource};
+use crate::source::{Columns, Recipient};
+use crate::verp::VerpKey;
+
+/// Variables every template gets besides the CSV columns.
+pub const BUILTIN_VARIABLES: &[&str] = &[
+    "email",
+    "row",
+    "campaign",
+    "unsubscribe_token",
+    "unsubscribe_url",
+    "unsubscribe_mailto",
+];
+
+#[derive(Debug, thiserror::Error)]
+pub enum RenderError {
+    #[error("{file}:{line}: template error: {message}")]
+    Template {
+        file: PathBuf,
+        line: usize,
+        message: String,
+    },
+    #[error(
+        "{file}:{line}: template uses {name:?}, which is not a column of the recipient list (columns: {columns}; built-in: {builtins})"
+    )]
+    UnknownVariable {
+        file: PathBuf,
+        line: usize,
+        name: String,
+        columns: String,
+        builtins: String,
+    },
+    #[error("row {row}: cannot render {template}: {message}")]
+    Row {
+        row: u64,
+        template: String,
+        message: String,
+    },
+}
+
+/// A message ready for SMTP: envelope plus RFC 5322 bytes (CRLF line endings, not dot-stuffed).
+#[derive(Debug, Clone)]
+pub struct Message {
+    pub row: u64,
+    /// RCPT TO.
+    pub rcpt: String,
+    /// MAIL FROM: the VERP address.
+    pub mail_from: String,
+    /// Without angle brackets.
+    pub message_id: String,
+    pub bytes: Vec<u8>,
+}
+
+/// Compiled templates plus everything constant across rows.
+pub struct Renderer {
+    env: Environment<'static>,
+    sources: Vec<TemplateSource>,
+    campaign: String,
+    from: Mailbox,
+    reply_to: Option<Mailbox>,
+    headers: Vec<(String, String)>,
+    verp_prefix: String,
+    verp_suffix: String,
+    verp_domain: String,
+    message_id_domain: String,
+    key: VerpKey,
+    columns: Arc<Columns>,
+    has_to_name: bool,
+    has_text: bool,
+    has_html: bool,
+    has_mailto: bool,
+    has_url: bool,
+    one_click: bool,
+}
+
+impl std::fmt::Debug for Renderer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Renderer")
+            .field("campaign", &self.campaign)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Renderer {
+    /// Compiles the campaign's templates and checks their variables against `columns`.
+    /// Returns every problem found, not only the first.
+    pub fn new(
+        campaign: &Campaign,
+        columns: Arc<Columns>,
+        key: VerpKey,
+    ) -> Result<Renderer, Vec<RenderError>> {
+        let mut env = Environment::new();
+        env.set_auto_escape_callback(|name| {
+            if name.ends_with(".html") {
+                AutoEscape::Html
+            } else {
+                AutoEscape::None
+            }
+        });
+
+        let t = &campaign.templates;
+        let unsub = campaign.unsubscribe.as_ref();
+        let sources: Vec<TemplateSource> = [Some(&t.subject), t.to_name.as_ref(), t.text.as_ref(), t.html.as_ref()]
+            .into_iter()
+            .chain([unsub.and_then(|u| u.mailto.as_ref()), unsub.and_then(|u| u.url.as_ref())])
+            .flatten()
+            .cloned()
+            .collect();
+
+        let mut errors = Vec::new();
+        for src in &sources {
+            if let Err(e) = env.add_template_owned(src.name.clone(), src.text.clone()) {
+                errors.push(template_error(src, &e));
+            }
+        }
+        if errors.is_empty() {
+            for src in &sources {
+                let tmpl = env.get_template(&src.name).expect("added above");
+                let mut names: Vec<String> = tmpl.undeclared_variables(false).into_iter().collect();
+                names.sort();
+                for name in names {
+                    if columns.index(&name).is_none() && !BUILTIN_VARIABLES.contains(&name.as_str()) {
+                        errors.push(RenderError::UnknownVariable {
+                            file: src.file.clone(),
+                            line: src.first_line + line_of_variable(&src.text, &name).saturating_sub(1),
+                            name,
+                            columns: columns.names().join(", "),
+                            builtins: BUILTIN_VARIABLES.join(", "),
+                        });
+                    }
+                }
+            }
+        }
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+
+        let from_domain = campaign
+            .from
+            .address
+            .rsplit_once('@')
+            .map_or("localhost", |(_, d)| d)
+            .to_string();
+        Ok(Renderer {
+            env,
+            sources,
+            campaign: campaign.id.clone(),
+            from: campaign.from.clone(),
+            reply_to: campaign.reply_to.clone(),
+            headers: campaign.headers.clone(),
+            verp_prefix: campaign.envelope.verp_prefix.clone(),
+            verp_suffix: campaign.envelope.verp_suffix.clone(),
+            verp_domain: campaign.envelope.verp_domain.clone(),
+            message_id_domain: from_domain,
+            key,
+            columns,
+            has_to_name: t.to_name.is_some(),
+            has_text: t.text.is_some(),
+            has_html: t.html.is_some(),
+            has_mailto: unsub.is_some_and(|u| u.mailto.is_some()),
+            has_url: unsub.is_some_and(|u| u.url.is_some()),
+            one_click: unsub.is_some_and(|u| u.one_click),
+        })
+    }
+
+    /// The list's columns, as the templates see them.
+    pub fn columns(&self) -> &Arc<Columns> {
+        &self.columns
+    }
+
+    /// The VERP envelope sender of `row`.
+    pub fn mail_from(&self, row: u64) -> String {
+        let mut s = String::with_capacity(96);
+        s.push_str(&self.verp_prefix);
+        self.key.encode_into(&self.campaign, row, &mut s);
+        s.push_str(&self.verp_suffix);
+        s.push('@');
+        s.push_str(&self.verp_domain);
+        s
+    }
+
+    /// The deterministic Message-ID of a row: the same campaign, row and address always give the
+    /// same id, so a message re-sent after a crash can be de-duplicated downstream.
+    pub fn message_id(&self, row: u64, address: &str) -> String {
+        format!(
+            "{}.{:x}.{:016x}@{}",
+            self.campaign,
+            row,
+            fnv1a(address.as_bytes()),
+            self.message_id_domain
+        )
+    }
+
+    /// Renders one recipient. `date` is the Date header as Unix seconds.
+    pub fn render(&self, recipient: Recipient, date: i64) -> Result<Message, RenderError> {
+        let row = recipient.row;
+        let message_id = self.message_id(row, &recipient.address);
+        let mail_from = self.mail_from(row);
+        let token = self
+            .key
+            .unsubscribe_token(&self.campaign, row, &recipient.address);
+        let ctx = Arc::new(RowContext {
+            columns: self.columns.clone(),
+            campaign: self.campaign.clone(),
+            token,
+            unsubscribe_url: OnceLock::new(),
+            unsubscribe_mailto: OnceLock::new(),
+            recipient,
+        });
+        let value = Value::from_dyn_object(ctx.clone());
+        // Unsubscribe targets first: bodies may use them.
+        if self.has_url {
+            let url = one_line(self.render_value("unsubscribe_url.txt", &value, row)?);
+            let _ = ctx.unsubscribe_url.set(url);
+        }
+        if self.has_mailto {
+            let mailto = one_line(self.render_value("unsubscribe_mailto.txt", &value, row)?);
+            let _ = ctx.unsubscribe_mailto.set(mailto);
+        }
+        let subject = one_line(self.render_value("subject.txt", &value, row)?);
+        let to_name = if self.has_to_name {
+            Some(one_line(self.render_value("to_name.txt", &value, row)?)).filter(|n| !n.is_empty())
+        } else {
+            None
+        };
+        let text = if self.has_text {
+            Some(self.render_value("body.txt", &value, row)?)
+        } else {
+            None
+        };
+        let html = if self.has_html {
+            Some(self.render_value("body.html", &value, row)?)
+        } else {
+            None
+        };
+        drop(value);
+        let ctx = Arc::try_unwrap(ctx).unwrap_or_else(|arc| (*arc).clone());
+
+        let mut b = MessageBuilder::new()
+            .from(Address::new_address(
+                self.from.name.as_deref().map(Cow::Borrowed),
+                Cow::Borrowed(self.from.address.as_str()),
+            ))
+            .to(Address::new_address(
+                to_name.map(Cow::Owned),
+                Cow::Borrowed(ctx.recipient.address.as_str()),
+            ))
+            .subject(subject)
+            .date(Date::new(date))
+            .message_id(MessageId::new(message_id.as_str()));
+        if let Some(r) = &self.reply_to {
+            b = b.reply_to(Address::new_address(
+                r.name.as_deref().map(Cow::Borrowed),
+                Cow::Borrowed(r.address.as_str()),
+            ));
+        }
+        if self.has_mailto || self.has_url {
+            let mut urls = Vec::with_capacity(2);
+            if let Some(m) = ctx.unsubscribe_mailto.get() {
+                urls.push(format!("mailto:{m}"));
+            }
+            if let Some(u) = ctx.unsubscribe_url.get() {
+                urls.push(u.clone());
+            }
+            b = b.header("List-Unsubscribe", URL::new_list(urls.into_iter()));
+            if self.one_click {
+                b = b.header("List-Unsubscribe-Post", Raw::new("List-Unsubscribe=One-Click"));
+            }
+        }
+        for (name, value) in &self.headers {
+            b = b.header(name.as_str(), Raw::new(value.as_str()));
+        }
+        if let Some(text) = text {
+            b = b.text_body(text);
+        }
+        if let Some(html) = html {
+            b = b.html_body(html);
+        }
+        let mut bytes = Vec::with_capacity(4096);
+        b.serialize(&mut bytes);
+        Ok(Message {
+            row,
+            rcpt: ctx.recipient.address,
+            mail_from,
+            message_id,
+            bytes,
+        })
+    }
+
+    fn render_value(&self, name: &str, ctx: &Value, row: u64) -> Result<String, RenderError> {
+        let tmpl = self.env.get_template(name).map_err(|e| RenderError::Row {
+            row,
+            template: name.to_string(),
+            message: e.to_string(),
+        })?;
+        tmpl.render(ctx).map_err(|e| {
+            let src = self.sources.iter().find(|s| s.name == name);
+            RenderError::Row {
+                row,
+                template: src.map_or(name.to_string(), |s| s.file.display().to_string()),
+                message: e.to_string(),
+            }
+        })
+    }
+}
+
+/// Template variables of one row: CSV columns by name, plus the built-ins. Empty CSV fields are
+/// undefined, so `{{ first_name | default("there") }}` does what people mean.
+#[derive(Debug, Clone)]
+struct RowContext {
+    columns: Arc<Columns>,
+    campaign: String,
+    token: String,
+    unsubscribe_url: OnceLock<String>,
+    unsubscribe_mailto: OnceLock<String>,
+    recipient: Recipient,
+}
+
+impl Object for RowContext {
+    fn get_value(self: &Arc<Self>, key: &Value) -> Option<Value> {
+        let key = key.as_str()?;
+        if let Some(i) = self.columns.index(key) {
+            let v = self.recipient.field(i);
+            return (!v.is_empty()).then(|| Value::from(v));
+        }
+        match key {
+            "email" => Some(Value::from(self.recipient.address.as_str())),
+            "row" => Some(Value::from(self.recipient.row)),
+            "campaign" => Some(Value::from(self.campaign.as_str())),
+            "unsubscribe_token" => Some(Value::from(self.token.as_str())),
+            "unsubscribe_url" => self.unsubscribe_url.get().map(|s| Value::from(s.as_str())),
+            "unsubscribe_mailto" => self.unsubscribe_mailto.get().map(|s| Value::from(s.as_str())),
+            _ => None,
+        }
+    }
+}
+
+fn template_error(src: &TemplateSource, e: &minijinja::Error) -> RenderError {
+    let line = e.line().unwrap_or(1);
+    RenderError::Template {
+        file: src.file.clone(),
+        line: src.first_line + line - 1,
+        message: match e.detail() {
+            Some(d) => format!("{}: {d}", e.kind()),
+            None => e.kind().to_string(),
+        },
+    }
+}
+
+/// 1-based line of the first use of `name` inside a `{{ }}` or `{% %}` tag (1 if not found).
+fn line_of_variable(text: &str, name: &str) -> usize {
+    let mut offset = 0;
+    while let Some(open) = text[offset..].find(['{']) {
+        let start = offset + open;
+        let rest = &text[start..];
+        let end = rest.find(['}']).map_or(text.len(), |e| start + e);
+        let tag = &text[start..end];
+        if tag
+            .split(|c: char| !(c.is_alphanumeric() || c == '_'))
+            .any(|w| w == name)
+        {
+            return text[..start].matches('\n').count() + 1;
+        }
+        offset = start + 1;
+    }
+    1
+}
+
+/// Header values are one line: any control character (a template's own newline included)
+/// becomes a space, and surrounding white space goes.
+fn one_line(s: String) -> String {
+    if s.chars().any(char::is_control) {
+        s.chars()
+            .map(|c| if c.is_control() { ' ' } else { c })
+            .collect::<String>()
+            .trim()
+            .to_string()
+    } else if s.trim().len() != s.len() {
+        s.trim().to_string()
+    } else {
+        s
+    }
+}
+
+/// 64-bit FNV-1a: stable across versions and platforms, unlike std's hasher.
+fn fnv1a(bytes: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in bytes {
+        h ^= b as u64;
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_line_strips_controls() {
+        assert_eq!(one_line("a\r\nBcc: x".into()), "a  Bcc: x");
+        assert_eq!(one_line(" hi \n".into()), "hi");
+        assert_eq!(one_line("plain".into()), "plain");
+    }
+
+    #[test]
+    fn variable_lines() {
+        let t = "Hello\n{% if plan %}\n{{ first_name | default('x') }}\n{% endif %}";
+        assert_eq!(line_of_variable(t, "first_name"), 3);
+        assert_eq!(line_of_variable(t, "plan"), 2);
+        assert_eq!(line_of_variable(t, "nothere"), 1);
+    }
+}

@@ -1,0 +1,701 @@
+//! One SMTP session: setup (greeting, EHLO, STARTTLS, AUTH) and
+//! one-recipient transactions, pipelined when the server allows it.
+//!
+//! Outcomes are split on purpose: a server *answer* (any code, at any stage)
+//! is `Ok(Delivery)` so the caller can classify it; only transport trouble
+//! (I/O, timeout, EOF, garbage) is `Err`, and then the connection is dead.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpStream;
+use tokio::time::timeout;
+use tokio_rustls::TlsConnector;
+
+use super::auth;
+use super::reply::{self, Reply};
+use super::settings::{ClientSettings, Credentials, TlsMode};
+use super::stream::{ReadBuf, Stream};
+use super::SmtpError;
+
+/// RFC 5321 §4.5.3.1.3: a path is at most 256 octets including "<>".
+const MAX_ADDRESS: usize = 254;
+
+/// Where a transaction ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Stage {
+    Mail,
+    Rcpt,
+    Data,
+    /// The reply to the final "."; the only stage that can accept.
+    Body,
+}
+
+/// The server's answer to one transaction.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delivery {
+    pub stage: Stage,
+    pub reply: Reply,
+}
+
+impl Delivery {
+    /// The server took responsibility for the message.
+    pub fn accepted(&self) -> bool {
+        self.stage == Stage::Body && self.reply.is_positive()
+    }
+}
+
+/// What the server advertised in its EHLO reply.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Capabilities {
+    pub pipelining: bool,
+    pub starttls: bool,
+    pub auth_plain: bool,
+    pub auth_login: bool,
+    /// SIZE limit in bytes; `Some(0)` means advertised without a limit.
+    pub size: Option<u64>,
+    pub eight_bit_mime: bool,
+    pub smtputf8: bool,
+    pub enhanced_status_codes: bool,
+}
+
+impl Capabilities {
+    /// Parses the raw EHLO reply; the first line is the server's name.
+    fn from_ehlo(raw: &[u8]) -> Capabilities {
+        let mut caps = Capabilities::default();
+        for line in reply::lines(raw).skip(1) {
+            let line = String::from_utf8_lossy(line);
+            let mut words = line.split(|c: char| c == ' ' || c == '=');
+            let Some(keyword) = words.next() else { continue };
+            match keyword.to_ascii_uppercase().as_str() {
+                "PIPELINING" => caps.pipelining = true,
+                "STARTTLS" => caps.starttls = true,
+                "8BITMIME" => caps.eight_bit_mime = true,
+                "SMTPUTF8" => caps.smtputf8 = true,
+                "ENHANCEDSTATUSCODES" => caps.enhanced_status_codes = true,
+                "SIZE" => caps.size = Some(words.next().and_then(|n| n.parse().ok()).unwrap_or(0)),
+                "AUTH" => {
+                    for mech in words {
+                        caps.auth_plain |= mech.eq_ignore_ascii_case("PLAIN");
+                        caps.auth_login |= mech.eq_ignore_ascii_case("LOGIN");
+                    }
+                }
+                _ => {}
+            }
+        }
+        caps
+    }
+}
+
+/// An established SMTP session, ready for transactions.
+pub struct Connection {
+    stream: Stream,
+    rbuf: ReadBuf,
+    /// Reused for commands and bodies: no per-message allocation.
+    wbuf: Vec<u8>,
+    settings: Arc<ClientSettings>,
+    peer: SocketAddr,
+    caps: Capabilities,
+    pipelining: bool,
+    usable: bool,
+    /// The final "." of the current message has been written.
+    dot_sent: bool,
+    transactions: u64,
+}
+
+impl Connection {
+    /// Connects and runs the session setup; the result is ready to `send`.
+    pub async fn connect(
+        addr: SocketAddr,
+        settings: Arc<ClientSettings>,
+    ) -> Result<Connection, SmtpError> {
+        let greeted = timeout(settings.connect_timeout, Self::open(addr, settings.clone()))
+            .await
+            .map_err(|_| SmtpError::Timeout {
+                waiting_for: "connect and greeting",
+                after_data: false,
+            })??;
+        let mut conn = greeted;
+        conn.ehlo().await?;
+        if settings.tls == TlsMode::StartTls {
+            conn = conn.start_tls().await?;
+            conn.ehlo().await?;
+        }
+        if let Some(credentials) = &settings.auth {
+            let result = conn.authenticate(credentials).await;
+            conn.wbuf.fill(0);
+            result?;
+        }
+        conn.pipelining = settings.pipelining && conn.caps.pipelining;
+        tracing::debug!(
+            %addr,
+            tls = conn.stream.is_tls(),
+            pipelining = conn.pipelining,
+            "smtp session ready"
+        );
+        Ok(conn)
+    }
+
+    /// TCP connect, implicit TLS if configured, and the 220 greeting.
+    async fn open(addr: SocketAddr, settings: Arc<ClientSettings>) -> Result<Connection, SmtpError> {
+        let tcp = TcpStream::connect(addr)
+            .await
+            .map_err(|source| SmtpError::Connect { addr, source })?;
+        // Nagle plus delayed ACK costs ~40 ms per command round trip.
+        tcp.set_nodelay(true).map_err(|source| SmtpError::Io {
+            source,
+            after_data: false,
+        })?;
+        let stream = match settings.tls {
+            TlsMode::Tls => tls_handshake(tcp, &settings).await?,
+            TlsMode::None | TlsMode::StartTls => Stream::Plain(tcp),
+        };
+        let mut conn = Connection {
+            stream,
+            rbuf: ReadBuf::new(),
+            wbuf: Vec::with_capacity(16 * 1024),
+            settings,
+            peer: addr,
+            caps: Capabilities::default(),
+            pipelining: false,
+            usable: true,
+            dot_sent: false,
+            transactions: 0,
+        };
+        let n = conn.next_reply_len().await?;
+        let greeting = conn.take_reply(n);
+        if greeting.code != 220 {
+            return Err(SmtpError::Greeting(greeting));
+        }
+        Ok(conn)
+    }
+
+    /// Sends one message to one recipient.
+    ///
+    /// `message` is RFC 5322 with CRLF line endings; it is dot-stuffed here.
+    /// A refusal at any stage is `Ok(Delivery)` and the transaction is reset
+    /// (RSET) so the connection can be reused; a 421 also makes the
+    /// connection unusable. `Err` means the connection is dead; check
+    /// [`SmtpError::after_data`] before re-sending elsewhere.
+    pub async fn send(
+        &mut self,
+        mail_from: &str,
+        rcpt: &str,
+        message: &[u8],
+    ) -> Result<Delivery, SmtpError> {
+        check_address(mail_from, true)?;
+        check_address(rcpt, false)?;
+        if !self.usable {
+            return Err(SmtpError::NotUsable);
+        }
+        self.dot_sent = false;
+        self.transactions += 1;
+        let result = self.transaction(mail_from, rcpt, message).await;
+        match &result {
+            Err(_) => self.usable = false,
+            Ok(d) if d.reply.code == 421 => self.usable = false,
+            Ok(_) => {}
+        }
+        result
+    }
+
+    /// False after a 421, a transport error, or a failed RSET.
+    pub fn is_usable(&self) -> bool {
+        self.usable
+    }
+
+    /// PIPELINING is both enabled in the settings and advertised.
+    pub fn pipelining(&self) -> bool {
+        self.pipelining
+    }
+
+    /// Transactions started on this connection (each `send` past address
+    /// validation), for recycling connections after N messages.
+    pub fn transactions(&self) -> u64 {
+        self.transactions
+    }
+
+    pub fn capabilities(&self) -> &Capabilities {
+        &self.caps
+    }
+
+    pub fn peer_addr(&self) -> SocketAddr {
+        self.peer
+    }
+
+    /// Says goodbye; best effort and bounded by `command_timeout`.
+    pub async fn quit(mut self) {
+        let limit = self.settings.command_timeout;
+        let _ = timeout(limit, async {
+            if self.usable {
+                self.wbuf.clear();
+                self.wbuf.extend_from_slice(b"QUIT\r\n");
+                if self.stream.write_all(&self.wbuf).await.is_ok() {
+                    let _ = self.next_reply_len().await;
+                }
+            }
+            let _ = self.stream.shutdown().await;
+        })
+        .await;
+    }
+
+    async fn transaction(
+        &mut self,
+        mail_from: &str,
+        rcpt: &str,
+        message: &[u8],
+    ) -> Result<Delivery, SmtpError> {
+        let ct = self.settings.command_timeout;
+        self.wbuf.clear();
+        self.push_mail(mail_from, rcpt, message);
+        if self.pipelining {
+            push_rcpt(&mut self.wbuf, rcpt);
+            self.wbuf.extend_from_slice(b"DATA\r\n");
+            self.write(ct, "MAIL/RCPT/DATA write").await?;
+            let mail = self.read_reply(ct, "MAIL reply").await?;
+            if mail.code == 421 {
+                return Ok(self.closing(Stage::Mail, mail));
+            }
+            let rcpt = self.read_reply(ct, "RCPT reply").await?;
+            if rcpt.code == 421 {
+                return Ok(self.closing(Stage::Rcpt, rcpt));
+            }
+            let data = self.read_reply(ct, "DATA reply").await?;
+            let data_code = data.code;
+            let failed = if !mail.is_positive() {
+                Some(Delivery { stage: Stage::Mail, reply: mail })
+            } else if !rcpt.is_positive() {
+                Some(Delivery { stage: Stage::Rcpt, reply: rcpt })
+            } else if data.code != 354 {
+                Some(Delivery { stage: Stage::Data, reply: data })
+            } else {
+                None
+            };
+            if let Some(failed) = failed {
+                if data_code == 421 {
+                    self.usable = false;
+                    return Ok(failed);
+                }
+                if data_code == 354 {
+                    // RFC 2920 §3.1: the server wants a body for a failed
+                    // transaction; end it empty before resetting.
+                    self.wbuf.clear();
+                    self.wbuf.extend_from_slice(b".\r\n");
+                    self.write(ct, "empty body write").await?;
+                    if self.read_reply(self.settings.data_timeout, "empty body reply").await?.code == 421 {
+                        self.usable = false;
+                        return Ok(failed);
+                    }
+                }
+                self.rset().await;
+                return Ok(failed);
+            }
+        } else {
+            for stage in [Stage::Mail, Stage::Rcpt, Stage::Data] {
+                match stage {
+                    Stage::Mail => {}
+                    Stage::Rcpt => {
+                        self.wbuf.clear();
+                        push_rcpt(&mut self.wbuf, rcpt);
+                    }
+                    _ => {
+                        self.wbuf.clear();
+                        self.wbuf.extend_from_slice(b"DATA\r\n");
+                    }
+                }
+                self.write(ct, "command write").await?;
+                let reply = self.read_reply(ct, "command reply").await?;
+                let ok = match stage {
+                    Stage::Data => reply.code == 354,
+                    _ => reply.is_positive(),
+                };
+                if reply.code == 421 {
+                    return Ok(self.closing(stage, reply));
+                }
+                if !ok {
+                    self.rset().await;
+                    return Ok(Delivery { stage, reply });
+                }
+            }
+        }
+
+        self.wbuf.clear();
+        stuff_body(message, &mut self.wbuf);
+        let dt = self.settings.data_timeout;
+        self.write(dt, "message body write").await?;
+        self.dot_sent = true;
+        let reply = self.read_reply(dt, "reply to end of data").await?;
+        if reply.code == 421 {
+            return Ok(self.closing(Stage::Body, reply));
+        }
+        if !reply.is_positive() {
+            self.rset().await;
+        }
+        Ok(Delivery { stage: Stage::Body, reply })
+    }
+
+    fn push_mail(&mut self, mail_from: &str, rcpt: &str, message: &[u8]) {
+        let buf = &mut self.wbuf;
+        buf.extend_from_slice(b"MAIL FROM:<");
+        buf.extend_from_slice(mail_from.as_bytes());
+        buf.push(b'>');
+        if self.caps.size.is_some() {
+            buf.extend_from_slice(b" SIZE=");
+            push_decimal(buf, message.len() as u64);
+        }
+        if self.caps.eight_bit_mime && !message.is_ascii() {
+            buf.extend_from_slice(b" BODY=8BITMIME");
+        }
+        if self.caps.smtputf8 && !(mail_from.is_ascii() && rcpt.is_ascii()) {
+            buf.extend_from_slice(b" SMTPUTF8");
+        }
+        buf.extend_from_slice(b"\r\n");
+    }
+
+    /// A 421 means the server is closing: no RSET, no further use.
+    fn closing(&mut self, stage: Stage, reply: Reply) -> Delivery {
+        self.usable = false;
+        Delivery { stage, reply }
+    }
+
+    /// Resets a failed transaction; the outcome is already known, so a
+    /// failing RSET only retires the connection.
+    async fn rset(&mut self) {
+        self.wbuf.clear();
+        self.wbuf.extend_from_slice(b"RSET\r\n");
+        let ct = self.settings.command_timeout;
+        let ok = match self.write(ct, "RSET write").await {
+            Ok(()) => matches!(self.read_reply(ct, "RSET reply").await, Ok(r) if r.is_positive()),
+            Err(_) => false,
+        };
+        if !ok {
+            self.usable = false;
+        }
+    }
+
+    async fn ehlo(&mut self) -> Result<(), SmtpError> {
+        let ct = self.settings.command_timeout;
+        self.wbuf.clear();
+        self.wbuf.extend_from_slice(b"EHLO ");
+        self.wbuf.extend_from_slice(self.settings.helo_name.as_bytes());
+        self.wbuf.extend_from_slice(b"\r\n");
+        self.write(ct, "EHLO write").await?;
+        let n = self.read_len(ct, "EHLO reply").await?;
+        let raw = &self.rbuf.data()[..n];
+        let reply = Reply::from_raw(raw);
+        if reply.is_positive() {
+            self.caps = Capabilities::from_ehlo(raw);
+            self.rbuf.consume(n);
+            return Ok(());
+        }
+        self.rbuf.consume(n);
+        if !reply.is_permanent() {
+            return Err(SmtpError::Helo(reply));
+        }
+        // RFC 5321 §3.2: an old server may only know HELO.
+        self.wbuf.clear();
+        self.wbuf.extend_from_slice(b"HELO ");
+        self.wbuf.extend_from_slice(self.settings.helo_name.as_bytes());
+        self.wbuf.extend_from_slice(b"\r\n");
+        let reply = self.command(ct, "HELO reply").await?;
+        if !reply.is_positive() {
+            return Err(SmtpError::Helo(reply));
+        }
+        self.caps = Capabilities::default();
+        Ok(())
+    }
+
+    async fn start_tls(mut self) -> Result<Connection, SmtpError> {
+        if !self.caps.starttls {
+            return Err(SmtpError::StartTlsNotOffered);
+        }
+        let ct = self.settings.command_timeout;
+        self.wbuf.clear();
+        self.wbuf.extend_from_slice(b"STARTTLS\r\n");
+        let reply = self.command(ct, "STARTTLS reply").await?;
+        if reply.code != 220 {
+            return Err(SmtpError::StartTls(reply));
+        }
+        // Plaintext queued behind the 220 would be read as if it came over
+        // TLS (CVE-2011-0411 class); refuse instead.
+        if !self.rbuf.data().is_empty() {
+            return Err(SmtpError::StartTlsInjection);
+        }
+        let Stream::Plain(tcp) = self.stream else {
+            return Err(SmtpError::TlsConfig("STARTTLS on a TLS stream".into()));
+        };
+        let stream = timeout(ct, tls_handshake(tcp, &self.settings))
+            .await
+            .map_err(|_| SmtpError::Timeout {
+                waiting_for: "TLS handshake",
+                after_data: false,
+            })??;
+        Ok(Connection {
+            stream,
+            caps: Capabilities::default(),
+            ..self
+        })
+    }
+
+    async fn authenticate(&mut self, credentials: &Credentials) -> Result<(), SmtpError> {
+        if !self.stream.is_tls() && !self.peer.ip().is_loopback() {
+            return Err(SmtpError::AuthWithoutTls);
+        }
+        let ct = self.settings.command_timeout;
+        self.wbuf.clear();
+        if self.caps.auth_plain {
+            auth::plain_command(&mut self.wbuf, &credentials.user, &credentials.password);
+        } else if self.caps.auth_login {
+            self.wbuf.extend_from_slice(b"AUTH LOGIN\r\n");
+            for secret in [&credentials.user, &credentials.password] {
+                let reply = self.command(ct, "AUTH reply").await?;
+                if reply.code != 334 {
+                    return Err(SmtpError::Auth(reply));
+                }
+                self.wbuf.fill(0);
+                self.wbuf.clear();
+                auth::base64_into(&mut self.wbuf, secret.as_bytes());
+                self.wbuf.extend_from_slice(b"\r\n");
+            }
+        } else {
+            return Err(SmtpError::AuthNotOffered);
+        }
+        let reply = self.command(ct, "AUTH reply").await?;
+        if reply.code != 235 {
+            return Err(SmtpError::Auth(reply));
+        }
+        Ok(())
+    }
+
+    /// Writes `wbuf` and reads one reply.
+    async fn command(&mut self, limit: Duration, waiting_for: &'static str) -> Result<Reply, SmtpError> {
+        self.write(limit, waiting_for).await?;
+        self.read_reply(limit, waiting_for).await
+    }
+
+    async fn write(&mut self, limit: Duration, waiting_for: &'static str) -> Result<(), SmtpError> {
+        let after_data = self.dot_sent;
+        match timeout(limit, self.stream.write_all(&self.wbuf)).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(source)) => Err(SmtpError::Io { source, after_data }),
+            Err(_) => Err(SmtpError::Timeout {
+                waiting_for,
+                after_data,
+            }),
+        }
+    }
+
+    async fn read_reply(&mut self, limit: Duration, waiting_for: &'static str) -> Result<Reply, SmtpError> {
+        let n = self.read_len(limit, waiting_for).await?;
+        Ok(self.take_reply(n))
+    }
+
+    /// Waits for a complete reply under `limit`; returns its length.
+    async fn read_len(&mut self, limit: Duration, waiting_for: &'static str) -> Result<usize, SmtpError> {
+        let after_data = self.dot_sent;
+        match timeout(limit, self.next_reply_len()).await {
+            Ok(result) => result,
+            Err(_) => Err(SmtpError::Timeout {
+                waiting_for,
+                after_data,
+            }),
+        }
+    }
+
+    fn take_reply(&mut self, n: usize) -> Reply {
+        let reply = Reply::from_raw(&self.rbuf.data()[..n]);
+        self.rbuf.consume(n);
+        reply
+    }
+
+    /// Waits until the buffer holds a complete reply; returns its length.
+    async fn next_reply_len(&mut self) -> Result<usize, SmtpError> {
+        let after_data = self.dot_sent;
+        loop {
+            match reply::complete_len(self.rbuf.data()) {
+                Ok(Some(n)) => return Ok(n),
+                Ok(None) => {}
+                Err(source) => return Err(SmtpError::Malformed { source, after_data }),
+            }
+            match self.rbuf.fill(&mut self.stream).await {
+                Ok(0) => return Err(SmtpError::Closed { after_data }),
+                Ok(_) => {}
+                Err(source) => return Err(SmtpError::Io { source, after_data }),
+            }
+        }
+    }
+}
+
+impl std::fmt::Debug for Connection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connection")
+            .field("peer", &self.peer)
+            .field("tls", &self.stream.is_tls())
+            .field("pipelining", &self.pipelining)
+            .field("usable", &self.usable)
+            .field("transactions", &self.transactions)
+            .finish()
+    }
+}
+
+async fn tls_handshake(tcp: TcpStream, settings: &ClientSettings) -> Result<Stream, SmtpError> {
+    let (Some(config), Some(name)) = (&settings.tls_config, &settings.server_name) else {
+        return Err(SmtpError::TlsConfig("TLS requested but not configured".into()));
+    };
+    let tls = TlsConnector::from(config.clone())
+        .connect(name.clone(), tcp)
+        .await
+        .map_err(SmtpError::TlsHandshake)?;
+    Ok(Stream::Tls(Box::new(tls)))
+}
+
+/// Defence in depth against command injection through addresses taken
+/// from CSV input: nothing that could end or split an SMTP command line.
+fn check_address(addr: &str, allow_empty: bool) -> Result<(), SmtpError> {
+    let bad = (addr.is_empty() && !allow_empty)
+        || addr.len() > MAX_ADDRESS
+        || addr.chars().any(|c| c.is_control() || matches!(c, ' ' | '<' | '>'));
+    if bad {
+        return Err(SmtpError::InvalidAddress(addr.to_owned()));
+    }
+    Ok(())
+}
+
+fn push_rcpt(buf: &mut Vec<u8>, rcpt: &str) {
+    buf.extend_from_slice(b"RCPT TO:<");
+    buf.extend_from_slice(rcpt.as_bytes());
+    buf.extend_from_slice(b">\r\n");
+}
+
+fn push_decimal(buf: &mut Vec<u8>, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    buf.extend_from_slice(&digits[i..]);
+}
+
+/// Appends `message` as a DATA payload: a "." starting a line is doubled,
+/// bare LF becomes CRLF (a lone LF or "\n.\n" is how SMTP smuggling starts),
+/// a missing final CRLF is added, then the terminating ".\r\n".
+pub(crate) fn stuff_body(message: &[u8], out: &mut Vec<u8>) {
+    out.reserve(message.len() + message.len() / 32 + 8);
+    let mut rest = message;
+    while !rest.is_empty() {
+        if rest[0] == b'.' {
+            out.push(b'.');
+        }
+        match rest.iter().position(|&b| b == b'\n') {
+            Some(i) => {
+                let line = &rest[..i];
+                out.extend_from_slice(line);
+                if line.last() != Some(&b'\r') {
+                    out.push(b'\r');
+                }
+                out.push(b'\n');
+                rest = &rest[i + 1..];
+            }
+            None => {
+                out.extend_from_slice(rest);
+                if rest.last() != Some(&b'\r') {
+                    out.push(b'\r');
+                }
+                out.push(b'\n');
+                rest = &[];
+            }
+        }
+    }
+    out.extend_from_slice(b".\r\n");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stuffed(m: &[u8]) -> Vec<u8> {
+        let mut v = Vec::new();
+        stuff_body(m, &mut v);
+        v
+    }
+
+    #[test]
+    fn dot_stuffing() {
+        assert_eq!(stuffed(b""), b".\r\n");
+        assert_eq!(stuffed(b"a\r\n"), b"a\r\n.\r\n");
+        assert_eq!(stuffed(b"a"), b"a\r\n.\r\n");
+        assert_eq!(stuffed(b".\r\n"), b"..\r\n.\r\n");
+        assert_eq!(
+            stuffed(b"Subject: x\r\n\r\n.hidden\r\nmid.dle\r\n..two\r\n"),
+            b"Subject: x\r\n\r\n..hidden\r\nmid.dle\r\n...two\r\n.\r\n"
+        );
+    }
+
+    #[test]
+    fn bare_newlines_cannot_smuggle_an_end_of_data() {
+        assert_eq!(stuffed(b"a\n.\nMAIL FROM:<x>\n"), b"a\r\n..\r\nMAIL FROM:<x>\r\n.\r\n");
+        assert_eq!(stuffed(b"a\r"), b"a\r\n.\r\n");
+    }
+
+    #[test]
+    fn address_validation() {
+        assert!(check_address("", true).is_ok());
+        assert!(check_address("", false).is_err());
+        assert!(check_address("bounce+x=y@example.org", false).is_ok());
+        assert!(check_address("jörg@exämple.org", false).is_ok());
+        for bad in [
+            "a@b\r\nRCPT TO:<c@d>",
+            "a@b\n",
+            "a\0@b",
+            "a @b",
+            "a<@b",
+            "a>@b",
+            "a\u{7f}@b",
+            "a\u{85}@b",
+        ] {
+            assert!(
+                matches!(check_address(bad, false), Err(SmtpError::InvalidAddress(_))),
+                "{bad:?}"
+            );
+        }
+        assert!(check_address(&"a".repeat(MAX_ADDRESS + 1), false).is_err());
+    }
+
+    #[test]
+    fn decimal() {
+        for n in [0u64, 7, 10, 1234567890, u64::MAX] {
+            let mut v = Vec::new();
+            push_decimal(&mut v, n);
+            assert_eq!(v, n.to_string().as_bytes());
+        }
+    }
+
+    #[test]
+    fn ehlo_capabilities() {
+        let raw = b"250-mx.example Hello\r\n250-PIPELINING\r\n250-SIZE 10240000\r\n\
+                    250-auth=LOGIN\r\n250-AUTH PLAIN LOGIN\r\n250-8BITMIME\r\n\
+                    250-ENHANCEDSTATUSCODES\r\n250 STARTTLS\r\n";
+        let caps = Capabilities::from_ehlo(raw);
+        assert_eq!(
+            caps,
+            Capabilities {
+                pipelining: true,
+                starttls: true,
+                auth_plain: true,
+                auth_login: true,
+                size: Some(10_240_000),
+                eight_bit_mime: true,
+                smtputf8: false,
+                enhanced_status_codes: true,
+            }
+        );
+        let none = Capabilities::from_ehlo(b"250 PIPELINING-is-my-name\r\n");
+        assert_eq!(none, Capabilities::default());
+    }
+}

@@ -1,0 +1,99 @@
+//! A small SMTP client built for bulk submission into relays we run.
+//!
+//! Why not `mail-send` 0.7: its `send()` walks MAIL/RCPT/DATA in lockstep and
+//! never uses PIPELINING (RFC 2920), it does not say which stage failed, it
+//! issues no RSET after a failed transaction (so the connection cannot be
+//! reused safely), and its `read()` drops any bytes buffered after the first
+//! reply, which means its command API cannot be pipelined by hand either. It
+//! also leaves Nagle on, which caps it at roughly 20 msg/s per connection on
+//! a request/response protocol. Blast sends one recipient per transaction at
+//! tens of thousands of messages per second, so round trips and stage-accurate
+//! outcomes are the whole game; this client is small and does exactly that on
+//! tokio + tokio-rustls.
+//!
+//! Layout: [`reply`] parses server replies, [`settings`] holds per-node
+//! configuration (including the rustls config, built once), [`tls`] builds
+//! that config, [`stream`] buffers a plain or TLS socket, and [`client`] is
+//! the [`Connection`] state machine.
+
+mod auth;
+mod client;
+mod reply;
+mod settings;
+mod stream;
+mod tls;
+
+pub use client::{Capabilities, Connection, Delivery, Stage};
+pub use reply::{EnhancedStatus, Reply, ReplyError};
+pub use settings::{ClientSettings, ClientSettingsBuilder, Credentials, TlsMode};
+
+use std::io;
+use std::net::SocketAddr;
+
+/// Everything that can go wrong talking to a server, other than the server
+/// refusing a message (that is an `Ok(Delivery)` with a non-2xx reply).
+///
+/// Transport failures inside [`Connection::send`] carry `after_data`: once
+/// the final "." has been written the server may have accepted the message,
+/// so a retry elsewhere can duplicate it.
+#[derive(Debug, thiserror::Error)]
+pub enum SmtpError {
+    #[error("connecting to {addr}: {source}")]
+    Connect { addr: SocketAddr, source: io::Error },
+    #[error("timed out waiting for {waiting_for}")]
+    Timeout {
+        waiting_for: &'static str,
+        after_data: bool,
+    },
+    #[error("I/O error: {source}")]
+    Io { source: io::Error, after_data: bool },
+    #[error("server closed the connection")]
+    Closed { after_data: bool },
+    #[error("malformed reply: {source}")]
+    Malformed {
+        source: ReplyError,
+        after_data: bool,
+    },
+    #[error("unexpected greeting: {0}")]
+    Greeting(Reply),
+    #[error("EHLO/HELO rejected: {0}")]
+    Helo(Reply),
+    #[error("STARTTLS required but not advertised")]
+    StartTlsNotOffered,
+    #[error("STARTTLS rejected: {0}")]
+    StartTls(Reply),
+    #[error("server sent data after its STARTTLS reply (possible injection)")]
+    StartTlsInjection,
+    #[error("TLS handshake: {0}")]
+    TlsHandshake(io::Error),
+    #[error("TLS configuration: {0}")]
+    TlsConfig(String),
+    #[error("invalid TLS server name {0:?}")]
+    InvalidServerName(String),
+    #[error("invalid HELO name {0:?}")]
+    InvalidHeloName(String),
+    #[error("authentication rejected: {0}")]
+    Auth(Reply),
+    #[error("server offers neither AUTH PLAIN nor AUTH LOGIN")]
+    AuthNotOffered,
+    #[error("refusing to send credentials over an unencrypted non-loopback connection")]
+    AuthWithoutTls,
+    #[error("invalid address {0:?}")]
+    InvalidAddress(String),
+    #[error("connection is no longer usable")]
+    NotUsable,
+}
+
+impl SmtpError {
+    /// True when the final "." of a message had been written before the
+    /// failure: the server may have queued the message.
+    pub fn after_data(&self) -> bool {
+        match self {
+            SmtpError::Timeout { after_data, .. }
+            | SmtpError::Io { after_data, .. }
+            | SmtpError::Closed { after_data }
+            | SmtpError::Malformed { after_data, .. } => *after_data,
+            _ => false,
+        }
+    }
+}
