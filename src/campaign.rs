@@ -69,7 +69,11 @@ struct Problems<'a>(&'a [Problem]);
 impl fmt::Display for Problems<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let n = self.0.len();
-        write!(f, "{n} problem{} in campaign:", if n == 1 { "" } else { "s" })?;
+        write!(
+            f,
+            "{n} problem{} in campaign:",
+            if n == 1 { "" } else { "s" }
+        )?;
         for p in self.0 {
             write!(f, "\n  {p}")?;
         }
@@ -108,7 +112,7 @@ pub struct CampaignFile {
     pub recipients: RecipientsSection,
     /// List-Unsubscribe (RFC 2369) and one-click unsubscribe (RFC 8058).
     #[serde(default)]
-    pub unsubscribe: Option<UnsubscribeSection>,
+    pub unsubscribe: Option<Spanned<UnsubscribeSection>>,
     /// Global limits of the pump.
     #[serde(default)]
     pub limits: LimitsSection,
@@ -406,15 +410,15 @@ impl fmt::Display for Rate {
 impl FromStr for Rate {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        let hint = "write a rate as COUNT/UNIT with UNIT one of s, m, h, d, e.g. \"500/s\" or \"20000/h\"";
+        let hint =
+            "write a rate as COUNT/UNIT with UNIT one of s, m, h, d, e.g. \"500/s\" or \"20000/h\"";
         let (count, unit) = s
             .split_once('/')
             .ok_or_else(|| format!("invalid rate {s:?}: {hint}"))?;
-        let count: u32 = count
-            .trim()
-            .replace('_', "")
-            .parse()
-            .map_err(|_| format!("invalid rate {s:?}: {count:?} is not a whole number; {hint}"))?;
+        let count: u32 =
+            count.trim().replace('_', "").parse().map_err(|_| {
+                format!("invalid rate {s:?}: {count:?} is not a whole number; {hint}")
+            })?;
         if count == 0 {
             return Err(format!(
                 "invalid rate {s:?}: the count must be at least 1 (leave the rate out for no limit)"
@@ -425,7 +429,11 @@ impl FromStr for Rate {
             "m" | "min" | "minute" => 60,
             "h" | "hour" => 3600,
             "d" | "day" => 86_400,
-            other => return Err(format!("invalid rate {s:?}: unknown unit {other:?}; {hint}")),
+            other => {
+                return Err(format!(
+                    "invalid rate {s:?}: unknown unit {other:?}; {hint}"
+                ));
+            }
         };
         Ok(Rate {
             count,
@@ -448,7 +456,8 @@ pub struct Dur(pub Duration);
 impl FromStr for Dur {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        let hint = "write a duration as a number and a unit (ms, s, m, h, d), e.g. \"30s\" or \"4h\"";
+        let hint =
+            "write a duration as a number and a unit (ms, s, m, h, d), e.g. \"30s\" or \"4h\"";
         let t = s.trim();
         let split = t
             .find(|c: char| !c.is_ascii_digit())
@@ -800,12 +809,21 @@ fn validate(ctx: &mut Ctx<'_>, f: CampaignFile) -> Option<Campaign> {
     let envelope = envelope(ctx, &f.envelope, &id);
     let templates = templates(ctx, &f.message);
     let recipients = recipients(ctx, &f.recipients);
-    let unsubscribe = f.unsubscribe.as_ref().map(|u| unsubscribe(ctx, u));
+    let unsubscribe = f
+        .unsubscribe
+        .as_ref()
+        .map(|u| unsubscribe(ctx, u.get_ref(), u.span()));
 
     let limits = Limits {
         rate: f.limits.rate.as_ref().map(|r| *r.get_ref()),
-        queue_depth: bounded(ctx, f.limits.queue_depth.as_ref(), 1000, 1, 1_000_000, "queue_depth")
-            as usize,
+        queue_depth: bounded(
+            ctx,
+            f.limits.queue_depth.as_ref(),
+            1000,
+            1,
+            1_000_000,
+            "queue_depth",
+        ) as usize,
         render_threads: bounded(
             ctx,
             f.limits.render_threads.as_ref(),
@@ -854,10 +872,7 @@ fn validate(ctx: &mut Ctx<'_>, f: CampaignFile) -> Option<Campaign> {
         ca_file: f.smtp.ca_file.as_ref().map(|c| {
             let p = ctx.path(c.get_ref());
             if !p.is_file() {
-                ctx.error(
-                    c.span(),
-                    format!("CA file {} does not exist", p.display()),
-                );
+                ctx.error(c.span(), format!("CA file {} does not exist", p.display()));
             }
             p
         }),
@@ -867,7 +882,10 @@ fn validate(ctx: &mut Ctx<'_>, f: CampaignFile) -> Option<Campaign> {
     {
         ctx.error(
             h.span(),
-            format!("invalid EHLO name {:?}: use a fully qualified host name", h.get_ref()),
+            format!(
+                "invalid EHLO name {:?}: use a fully qualified host name",
+                h.get_ref()
+            ),
         );
     }
     for t in [
@@ -879,7 +897,10 @@ fn validate(ctx: &mut Ctx<'_>, f: CampaignFile) -> Option<Campaign> {
     .flatten()
     {
         if t.get_ref().0.is_zero() {
-            ctx.error(t.span(), "a timeout of 0 would fail every command; use e.g. \"30s\"");
+            ctx.error(
+                t.span(),
+                "a timeout of 0 would fail every command; use e.g. \"30s\"",
+            );
         }
     }
 
@@ -956,7 +977,10 @@ fn bounded(
         Some(v) => {
             ctx.error(
                 v.span(),
-                format!("{what} = {} is out of range: use {min} to {max}", v.get_ref()),
+                format!(
+                    "{what} = {} is out of range: use {min} to {max}",
+                    v.get_ref()
+                ),
             );
             default
         }
@@ -1028,7 +1052,10 @@ fn mailbox(
     if let Some(n) = name
         && n.get_ref().chars().any(|c| c.is_control())
     {
-        ctx.error(n.span(), "the display name contains a control character; remove it");
+        ctx.error(
+            n.span(),
+            "the display name contains a control character; remove it",
+        );
         ok = false;
     }
     ok.then(|| Mailbox {
@@ -1250,11 +1277,16 @@ fn recipients(ctx: &mut Ctx<'_>, r: &RecipientsSection) -> Option<RecipientsOpti
     })
 }
 
-fn unsubscribe(ctx: &mut Ctx<'_>, u: &UnsubscribeSection) -> Option<Unsubscribe> {
+/// `section` is where the `[unsubscribe]` table is, for problems of the section as a whole.
+fn unsubscribe(
+    ctx: &mut Ctx<'_>,
+    u: &UnsubscribeSection,
+    section: Range<usize>,
+) -> Option<Unsubscribe> {
     let mut ok = true;
     if u.mailto.is_none() && u.url.is_none() {
         ctx.error(
-            0..0,
+            section,
             "[unsubscribe] needs a mailto and/or a url template (or remove the section)",
         );
         return None;
@@ -1281,8 +1313,14 @@ fn unsubscribe(ctx: &mut Ctx<'_>, u: &UnsubscribeSection) -> Option<Unsubscribe>
         None => u.url.is_some(),
     };
     ok.then(|| Unsubscribe {
-        mailto: u.mailto.as_ref().map(|m| inline(ctx, "unsubscribe_mailto.txt", m)),
-        url: u.url.as_ref().map(|m| inline(ctx, "unsubscribe_url.txt", m)),
+        mailto: u
+            .mailto
+            .as_ref()
+            .map(|m| inline(ctx, "unsubscribe_mailto.txt", m)),
+        url: u
+            .url
+            .as_ref()
+            .map(|m| inline(ctx, "unsubscribe_url.txt", m)),
         one_click,
     })
 }
@@ -1292,7 +1330,10 @@ fn nodes(ctx: &mut Ctx<'_>, nodes: &[Spanned<NodeSection>]) -> Vec<Node> {
     for n in nodes {
         let span = n.span();
         let n = n.get_ref();
-        let tls = n.tls.as_ref().map_or(TlsSetting::Starttls, |t| *t.get_ref());
+        let tls = n
+            .tls
+            .as_ref()
+            .map_or(TlsSetting::Starttls, |t| *t.get_ref());
         let address = match (&n.host, n.embedded) {
             (Some(h), true) => {
                 ctx.error(
@@ -1329,13 +1370,14 @@ fn nodes(ctx: &mut Ctx<'_>, nodes: &[Spanned<NodeSection>]) -> Vec<Node> {
                 NodeAddress::Remote { host, port }
             }
         };
-        if n.embedded && tls != TlsSetting::None {
-            if let Some(t) = &n.tls {
-                ctx.error(
-                    t.span(),
-                    "the embedded receiver speaks plain SMTP: use tls = \"none\" or leave tls out",
-                );
-            }
+        if n.embedded
+            && tls != TlsSetting::None
+            && let Some(t) = &n.tls
+        {
+            ctx.error(
+                t.span(),
+                "the embedded receiver speaks plain SMTP: use tls = \"none\" or leave tls out",
+            );
         }
         let tls = if n.embedded { TlsSetting::None } else { tls };
         let name = n.name.clone().unwrap_or_else(|| match &address {
@@ -1388,8 +1430,14 @@ fn nodes(ctx: &mut Ctx<'_>, nodes: &[Spanned<NodeSection>]) -> Vec<Node> {
             name,
             address,
             weight: bounded(ctx, n.weight.as_ref(), 1, 1, 1000, "weight") as u32,
-            max_connections: bounded(ctx, n.max_connections.as_ref(), 4, 1, 1000, "max_connections")
-                as u32,
+            max_connections: bounded(
+                ctx,
+                n.max_connections.as_ref(),
+                4,
+                1,
+                1000,
+                "max_connections",
+            ) as u32,
             messages_per_connection: bounded(
                 ctx,
                 n.messages_per_connection.as_ref(),
@@ -1406,8 +1454,9 @@ fn nodes(ctx: &mut Ctx<'_>, nodes: &[Spanned<NodeSection>]) -> Vec<Node> {
         });
     }
     if !out.is_empty() && out.iter().all(|n| n.fallback) {
+        // At the first node: that is where the pool is defined.
         ctx.error(
-            0..0,
+            nodes.first().map_or(0..0, |n| n.span()),
             "every node is a fallback node: at least one [[node]] must have fallback = false",
         );
     }
@@ -1427,16 +1476,27 @@ mod tests {
                 per: Duration::from_secs(1)
             }
         );
-        assert_eq!("20000/h".parse::<Rate>().unwrap().per, Duration::from_secs(3600));
+        assert_eq!(
+            "20000/h".parse::<Rate>().unwrap().per,
+            Duration::from_secs(3600)
+        );
         assert_eq!("20_000/h".parse::<Rate>().unwrap().count, 20_000);
         assert!("500".parse::<Rate>().is_err());
         assert!("0/s".parse::<Rate>().is_err());
-        assert!("5/fortnight".parse::<Rate>().unwrap_err().contains("unknown unit"));
+        assert!(
+            "5/fortnight"
+                .parse::<Rate>()
+                .unwrap_err()
+                .contains("unknown unit")
+        );
     }
 
     #[test]
     fn durations() {
-        assert_eq!("250ms".parse::<Dur>().unwrap().0, Duration::from_millis(250));
+        assert_eq!(
+            "250ms".parse::<Dur>().unwrap().0,
+            Duration::from_millis(250)
+        );
         assert_eq!("4h".parse::<Dur>().unwrap().0, Duration::from_secs(14400));
         assert!("30".parse::<Dur>().unwrap_err().contains("missing unit"));
         assert!("3 weeks".parse::<Dur>().is_err());

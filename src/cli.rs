@@ -52,7 +52,11 @@ pub fn exit_code_for(err: &anyhow::Error) -> u8 {
 }
 
 #[derive(Debug, Parser)]
-#[command(name = "blast", version, about = "High-volume bulk-mail campaign sender")]
+#[command(
+    name = "blast",
+    version,
+    about = "High-volume bulk-mail campaign sender"
+)]
 pub struct Args {
     #[command(subcommand)]
     pub command: Command,
@@ -168,8 +172,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
 pub fn load_key(campaign: &Campaign) -> Result<VerpKey, String> {
     let name = &campaign.envelope.secret_env;
     match std::env::var(name) {
-        Ok(secret) => VerpKey::new(secret.as_bytes())
-            .map_err(|e| format!("environment variable {name}: {e}")),
+        Ok(secret) => {
+            VerpKey::new(secret.as_bytes()).map_err(|e| format!("environment variable {name}: {e}"))
+        }
         Err(_) if campaign.all_embedded() => {
             eprintln!(
                 "blast: warning: {name} is not set; using a fixed demo key (fine for the embedded receiver only)"
@@ -290,7 +295,10 @@ fn check(path: &Path, sample: u64) -> anyhow::Result<ExitCode> {
     let mut rendered = 0u64;
     let mut bytes = 0u64;
     while source.stats().rows < sample {
-        let Some(r) = source.next_recipient().context("reading the recipient list")? else {
+        let Some(r) = source
+            .next_recipient()
+            .context("reading the recipient list")?
+        else {
             break;
         };
         match renderer.render(r, now) {
@@ -322,7 +330,7 @@ fn check(path: &Path, sample: u64) -> anyhow::Result<ExitCode> {
         stats.accepted,
         stats.rejected,
         rendered,
-        if rendered > 0 { bytes / rendered } else { 0 }
+        bytes.checked_div(rendered).unwrap_or(0)
     )?;
     for (kind, n) in stats.rejected_by_kind().filter(|(_, n)| *n > 0) {
         writeln!(out, "  rejected {n:>8}  {kind}")?;
@@ -362,7 +370,10 @@ fn preview(path: &Path, row: u64, out: Option<&Path>) -> anyhow::Result<ExitCode
         Err(problems) => return Ok(report_problems(&problems)),
     };
     let recipient = loop {
-        match source.next_recipient().context("reading the recipient list")? {
+        match source
+            .next_recipient()
+            .context("reading the recipient list")?
+        {
             Some(r) if r.row == row => break r,
             Some(r) if r.row > row => {
                 return Err(BadInput(format!(
@@ -375,7 +386,11 @@ fn preview(path: &Path, row: u64, out: Option<&Path>) -> anyhow::Result<ExitCode
                 let rows = source.stats().rows;
                 return Err(anyhow!(BadInput(format!(
                     "row {row} not found: the list has {rows} rows{}",
-                    if rows >= row { " (that row was rejected)" } else { "" }
+                    if rows >= row {
+                        " (that row was rejected)"
+                    } else {
+                        ""
+                    }
                 ))));
             }
         }
@@ -417,8 +432,7 @@ fn send(
         Err(problems) => return Ok(report_problems(&problems)),
     };
     if let Some(to) = to {
-        crate::source::check_address(to)
-            .map_err(|e| BadInput(format!("--to {to:?}: {e}")))?;
+        crate::source::check_address(to).map_err(|e| BadInput(format!("--to {to:?}: {e}")))?;
         let line = crate::send::send_one(&campaign, source, renderer, to)?;
         println!("{line}");
         return Ok(ExitCode::SUCCESS);

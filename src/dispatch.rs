@@ -392,7 +392,10 @@ impl Dispatcher {
 
     /// Smooth weighted round-robin (as in nginx) among `candidates`.
     fn pick(&mut self, candidates: &[usize]) -> usize {
-        let total: i64 = candidates.iter().map(|&i| self.nodes[i].weight as i64).sum();
+        let total: i64 = candidates
+            .iter()
+            .map(|&i| self.nodes[i].weight as i64)
+            .sum();
         let mut best = candidates[0];
         for &i in candidates {
             self.current[i] += self.nodes[i].weight as i64;

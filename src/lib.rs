@@ -8,12 +8,12 @@
 pub mod campaign;
 pub mod cli;
 pub mod dispatch;
+#[path = "gen.rs"]
+pub mod generate;
 pub mod log;
 pub mod node;
 pub mod outcome;
 pub mod progress;
-#[path = "gen.rs"]
-pub mod generate;
 pub mod receiver;
 pub mod render;
 pub mod retry;

@@ -285,7 +285,7 @@ fn handle(
                 node.error_streak.store(0, Ordering::Relaxed);
                 node.trip(shared, &why);
             }
-            if job.requeues % REQUEUES_PER_ATTEMPT == 0 {
+            if job.requeues.is_multiple_of(REQUEUES_PER_ATTEMPT) {
                 // This message keeps breaking connections: charge it an attempt.
                 job.attempts += 1;
                 job.first_attempt.get_or_insert(now);

@@ -4,7 +4,7 @@
 //! whose answers can be scripted per recipient (`tempfail+`, `permfail+`,
 //! `datatemp+`, `datafail+`, `drop+`, `slow+` local-part prefixes). The
 //! bounce sink will grow from it, so the SMTP dialogue lives in
-//! [`Protocol`], a state machine with no I/O (bytes in, replies out), and
+//! `Protocol`, a state machine with no I/O (bytes in, replies out), and
 //! the socket loop around it stays dumb.
 //!
 //! It is built for loopback throughput: one read buffer per session, every
@@ -210,7 +210,11 @@ fn multiline(code: u16, lines: &[&str]) -> Vec<u8> {
     out
 }
 
-async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
+async fn accept_loop(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let mut sessions = JoinSet::new();
     loop {
         tokio::select! {
@@ -515,7 +519,11 @@ impl Protocol {
             let rest = &input[pos..];
             match rest.iter().position(|&b| b == b'\n') {
                 Some(i) => {
-                    let crlf = if i > 0 { rest[i - 1] == b'\r' } else { self.tx.last_cr };
+                    let crlf = if i > 0 {
+                        rest[i - 1] == b'\r'
+                    } else {
+                        self.tx.last_cr
+                    };
                     self.body_bytes(&rest[..=i]);
                     self.tx.line_start = crlf;
                     self.tx.last_cr = false;
@@ -554,13 +562,16 @@ impl Protocol {
     fn finish_data(&mut self) {
         let tx = &mut self.tx;
         if tx.oversize {
-            self.out.extend_from_slice(b"552 5.3.4 Message size exceeds fixed limit\r\n");
+            self.out
+                .extend_from_slice(b"552 5.3.4 Message size exceeds fixed limit\r\n");
             self.shared.count(|c| &c.rejected, 1);
         } else if tx.script.data_fail {
-            self.out.extend_from_slice(b"554 5.6.0 Message rejected (scripted)\r\n");
+            self.out
+                .extend_from_slice(b"554 5.6.0 Message rejected (scripted)\r\n");
             self.shared.count(|c| &c.rejected, 1);
         } else if tx.script.data_temp {
-            self.out.extend_from_slice(b"451 4.3.0 Temporary failure (scripted)\r\n");
+            self.out
+                .extend_from_slice(b"451 4.3.0 Temporary failure (scripted)\r\n");
             self.shared.count(|c| &c.rejected, 1);
         } else {
             let id = splitmix64(self.shared.next_id.fetch_add(1, Ordering::Relaxed));
@@ -674,9 +685,14 @@ impl Protocol {
             return Step::NeedInput;
         };
         if let Some((code, text)) = &self.shared.opts.reply_all {
-            self.out.extend_from_slice(format!("{code} {text}\r\n").as_bytes());
+            self.out
+                .extend_from_slice(format!("{code} {text}\r\n").as_bytes());
             self.shared.count(|c| &c.rejected, 1);
-            return if *code == 421 { Step::Close } else { Step::NeedInput };
+            return if *code == 421 {
+                Step::Close
+            } else {
+                Step::NeedInput
+            };
         }
         let declared = params
             .split(|&b| b == b' ')
@@ -721,7 +737,9 @@ impl Protocol {
         script.data_fail |= strip_prefix_ci(local, b"datafail+").is_some();
         script.drop |= strip_prefix_ci(local, b"drop+").is_some();
         script.slow |= strip_prefix_ci(local, b"slow+").is_some();
-        self.tx.rcpts.push(String::from_utf8_lossy(path).into_owned());
+        self.tx
+            .rcpts
+            .push(String::from_utf8_lossy(path).into_owned());
         self.reply(b"250 2.1.5 Ok\r\n");
     }
 
@@ -753,7 +771,10 @@ fn parse_path<'a>(arg: &'a [u8], keyword: &[u8]) -> Option<(&'a [u8], &'a [u8])>
     let rest = rest.strip_prefix(b"<")?;
     let close = rest.iter().position(|&b| b == b'>')?;
     let path = &rest[..close];
-    if path.iter().any(|&b| b.is_ascii_control() || b == b' ' || b == b'<') {
+    if path
+        .iter()
+        .any(|&b| b.is_ascii_control() || b == b' ' || b == b'<')
+    {
         return None;
     }
     Some((path, rest[close + 1..].trim_ascii()))
@@ -761,7 +782,8 @@ fn parse_path<'a>(arg: &'a [u8], keyword: &[u8]) -> Option<(&'a [u8], &'a [u8])>
 
 fn strip_prefix_ci<'a>(s: &'a [u8], prefix: &[u8]) -> Option<&'a [u8]> {
     let head = s.get(..prefix.len())?;
-    head.eq_ignore_ascii_case(prefix).then(|| &s[prefix.len()..])
+    head.eq_ignore_ascii_case(prefix)
+        .then(|| &s[prefix.len()..])
 }
 
 /// Spreads sequential ids so queue ids look like a real MTA's.
@@ -823,7 +845,10 @@ mod tests {
         let input = b"EHLO c\r\nMAIL FROM:<a@x> SIZE=20\r\nRCPT TO:<b@y>\r\nDATA\r\n\
                       Subject: s\r\n\r\n..dot\r\nx.y\r\n.\r\nQUIT\r\n";
         let (out, step) = run(&mut p, input);
-        assert_eq!(codes(&out), ["220", "250", "250", "250", "354", "250", "221"]);
+        assert_eq!(
+            codes(&out),
+            ["220", "250", "250", "250", "354", "250", "221"]
+        );
         assert!(out.contains("250-PIPELINING\r\n") && out.contains("250 ENHANCEDSTATUSCODES"));
         assert_eq!(step, Step::Close);
         let msgs = p.shared.messages().clone();
@@ -841,14 +866,21 @@ mod tests {
                 keep_messages: 1,
                 ..Default::default()
             });
-            run(&mut p, b"HELO c\r\nMAIL FROM:<>\r\nRCPT TO:<b@y>\r\nDATA\r\n");
+            run(
+                &mut p,
+                b"HELO c\r\nMAIL FROM:<>\r\nRCPT TO:<b@y>\r\nDATA\r\n",
+            );
             let mut buf = body[..split].to_vec();
             let (used, _) = p.feed(&buf);
             buf.drain(..used);
             buf.extend_from_slice(&body[split..]);
             let (out, _) = run(&mut p, &buf);
             assert_eq!(codes(&out), ["250", "250"], "split {split}");
-            assert_eq!(p.shared.messages()[0].data, b"l1\r\n.\r\nx\r\n\r\n", "split {split}");
+            assert_eq!(
+                p.shared.messages()[0].data,
+                b"l1\r\n.\r\nx\r\n\r\n",
+                "split {split}"
+            );
         }
     }
 
@@ -907,9 +939,16 @@ mod tests {
               0123456789\r\n.\r\nNOOP\r\n",
         );
         assert!(out.contains("250-SIZE 10\r\n"));
-        assert_eq!(codes(&out), ["220", "250", "552", "250", "250", "354", "552", "250"]);
+        assert_eq!(
+            codes(&out),
+            ["220", "250", "552", "250", "250", "354", "552", "250"]
+        );
         assert!(p.shared.messages().is_empty());
-        assert_eq!(p.tx.body.capacity(), 0, "oversize body must not be buffered");
+        assert_eq!(
+            p.tx.body.capacity(),
+            0,
+            "oversize body must not be buffered"
+        );
     }
 
     #[test]
@@ -923,7 +962,10 @@ mod tests {
         );
         assert_eq!(
             codes(&out),
-            ["220", "250", "250", "451", "250", "354", "451", "250", "250", "354", "554", "250", "250", "354", "250"]
+            [
+                "220", "250", "250", "451", "250", "354", "451", "250", "250", "354", "554", "250",
+                "250", "354", "250"
+            ]
         );
         assert!(out.contains("554 5.6.0 "));
         let stats = &p.shared.counters;

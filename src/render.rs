@@ -121,14 +121,24 @@ impl Renderer {
             }
         });
 
+        env.set_formatter(html_formatter);
+
         let t = &campaign.templates;
         let unsub = campaign.unsubscribe.as_ref();
-        let sources: Vec<TemplateSource> = [Some(&t.subject), t.to_name.as_ref(), t.text.as_ref(), t.html.as_ref()]
-            .into_iter()
-            .chain([unsub.and_then(|u| u.mailto.as_ref()), unsub.and_then(|u| u.url.as_ref())])
-            .flatten()
-            .cloned()
-            .collect();
+        let sources: Vec<TemplateSource> = [
+            Some(&t.subject),
+            t.to_name.as_ref(),
+            t.text.as_ref(),
+            t.html.as_ref(),
+        ]
+        .into_iter()
+        .chain([
+            unsub.and_then(|u| u.mailto.as_ref()),
+            unsub.and_then(|u| u.url.as_ref()),
+        ])
+        .flatten()
+        .cloned()
+        .collect();
 
         let mut errors = Vec::new();
         for src in &sources {
@@ -142,10 +152,12 @@ impl Renderer {
                 let mut names: Vec<String> = tmpl.undeclared_variables(false).into_iter().collect();
                 names.sort();
                 for name in names {
-                    if columns.index(&name).is_none() && !BUILTIN_VARIABLES.contains(&name.as_str()) {
+                    if columns.index(&name).is_none() && !BUILTIN_VARIABLES.contains(&name.as_str())
+                    {
                         errors.push(RenderError::UnknownVariable {
                             file: src.file.clone(),
-                            line: src.first_line + line_of_variable(&src.text, &name).saturating_sub(1),
+                            line: src.first_line
+                                + line_of_variable(&src.text, &name).saturating_sub(1),
                             name,
                             columns: columns.names().join(", "),
                             builtins: BUILTIN_VARIABLES.join(", "),
@@ -287,7 +299,10 @@ impl Renderer {
             }
             b = b.header("List-Unsubscribe", URL::new_list(urls.into_iter()));
             if self.one_click {
-                b = b.header("List-Unsubscribe-Post", Raw::new("List-Unsubscribe=One-Click"));
+                b = b.header(
+                    "List-Unsubscribe-Post",
+                    Raw::new("List-Unsubscribe=One-Click"),
+                );
             }
         }
         for (name, value) in &self.headers {
@@ -342,6 +357,10 @@ struct RowContext {
 impl Object for RowContext {
     fn get_value(self: &Arc<Self>, key: &Value) -> Option<Value> {
         let key = key.as_str()?;
+        // The normalised address wins over a CSV column of the same name.
+        if key == "email" {
+            return Some(Value::from(self.recipient.address.as_str()));
+        }
         if let Some(i) = self.columns.index(key) {
             let v = self.recipient.field(i);
             return (!v.is_empty()).then(|| Value::from(v));
@@ -352,7 +371,10 @@ impl Object for RowContext {
             "campaign" => Some(Value::from(self.campaign.as_str())),
             "unsubscribe_token" => Some(Value::from(self.token.as_str())),
             "unsubscribe_url" => self.unsubscribe_url.get().map(|s| Value::from(s.as_str())),
-            "unsubscribe_mailto" => self.unsubscribe_mailto.get().map(|s| Value::from(s.as_str())),
+            "unsubscribe_mailto" => self
+                .unsubscribe_mailto
+                .get()
+                .map(|s| Value::from(s.as_str())),
             _ => None,
         }
     }
@@ -367,6 +389,37 @@ fn template_error(src: &TemplateSource, e: &minijinja::Error) -> RenderError {
             Some(d) => format!("{}: {d}", e.kind()),
             None => e.kind().to_string(),
         },
+    }
+}
+
+/// HTML auto-escaping that leaves `/` alone: minijinja's default writes `https:&#x2f;&#x2f;…`,
+/// which is valid but makes every link in a mail look obfuscated to spam filters. `& < > " '`
+/// are what matters in element content and quoted attributes.
+fn html_formatter(
+    out: &mut minijinja::Output,
+    state: &mut minijinja::State,
+    value: &Value,
+) -> Result<(), minijinja::Error> {
+    match (state.auto_escape(), value.as_str()) {
+        (AutoEscape::Html, Some(s)) if !value.is_safe() => {
+            let mut last = 0;
+            for (i, b) in s.bytes().enumerate() {
+                let rep = match b {
+                    b'&' => "&amp;",
+                    b'<' => "&lt;",
+                    b'>' => "&gt;",
+                    b'"' => "&quot;",
+                    b'\'' => "&#39;",
+                    _ => continue,
+                };
+                out.write_str(&s[last..i])?;
+                out.write_str(rep)?;
+                last = i + 1;
+            }
+            out.write_str(&s[last..])?;
+            Ok(())
+        }
+        _ => minijinja::escape_formatter(out, state, value),
     }
 }
 

@@ -56,7 +56,9 @@ fn seed() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(1, |d| d.as_nanos() as u64);
     let id = std::thread::current().id();
-    let h = format!("{id:?}").bytes().fold(t, |a, b| a.rotate_left(5) ^ b as u64);
+    let h = format!("{id:?}")
+        .bytes()
+        .fold(t, |a, b| a.rotate_left(5) ^ b as u64);
     h | 1
 }
 

@@ -80,7 +80,10 @@ impl VerpKey {
         else {
             return Err(VerpError::Malformed);
         };
-        if mac.len() != MAC_CHARS || campaign.is_empty() || row.is_empty() || row.len() > MAX_ROW_CHARS
+        if mac.len() != MAC_CHARS
+            || campaign.is_empty()
+            || row.is_empty()
+            || row.len() > MAX_ROW_CHARS
         {
             return Err(VerpError::Malformed);
         }
@@ -179,7 +182,10 @@ mod tests {
 
     #[test]
     fn short_secret_is_refused() {
-        assert_eq!(VerpKey::new(b"short").unwrap_err(), VerpError::ShortSecret(5));
+        assert_eq!(
+            VerpKey::new(b"short").unwrap_err(),
+            VerpError::ShortSecret(5)
+        );
     }
 
     #[test]

@@ -10,9 +10,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use blast::receiver::{Receiver, ReceiverHandle, ReceiverOptions};
-use blast::smtp::{
-    ClientSettings, Connection, Credentials, SmtpError, Stage, TlsMode,
-};
+use blast::smtp::{ClientSettings, Connection, Credentials, SmtpError, Stage, TlsMode};
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
@@ -61,15 +59,23 @@ fn message(i: usize) -> Vec<u8> {
 async fn fifty_messages_on_one_pipelined_connection() {
     bounded(async {
         let rx = receiver(keep(100)).await;
-        let mut conn = Connection::connect(rx.addr(), settings(true)).await.unwrap();
+        let mut conn = Connection::connect(rx.addr(), settings(true))
+            .await
+            .unwrap();
         assert!(conn.pipelining());
         for i in 0..50 {
-            let d = conn.send(FROM, &format!("r{i}@rcpt.test"), &message(i)).await.unwrap();
+            let d = conn
+                .send(FROM, &format!("r{i}@rcpt.test"), &message(i))
+                .await
+                .unwrap();
             assert!(d.accepted(), "{i}: {d:?}");
             assert_eq!(d.stage, Stage::Body);
             assert_eq!(d.reply.enhanced.unwrap().to_string(), "2.0.0");
             let id = d.reply.queue_id().expect("queue id");
-            assert!(id.len() == 16 && id.bytes().all(|b| b.is_ascii_hexdigit()), "{id}");
+            assert!(
+                id.len() == 16 && id.bytes().all(|b| b.is_ascii_hexdigit()),
+                "{id}"
+            );
         }
         assert_eq!(conn.transactions(), 50);
         assert!(conn.is_usable());
@@ -77,7 +83,12 @@ async fn fifty_messages_on_one_pipelined_connection() {
 
         let stats = rx.stats();
         assert_eq!(
-            (stats.connections, stats.transactions, stats.accepted, stats.rejected),
+            (
+                stats.connections,
+                stats.transactions,
+                stats.accepted,
+                stats.rejected
+            ),
             (1, 50, 50, 0)
         );
         let msgs = rx.messages();
@@ -87,7 +98,10 @@ async fn fifty_messages_on_one_pipelined_connection() {
             assert_eq!(m.rcpt, format!("r{i}@rcpt.test"));
             assert_eq!(m.data, message(i), "message {i} altered in transit");
         }
-        assert_eq!(stats.bytes, msgs.iter().map(|m| m.data.len() as u64).sum::<u64>());
+        assert_eq!(
+            stats.bytes,
+            msgs.iter().map(|m| m.data.len() as u64).sum::<u64>()
+        );
         rx.shutdown().await;
     })
     .await
@@ -101,19 +115,33 @@ async fn lockstep_when_either_side_disables_pipelining() {
             ..keep(10)
         })
         .await;
-        let mut conn = Connection::connect(no_pipe.addr(), settings(true)).await.unwrap();
+        let mut conn = Connection::connect(no_pipe.addr(), settings(true))
+            .await
+            .unwrap();
         assert!(!conn.pipelining());
         assert!(!conn.capabilities().pipelining);
         for i in 0..5 {
-            assert!(conn.send(FROM, "a@rcpt.test", &message(i)).await.unwrap().accepted());
+            assert!(
+                conn.send(FROM, "a@rcpt.test", &message(i))
+                    .await
+                    .unwrap()
+                    .accepted()
+            );
         }
         assert_eq!(no_pipe.messages()[4].data, message(4));
 
         let pipe = receiver(ReceiverOptions::default()).await;
-        let mut conn = Connection::connect(pipe.addr(), settings(false)).await.unwrap();
+        let mut conn = Connection::connect(pipe.addr(), settings(false))
+            .await
+            .unwrap();
         assert!(conn.capabilities().pipelining);
         assert!(!conn.pipelining());
-        assert!(conn.send(FROM, "a@rcpt.test", &message(0)).await.unwrap().accepted());
+        assert!(
+            conn.send(FROM, "a@rcpt.test", &message(0))
+                .await
+                .unwrap()
+                .accepted()
+        );
         assert_eq!(pipe.stats().accepted, 1);
         no_pipe.shutdown().await;
         pipe.shutdown().await;
@@ -126,7 +154,9 @@ async fn refusals_report_stage_and_connection_stays_reusable() {
     bounded(async {
         for pipelining in [true, false] {
             let rx = receiver(keep(100)).await;
-            let mut conn = Connection::connect(rx.addr(), settings(pipelining)).await.unwrap();
+            let mut conn = Connection::connect(rx.addr(), settings(pipelining))
+                .await
+                .unwrap();
             assert_eq!(conn.pipelining(), pipelining);
             let cases = [
                 ("tempfail+1@rcpt.test", Stage::Rcpt, 451, "4.3.0"),
@@ -137,17 +167,30 @@ async fn refusals_report_stage_and_connection_stays_reusable() {
             for (i, (rcpt, stage, code, enhanced)) in cases.into_iter().enumerate() {
                 let d = conn.send(FROM, rcpt, &message(i)).await.unwrap();
                 assert!(!d.accepted());
-                assert_eq!((d.stage, d.reply.code), (stage, code), "{rcpt} {pipelining}");
+                assert_eq!(
+                    (d.stage, d.reply.code),
+                    (stage, code),
+                    "{rcpt} {pipelining}"
+                );
                 assert_eq!(d.reply.enhanced.unwrap().to_string(), enhanced);
                 assert_eq!(d.reply.queue_id(), None);
                 assert!(conn.is_usable(), "{rcpt}");
                 // The transaction was reset: the next one on the same
                 // connection goes through (a nested MAIL would get 503).
-                let ok = conn.send(FROM, "ok@rcpt.test", &message(100 + i)).await.unwrap();
-                assert!(ok.accepted(), "after {rcpt} (pipelining {pipelining}): {ok:?}");
+                let ok = conn
+                    .send(FROM, "ok@rcpt.test", &message(100 + i))
+                    .await
+                    .unwrap();
+                assert!(
+                    ok.accepted(),
+                    "after {rcpt} (pipelining {pipelining}): {ok:?}"
+                );
             }
             let stats = rx.stats();
-            assert_eq!((stats.accepted, stats.rejected, stats.connections), (4, 4, 1));
+            assert_eq!(
+                (stats.accepted, stats.rejected, stats.connections),
+                (4, 4, 1)
+            );
             let msgs = rx.messages();
             assert!(msgs.iter().all(|m| m.rcpt == "ok@rcpt.test"));
             assert_eq!(msgs[3].data, message(103));
@@ -165,7 +208,9 @@ async fn reply_all_421_retires_connection_but_451_does_not() {
             ..Default::default()
         })
         .await;
-        let mut conn = Connection::connect(rx.addr(), settings(true)).await.unwrap();
+        let mut conn = Connection::connect(rx.addr(), settings(true))
+            .await
+            .unwrap();
         let d = conn.send(FROM, "a@rcpt.test", &message(0)).await.unwrap();
         assert_eq!((d.stage, d.reply.code), (Stage::Mail, 421));
         assert_eq!(d.reply.text, "shutting down");
@@ -180,7 +225,9 @@ async fn reply_all_421_retires_connection_but_451_does_not() {
         })
         .await;
         for pipelining in [true, false] {
-            let mut conn = Connection::connect(rx.addr(), settings(pipelining)).await.unwrap();
+            let mut conn = Connection::connect(rx.addr(), settings(pipelining))
+                .await
+                .unwrap();
             for _ in 0..2 {
                 let d = conn.send(FROM, "a@rcpt.test", &message(0)).await.unwrap();
                 assert_eq!((d.stage, d.reply.code), (Stage::Mail, 451));
@@ -228,8 +275,13 @@ async fn drop_during_body() {
         // A small body goes out in one write before the server reads it, so
         // the final "." was written and the message may have been taken:
         // the caller must treat a re-send as a possible duplicate.
-        let mut conn = Connection::connect(rx.addr(), settings(true)).await.unwrap();
-        let err = conn.send(FROM, "drop+1@rcpt.test", &message(0)).await.unwrap_err();
+        let mut conn = Connection::connect(rx.addr(), settings(true))
+            .await
+            .unwrap();
+        let err = conn
+            .send(FROM, "drop+1@rcpt.test", &message(0))
+            .await
+            .unwrap_err();
         assert!(err.after_data(), "{err:?}");
         assert!(!conn.is_usable());
 
@@ -241,8 +293,13 @@ async fn drop_during_body() {
             body.extend_from_slice(&big);
             body.extend_from_slice(b"\r\n");
         }
-        let mut conn = Connection::connect(rx.addr(), settings(true)).await.unwrap();
-        let err = conn.send(FROM, "drop+2@rcpt.test", &body).await.unwrap_err();
+        let mut conn = Connection::connect(rx.addr(), settings(true))
+            .await
+            .unwrap();
+        let err = conn
+            .send(FROM, "drop+2@rcpt.test", &body)
+            .await
+            .unwrap_err();
         assert!(matches!(err, SmtpError::Io { .. }), "{err:?}");
         assert!(!err.after_data(), "{err:?}");
         assert_eq!(rx.stats().accepted, 0);
@@ -255,7 +312,9 @@ async fn drop_during_body() {
 async fn invalid_addresses_are_rejected_before_anything_is_written() {
     bounded(async {
         let rx = receiver(keep(10)).await;
-        let mut conn = Connection::connect(rx.addr(), settings(true)).await.unwrap();
+        let mut conn = Connection::connect(rx.addr(), settings(true))
+            .await
+            .unwrap();
         let injected = "a@rcpt.test>\r\nRCPT TO:<victim@elsewhere.test";
         for (from, rcpt) in [
             (FROM, injected),
@@ -271,7 +330,12 @@ async fn invalid_addresses_are_rejected_before_anything_is_written() {
         }
         assert_eq!(conn.transactions(), 0);
         // Bounces use the null reverse path.
-        assert!(conn.send("", "a@rcpt.test", &message(1)).await.unwrap().accepted());
+        assert!(
+            conn.send("", "a@rcpt.test", &message(1))
+                .await
+                .unwrap()
+                .accepted()
+        );
         let stats = rx.stats();
         assert_eq!((stats.transactions, stats.accepted), (1, 1));
         assert_eq!(rx.messages()[0].mail_from, "");
@@ -287,8 +351,14 @@ async fn shutdown_closes_live_sessions() {
         let addr = rx.addr();
         let mut conn = Connection::connect(addr, settings(true)).await.unwrap();
         rx.shutdown().await;
-        let err = conn.send(FROM, "a@rcpt.test", &message(0)).await.unwrap_err();
-        assert!(matches!(err, SmtpError::Io { .. } | SmtpError::Closed { .. }), "{err:?}");
+        let err = conn
+            .send(FROM, "a@rcpt.test", &message(0))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, SmtpError::Io { .. } | SmtpError::Closed { .. }),
+            "{err:?}"
+        );
         assert!(Connection::connect(addr, settings(true)).await.is_err());
     })
     .await
@@ -395,7 +465,10 @@ async fn pipelined_failure_with_354_sends_empty_body_then_rset() {
             ],
         );
         let mut conn = Connection::connect(addr, settings(true)).await.unwrap();
-        let d = conn.send("a@b.test", "c@d.test", b"secret body\r\n").await.unwrap();
+        let d = conn
+            .send("a@b.test", "c@d.test", b"secret body\r\n")
+            .await
+            .unwrap();
         assert_eq!((d.stage, d.reply.code), (Stage::Rcpt, 550));
         assert!(conn.is_usable());
         let seen = server.await.unwrap();
@@ -426,7 +499,9 @@ async fn auth_plain_preferred_login_as_fallback() {
                 ("AUTH PLAIN AGJvYgBzZWNyZXQ=", "235 2.7.0 ok\r\n"),
             ],
         );
-        Connection::connect(addr, with_auth(creds.clone())).await.unwrap();
+        Connection::connect(addr, with_auth(creds.clone()))
+            .await
+            .unwrap();
         server.await.unwrap();
 
         let (l, addr) = listen().await;
@@ -440,14 +515,21 @@ async fn auth_plain_preferred_login_as_fallback() {
                 ("c2VjcmV0", "535 5.7.8 bad credentials\r\n"),
             ],
         );
-        let err = Connection::connect(addr, with_auth(creds.clone())).await.unwrap_err();
-        assert!(matches!(&err, SmtpError::Auth(r) if r.code == 535), "{err:?}");
+        let err = Connection::connect(addr, with_auth(creds.clone()))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&err, SmtpError::Auth(r) if r.code == 535),
+            "{err:?}"
+        );
         assert!(!format!("{err} {err:?}").contains("secret"));
         server.await.unwrap();
 
         let (l, addr) = listen().await;
         let server = scripted(l, "220 mx\r\n", vec![("EHLO client.test", "250 mx\r\n")]);
-        let err = Connection::connect(addr, with_auth(creds)).await.unwrap_err();
+        let err = Connection::connect(addr, with_auth(creds))
+            .await
+            .unwrap_err();
         assert!(matches!(err, SmtpError::AuthNotOffered), "{err:?}");
         server.await.unwrap();
     })
@@ -522,7 +604,12 @@ async fn starttls_verifies_against_the_given_ca() {
         assert!(conn.pipelining(), "capabilities re-read after TLS");
         assert!(!conn.capabilities().starttls, "STARTTLS not offered twice");
         for i in 0..3 {
-            assert!(conn.send(FROM, "a@rcpt.test", &message(i)).await.unwrap().accepted());
+            assert!(
+                conn.send(FROM, "a@rcpt.test", &message(i))
+                    .await
+                    .unwrap()
+                    .accepted()
+            );
         }
         conn.quit().await;
         assert_eq!(rx.messages()[2].data, message(2));

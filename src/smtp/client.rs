@@ -13,11 +13,11 @@ use tokio::net::TcpStream;
 use tokio::time::timeout;
 use tokio_rustls::TlsConnector;
 
+use super::SmtpError;
 use super::auth;
 use super::reply::{self, Reply};
 use super::settings::{ClientSettings, Credentials, TlsMode};
 use super::stream::{ReadBuf, Stream};
-use super::SmtpError;
 
 /// RFC 5321 §4.5.3.1.3: a path is at most 256 octets including "<>".
 const MAX_ADDRESS: usize = 254;
@@ -66,8 +66,10 @@ impl Capabilities {
         let mut caps = Capabilities::default();
         for line in reply::lines(raw).skip(1) {
             let line = String::from_utf8_lossy(line);
-            let mut words = line.split(|c: char| c == ' ' || c == '=');
-            let Some(keyword) = words.next() else { continue };
+            let mut words = line.split([' ', '=']);
+            let Some(keyword) = words.next() else {
+                continue;
+            };
             match keyword.to_ascii_uppercase().as_str() {
                 "PIPELINING" => caps.pipelining = true,
                 "STARTTLS" => caps.starttls = true,
@@ -138,7 +140,10 @@ impl Connection {
     }
 
     /// TCP connect, implicit TLS if configured, and the 220 greeting.
-    async fn open(addr: SocketAddr, settings: Arc<ClientSettings>) -> Result<Connection, SmtpError> {
+    async fn open(
+        addr: SocketAddr,
+        settings: Arc<ClientSettings>,
+    ) -> Result<Connection, SmtpError> {
         let tcp = TcpStream::connect(addr)
             .await
             .map_err(|source| SmtpError::Connect { addr, source })?;
@@ -264,11 +269,20 @@ impl Connection {
             let data = self.read_reply(ct, "DATA reply").await?;
             let data_code = data.code;
             let failed = if !mail.is_positive() {
-                Some(Delivery { stage: Stage::Mail, reply: mail })
+                Some(Delivery {
+                    stage: Stage::Mail,
+                    reply: mail,
+                })
             } else if !rcpt.is_positive() {
-                Some(Delivery { stage: Stage::Rcpt, reply: rcpt })
+                Some(Delivery {
+                    stage: Stage::Rcpt,
+                    reply: rcpt,
+                })
             } else if data.code != 354 {
-                Some(Delivery { stage: Stage::Data, reply: data })
+                Some(Delivery {
+                    stage: Stage::Data,
+                    reply: data,
+                })
             } else {
                 None
             };
@@ -283,7 +297,12 @@ impl Connection {
                     self.wbuf.clear();
                     self.wbuf.extend_from_slice(b".\r\n");
                     self.write(ct, "empty body write").await?;
-                    if self.read_reply(self.settings.data_timeout, "empty body reply").await?.code == 421 {
+                    if self
+                        .read_reply(self.settings.data_timeout, "empty body reply")
+                        .await?
+                        .code
+                        == 421
+                    {
                         self.usable = false;
                         return Ok(failed);
                     }
@@ -332,7 +351,10 @@ impl Connection {
         if !reply.is_positive() {
             self.rset().await;
         }
-        Ok(Delivery { stage: Stage::Body, reply })
+        Ok(Delivery {
+            stage: Stage::Body,
+            reply,
+        })
     }
 
     fn push_mail(&mut self, mail_from: &str, rcpt: &str, message: &[u8]) {
@@ -378,7 +400,8 @@ impl Connection {
         let ct = self.settings.command_timeout;
         self.wbuf.clear();
         self.wbuf.extend_from_slice(b"EHLO ");
-        self.wbuf.extend_from_slice(self.settings.helo_name.as_bytes());
+        self.wbuf
+            .extend_from_slice(self.settings.helo_name.as_bytes());
         self.wbuf.extend_from_slice(b"\r\n");
         self.write(ct, "EHLO write").await?;
         let n = self.read_len(ct, "EHLO reply").await?;
@@ -396,7 +419,8 @@ impl Connection {
         // RFC 5321 §3.2: an old server may only know HELO.
         self.wbuf.clear();
         self.wbuf.extend_from_slice(b"HELO ");
-        self.wbuf.extend_from_slice(self.settings.helo_name.as_bytes());
+        self.wbuf
+            .extend_from_slice(self.settings.helo_name.as_bytes());
         self.wbuf.extend_from_slice(b"\r\n");
         let reply = self.command(ct, "HELO reply").await?;
         if !reply.is_positive() {
@@ -469,7 +493,11 @@ impl Connection {
     }
 
     /// Writes `wbuf` and reads one reply.
-    async fn command(&mut self, limit: Duration, waiting_for: &'static str) -> Result<Reply, SmtpError> {
+    async fn command(
+        &mut self,
+        limit: Duration,
+        waiting_for: &'static str,
+    ) -> Result<Reply, SmtpError> {
         self.write(limit, waiting_for).await?;
         self.read_reply(limit, waiting_for).await
     }
@@ -486,13 +514,21 @@ impl Connection {
         }
     }
 
-    async fn read_reply(&mut self, limit: Duration, waiting_for: &'static str) -> Result<Reply, SmtpError> {
+    async fn read_reply(
+        &mut self,
+        limit: Duration,
+        waiting_for: &'static str,
+    ) -> Result<Reply, SmtpError> {
         let n = self.read_len(limit, waiting_for).await?;
         Ok(self.take_reply(n))
     }
 
     /// Waits for a complete reply under `limit`; returns its length.
-    async fn read_len(&mut self, limit: Duration, waiting_for: &'static str) -> Result<usize, SmtpError> {
+    async fn read_len(
+        &mut self,
+        limit: Duration,
+        waiting_for: &'static str,
+    ) -> Result<usize, SmtpError> {
         let after_data = self.dot_sent;
         match timeout(limit, self.next_reply_len()).await {
             Ok(result) => result,
@@ -541,7 +577,9 @@ impl std::fmt::Debug for Connection {
 
 async fn tls_handshake(tcp: TcpStream, settings: &ClientSettings) -> Result<Stream, SmtpError> {
     let (Some(config), Some(name)) = (&settings.tls_config, &settings.server_name) else {
-        return Err(SmtpError::TlsConfig("TLS requested but not configured".into()));
+        return Err(SmtpError::TlsConfig(
+            "TLS requested but not configured".into(),
+        ));
     };
     let tls = TlsConnector::from(config.clone())
         .connect(name.clone(), tcp)
@@ -555,7 +593,9 @@ async fn tls_handshake(tcp: TcpStream, settings: &ClientSettings) -> Result<Stre
 fn check_address(addr: &str, allow_empty: bool) -> Result<(), SmtpError> {
     let bad = (addr.is_empty() && !allow_empty)
         || addr.len() > MAX_ADDRESS
-        || addr.chars().any(|c| c.is_control() || matches!(c, ' ' | '<' | '>'));
+        || addr
+            .chars()
+            .any(|c| c.is_control() || matches!(c, ' ' | '<' | '>'));
     if bad {
         return Err(SmtpError::InvalidAddress(addr.to_owned()));
     }
@@ -639,7 +679,10 @@ mod tests {
 
     #[test]
     fn bare_newlines_cannot_smuggle_an_end_of_data() {
-        assert_eq!(stuffed(b"a\n.\nMAIL FROM:<x>\n"), b"a\r\n..\r\nMAIL FROM:<x>\r\n.\r\n");
+        assert_eq!(
+            stuffed(b"a\n.\nMAIL FROM:<x>\n"),
+            b"a\r\n..\r\nMAIL FROM:<x>\r\n.\r\n"
+        );
         assert_eq!(stuffed(b"a\r"), b"a\r\n.\r\n");
     }
 

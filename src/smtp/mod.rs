@@ -4,16 +4,16 @@
 //! never uses PIPELINING (RFC 2920), it does not say which stage failed, it
 //! issues no RSET after a failed transaction (so the connection cannot be
 //! reused safely), and its `read()` drops any bytes buffered after the first
-//! reply, which means its command API cannot be pipelined by hand either. It
-//! also leaves Nagle on, which caps it at roughly 20 msg/s per connection on
-//! a request/response protocol. Blast sends one recipient per transaction at
-//! tens of thousands of messages per second, so round trips and stage-accurate
-//! outcomes are the whole game; this client is small and does exactly that on
-//! tokio + tokio-rustls.
+//! reply, which means its command API cannot be pipelined by hand either.
+//! It also needs TCP_NODELAY set on the socket, or Nagle plus delayed ACKs
+//! hold it to ~20 msg/s per connection. Blast sends one recipient per
+//! transaction at tens of thousands of messages per second, so round trips
+//! and stage-accurate outcomes are the whole game; this client is small and
+//! does exactly that on tokio + tokio-rustls.
 //!
-//! Layout: [`reply`] parses server replies, [`settings`] holds per-node
-//! configuration (including the rustls config, built once), [`tls`] builds
-//! that config, [`stream`] buffers a plain or TLS socket, and [`client`] is
+//! Layout: `reply` parses server replies, `settings` holds per-node
+//! configuration (including the rustls config, built once), `tls` builds
+//! that config, `stream` buffers a plain or TLS socket, and `client` is
 //! the [`Connection`] state machine.
 
 mod auth;

@@ -170,7 +170,12 @@ pub(crate) fn complete_len(buf: &[u8]) -> Result<Option<usize>, ReplyError> {
             Some(_) => return Err(bad_line(line)),
         };
         match first {
-            Some(f) if f != code => return Err(ReplyError::MixedCodes { first: f, then: code }),
+            Some(f) if f != code => {
+                return Err(ReplyError::MixedCodes {
+                    first: f,
+                    then: code,
+                });
+            }
             _ => first = Some(code),
         }
         pos += nl + 1;
@@ -223,7 +228,8 @@ fn bad_line(line: &[u8]) -> ReplyError {
 fn split_enhanced(text: &[u8], code: u16) -> (Option<EnhancedStatus>, &[u8]) {
     let end = text.iter().position(|&b| b == b' ').unwrap_or(text.len());
     let mut parts = text[..end].split(|&b| b == b'.');
-    let (Some(c), Some(s), Some(d), None) = (parts.next(), parts.next(), parts.next(), parts.next())
+    let (Some(c), Some(s), Some(d), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
     else {
         return (None, text);
     };
@@ -323,16 +329,31 @@ mod tests {
     fn enhanced_code_must_match_class_and_be_a_token() {
         assert_eq!(parse_one("250 5.1.1 odd\r\n").enhanced, None);
         assert_eq!(parse_one("250 2.3.4.5 ip\r\n").enhanced, None);
-        assert_eq!(parse_one("451 4.3.0\r\n").enhanced.unwrap().to_string(), "4.3.0");
+        assert_eq!(
+            parse_one("451 4.3.0\r\n").enhanced.unwrap().to_string(),
+            "4.3.0"
+        );
         assert_eq!(parse_one("250 mx.example ESMTP\r\n").enhanced, None);
     }
 
     #[test]
     fn garbage_is_rejected_early() {
-        assert!(matches!(Reply::parse(b"hello\r\n"), Err(ReplyError::BadLine(_))));
-        assert!(matches!(Reply::parse(b"HTTP/1.1"), Err(ReplyError::BadLine(_))));
-        assert!(matches!(Reply::parse(b"250x ok\r\n"), Err(ReplyError::BadLine(_))));
-        assert!(matches!(Reply::parse(b"650 ok\r\n"), Err(ReplyError::BadLine(_))));
+        assert!(matches!(
+            Reply::parse(b"hello\r\n"),
+            Err(ReplyError::BadLine(_))
+        ));
+        assert!(matches!(
+            Reply::parse(b"HTTP/1.1"),
+            Err(ReplyError::BadLine(_))
+        ));
+        assert!(matches!(
+            Reply::parse(b"250x ok\r\n"),
+            Err(ReplyError::BadLine(_))
+        ));
+        assert!(matches!(
+            Reply::parse(b"650 ok\r\n"),
+            Err(ReplyError::BadLine(_))
+        ));
         assert_eq!(
             Reply::parse(b"250-a\r\n550 b\r\n"),
             Err(ReplyError::MixedCodes {
@@ -367,7 +388,10 @@ mod tests {
             id("250 2.0.0 Ok: queued as 4Bq1Xz3gK9z9sR5\r\n").as_deref(),
             Some("4Bq1Xz3gK9z9sR5")
         );
-        assert_eq!(id("250 OK id=1rX2aB-000Abc-3Z\r\n").as_deref(), Some("1rX2aB-000Abc-3Z"));
+        assert_eq!(
+            id("250 OK id=1rX2aB-000Abc-3Z\r\n").as_deref(),
+            Some("1rX2aB-000Abc-3Z")
+        );
         assert_eq!(
             id("250 2.0.0 x1ABCD123 Message accepted for delivery\r\n").as_deref(),
             Some("x1ABCD123")

@@ -147,8 +147,8 @@ impl ClientSettingsBuilder {
     }
 
     pub fn build(self) -> Result<Arc<ClientSettings>, SmtpError> {
-        let helo_ok = !self.helo_name.is_empty()
-            && self.helo_name.bytes().all(|b| b.is_ascii_graphic());
+        let helo_ok =
+            !self.helo_name.is_empty() && self.helo_name.bytes().all(|b| b.is_ascii_graphic());
         if !helo_ok {
             return Err(SmtpError::InvalidHeloName(self.helo_name));
         }
@@ -157,7 +157,10 @@ impl ClientSettingsBuilder {
             TlsMode::StartTls | TlsMode::Tls => {
                 let name = ServerName::try_from(self.tls_server_name.clone())
                     .map_err(|_| SmtpError::InvalidServerName(self.tls_server_name.clone()))?;
-                (Some(tls::client_config(self.ca_file.as_deref())?), Some(name))
+                (
+                    Some(tls::client_config(self.ca_file.as_deref())?),
+                    Some(name),
+                )
             }
         };
         Ok(Arc::new(ClientSettings {
@@ -185,7 +188,10 @@ mod tests {
         let c = Credentials::new("bob", "hunter2");
         let s = format!("{c:?}");
         assert!(s.contains("bob") && !s.contains("hunter2"), "{s}");
-        let settings = ClientSettings::builder("me.example").auth(c).build().unwrap();
+        let settings = ClientSettings::builder("me.example")
+            .auth(c)
+            .build()
+            .unwrap();
         assert!(!format!("{settings:?}").contains("hunter2"));
     }
 
