@@ -259,12 +259,12 @@ impl Renderer {
             None
         };
         let text = if self.has_text {
-            Some(self.render_value("body.txt", &value, row)?)
+            Some(body_lines(self.render_value("body.txt", &value, row)?))
         } else {
             None
         };
         let html = if self.has_html {
-            Some(self.render_value("body.html", &value, row)?)
+            Some(body_lines(self.render_value("body.html", &value, row)?))
         } else {
             None
         };
@@ -316,6 +316,11 @@ impl Renderer {
         }
         let mut bytes = Vec::with_capacity(4096);
         b.serialize(&mut bytes);
+        // A single-part body can end without a line break (minijinja drops a template's final
+        // newline); end the message with CRLF like every other line.
+        if !bytes.ends_with(b"\r\n") {
+            bytes.extend_from_slice(b"\r\n");
+        }
         Ok(Message {
             row,
             rcpt: ctx.recipient.address,
@@ -453,6 +458,17 @@ fn one_line(s: String) -> String {
             .to_string()
     } else if s.trim().len() != s.len() {
         s.trim().to_string()
+    } else {
+        s
+    }
+}
+
+/// Body text with every line break as `\n`, which mail-builder writes as CRLF. A template
+/// saved with bare CRs (old Mac line endings, a stray `\r`) would otherwise put bare CRs on the
+/// wire: RFC 5322 forbids them and some relays treat them as line ends.
+fn body_lines(s: String) -> String {
+    if s.contains('\r') {
+        s.replace("\r\n", "\n").replace('\r', "\n")
     } else {
         s
     }
