@@ -132,7 +132,7 @@ async fn display(
         let overall = multi.add(ProgressBar::new(total.max(1)));
         overall.set_style(
             ProgressStyle::with_template(
-                "{bar:30.green/white} {pos:>9}/{len:9} {per_sec:>12} eta {eta:>4}  {msg}",
+                "{bar:30.green/white} {pos:>9}/{len:9} eta {eta:>4}  {msg}",
             )
             .expect("static template")
             .progress_chars("█▉▊▋▌▍▎▏ "),
@@ -171,7 +171,8 @@ async fn display(
                 bar.set_length(finals);
             }
             bar.set_position(finals);
-            bar.set_message(status.clone());
+            let elapsed = started.elapsed().as_secs_f64().max(0.001);
+            bar.set_message(format!("{:>7.0}/s  {status}", finals as f64 / elapsed));
             for ((name, n), b) in nodes.iter().zip(&node_bars) {
                 b.set_message(node_line(name, n));
             }
