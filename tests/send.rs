@@ -6,7 +6,7 @@
 //! `send::run` builds its own runtime, so it is called from a plain thread, never from async
 //! code. Every run is bounded: it happens on a thread of its own and the test fails if it has
 //! not finished in time. Each test writes its campaign under a unique directory of
-//! `target/test-tmp/`, removed when the test passes.
+//! `target/test-tmp/`, removed when the test passes and kept (path printed) when it fails.
 
 mod common;
 
@@ -283,9 +283,18 @@ messages_per_connection = {}"#,
         by_row
     }
 
-    /// Removes the directory (only reached when the test passed).
-    fn done(self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
+    /// The test passed: the directory goes (see the `Drop` impl).
+    fn done(self) {}
+}
+
+impl Drop for Camp {
+    /// Removes the campaign directory, unless the test is failing: then it stays for inspection.
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("campaign files kept for inspection: {}", self.dir.display());
+        } else {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
     }
 }
 
@@ -482,6 +491,7 @@ fn pipelining_on_and_off_deliver_the_same() {
             &rt,
             ReceiverOptions {
                 pipelining,
+                keep_messages: 1000,
                 ..Default::default()
             },
         );
@@ -502,6 +512,32 @@ fn pipelining_on_and_off_deliver_the_same() {
         let log = camp.log();
         assert_eq!(log[&8]["stage"], "rcpt");
         assert_eq!(log[&101]["stage"], "body");
+        // What arrived is what was rendered for that row: one message per accepted recipient,
+        // VERP sender, dot-stuffing undone, the Message-ID the log names.
+        let kept = rx.messages();
+        assert_eq!(kept.len(), 298);
+        let mut seen = BTreeSet::new();
+        for m in &kept {
+            let row: u64 = m.rcpt["user".len()..m.rcpt.find('@').unwrap()]
+                .parse::<u64>()
+                .unwrap_or_else(|_| panic!("unexpected recipient {}", m.rcpt))
+                + 1;
+            assert!(seen.insert(row), "row {row} received twice");
+            let l = &log[&row];
+            assert_eq!(outcome(l), "accepted", "{l}");
+            assert!(
+                m.mail_from.starts_with("b-") && m.mail_from.ends_with("@bounce.example.com"),
+                "{}",
+                m.mail_from
+            );
+            let text = String::from_utf8_lossy(&m.data);
+            assert!(text.contains(&format!("<{}>", l["message_id"].as_str().unwrap())));
+            assert!(
+                text.contains("\r\n.a line starting with a dot\r\n"),
+                "{text}"
+            );
+            assert!(text.contains(&format!("row {row}\r\n")), "{text}");
+        }
         let outcomes: Vec<(u64, String)> = log
             .iter()
             .map(|(r, l)| (*r, outcome(l).to_string()))
