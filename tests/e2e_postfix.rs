@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use blast::generate::{GenOptions, write_recipients};
 use blast::verp::VerpKey;
-use common::{PostfixNodes, SmtpSink, test_dir};
+use common::{PostfixNodes, SmtpSink, remove_dir_unless_panicking, test_dir};
 
 const SECRET_VAR: &str = "BLAST_E2E_SECRET";
 const SECRET: &str = "e2e-secret-0123456789";
@@ -224,4 +224,5 @@ fn through_two_real_postfix_relays() {
     // The relays deliver everything to the sink.
     let got = sink.wait_for_messages(rows as usize, Duration::from_secs(180));
     assert_eq!(got as u64, rows);
+    remove_dir_unless_panicking(&dir);
 }

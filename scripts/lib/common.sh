@@ -107,10 +107,13 @@ need_postfix_tool() {
   find_postfix_tool "$1" || die "'$1' not found (it ships in Debian's 'postfix' package); run scripts/install-deps"
 }
 
-# proc_is PID NAME -> success if PID is alive and its command name is NAME.
+# proc_is PID NAME -> success if PID is alive (not a zombie waiting to be
+# reaped, which can take a while when PID 1 is not a real init) and its
+# command name is NAME.
 proc_is() {
-  local comm
-  [[ -r /proc/$1/comm ]] || return 1
-  comm=$(cat "/proc/$1/comm" 2>/dev/null) || return 1
-  [[ $comm == "$2" ]]
+  local stat comm state
+  stat=$(cat "/proc/$1/stat" 2>/dev/null) || return 1
+  comm=${stat#*(}; comm=${comm%)*}
+  state=${stat##*) }; state=${state%% *}
+  [[ $comm == "$2" && $state != Z && $state != X ]]
 }

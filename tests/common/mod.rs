@@ -119,7 +119,7 @@ fn run_script(name: &str, args: &[String]) -> Result<String, String> {
     }
 }
 
-fn remove_dir_unless_panicking(dir: &Path) {
+pub fn remove_dir_unless_panicking(dir: &Path) {
     if std::thread::panicking() {
         eprintln!("test servers' files kept for inspection: {}", dir.display());
     } else {
@@ -135,18 +135,31 @@ pub struct SmtpSink {
     dir: PathBuf,
     run_dir: PathBuf,
     dump_dir: PathBuf,
+    dump: bool,
     running: bool,
 }
 
 impl SmtpSink {
-    /// Starts a sink that accepts everything.
+    /// Starts a sink that accepts everything and dumps every message.
     pub fn start() -> SmtpSink {
-        SmtpSink::start_with(&[])
+        SmtpSink::launch(true, &[])
     }
 
     /// Starts a sink with extra `smtp-sink` arguments, e.g.
     /// `&["-r", "RCPT", "-b", "451 4.7.1 try later"]` to defer every RCPT.
     pub fn start_with(extra_args: &[&str]) -> SmtpSink {
+        SmtpSink::launch(true, extra_args)
+    }
+
+    /// Starts a sink that only counts (no dump files): for volume tests, where
+    /// writing one file per message would cost more than the test itself.
+    /// [`SmtpSink::message_count`] and [`SmtpSink::messages`] then see nothing;
+    /// use [`SmtpSink::completed_count`] and [`SmtpSink::wait_for_messages`].
+    pub fn start_counting() -> SmtpSink {
+        SmtpSink::launch(false, &[])
+    }
+
+    fn launch(dump: bool, extra_args: &[&str]) -> SmtpSink {
         let dir = test_dir("sink");
         let run_dir = dir.join("run");
         let dump_dir = dir.join("dump");
@@ -159,9 +172,11 @@ impl SmtpSink {
                 port.to_string(),
                 "--dir".into(),
                 run_dir.display().to_string(),
-                "--dump".into(),
-                dump_dir.display().to_string(),
             ];
+            if dump {
+                args.push("--dump".into());
+                args.push(dump_dir.display().to_string());
+            }
             if !extra_args.is_empty() {
                 args.push("--".into());
                 args.extend(extra_args.iter().map(|s| s.to_string()));
@@ -173,6 +188,7 @@ impl SmtpSink {
                         dir,
                         run_dir,
                         dump_dir,
+                        dump,
                         running: true,
                     };
                 }
@@ -224,14 +240,23 @@ impl SmtpSink {
             .unwrap_or(0)
     }
 
-    /// Waits until at least `n` messages are complete and dumped, or `timeout`
-    /// passes; returns the number of dumped files then.
+    /// Waits until at least `n` messages are complete (and, for a dumping
+    /// sink, dumped), or `timeout` passes. Returns the number of dumped files
+    /// then (for a counting-only sink: the number of completed messages).
     pub fn wait_for_messages(&self, n: usize, timeout: Duration) -> usize {
         let deadline = Instant::now() + timeout;
         loop {
-            let (done, files) = (self.completed_count(), self.message_count());
-            if (done >= n && files >= n) || Instant::now() >= deadline {
-                return files;
+            // The counter is cheap to read; list the dump only once it is there.
+            let done = self.completed_count();
+            let seen = if !self.dump {
+                done
+            } else if done >= n || Instant::now() >= deadline {
+                self.message_count()
+            } else {
+                0
+            };
+            if (done >= n && seen >= n) || Instant::now() >= deadline {
+                return seen;
             }
             std::thread::sleep(Duration::from_millis(50));
         }
