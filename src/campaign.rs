@@ -101,7 +101,8 @@ pub struct CampaignFile {
     /// Extra headers added to every message, e.g. `"X-Campaign" = "spring"`. Names must be
     /// printable ASCII without `:`; values are fixed text (no templates, no control characters).
     /// Headers blast writes itself (From, To, Subject, Date, Message-ID, MIME-Version,
-    /// Content-*, List-Unsubscribe*) cannot be overridden here.
+    /// Content-*, List-Unsubscribe*, DKIM-Signature, Feedback-ID) cannot be overridden here;
+    /// Feedback-ID is set in `[dkim]`.
     #[serde(default)]
     pub headers: BTreeMap<String, Spanned<String>>,
     /// The envelope sender (MAIL FROM), where bounces go.
@@ -113,6 +114,9 @@ pub struct CampaignFile {
     /// List-Unsubscribe (RFC 2369) and one-click unsubscribe (RFC 8058).
     #[serde(default)]
     pub unsubscribe: Option<Spanned<UnsubscribeSection>>,
+    /// DKIM signing and the Feedback-ID header (see `src/dkim.rs`).
+    #[serde(default)]
+    pub dkim: Option<Spanned<crate::dkim::DkimSection>>,
     /// Global limits of the pump.
     #[serde(default)]
     pub limits: LimitsSection,
@@ -125,6 +129,12 @@ pub struct CampaignFile {
     /// Where blast writes its files. Relative paths are relative to the campaign file.
     #[serde(default)]
     pub output: OutputSection,
+    /// When blast may start sending (for cron and timers).
+    #[serde(default)]
+    pub schedule: ScheduleSection,
+    /// The suppression list: addresses never mailed again (hard bounces, complaints, …).
+    #[serde(default)]
+    pub suppression: SuppressionSection,
     /// The sender node pool: relay MTAs blast hands messages to. At least one is required.
     #[serde(default, rename = "node")]
     pub nodes: Vec<Spanned<NodeSection>>,
@@ -323,6 +333,30 @@ pub struct OutputSection {
     pub journal: Option<String>,
 }
 
+/// `[suppression]`: the list of addresses `blast send` skips (see `crate::suppression`).
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct SuppressionSection {
+    /// The SQLite file, shared with `blast sink --db`. Default `<campaign>.suppression.sqlite`.
+    #[serde(default)]
+    pub path: Option<String>,
+    /// Soft bounces (mailbox full, policy, …) of one address before it is suppressed. Default
+    /// 3; 0 never suppresses on soft bounces.
+    #[serde(default)]
+    pub soft_bounce_limit: Option<u32>,
+}
+
+/// `[schedule]`: guards for scheduled sends (cron, systemd timers).
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct ScheduleSection {
+    /// `"HH:MM"`, UTC: `blast send` refuses (exit 75) to start or resume a run after this time
+    /// of day, so a missed 02:00 run does not fire at 11:00 when the machine comes back.
+    /// `--not-after HH:MM` overrides it.
+    #[serde(default)]
+    pub not_after: Option<Spanned<String>>,
+}
+
 /// `[[node]]`: one relay MTA of the sender pool.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -446,6 +480,56 @@ impl<'de> Deserialize<'de> for Rate {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;
         s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// A UTC time of day, written `"HH:MM"` (24-hour clock).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct TimeOfDay {
+    pub hour: u8,
+    pub minute: u8,
+}
+
+impl TimeOfDay {
+    /// The current UTC time of day.
+    pub fn now_utc() -> TimeOfDay {
+        TimeOfDay::of_unix(crate::cli::unix_now())
+    }
+
+    /// The UTC time of day of a Unix time.
+    pub fn of_unix(t: i64) -> TimeOfDay {
+        let secs = t.rem_euclid(86_400);
+        TimeOfDay {
+            hour: (secs / 3600) as u8,
+            minute: (secs % 3600 / 60) as u8,
+        }
+    }
+}
+
+impl std::fmt::Display for TimeOfDay {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:02}:{:02}", self.hour, self.minute)
+    }
+}
+
+impl FromStr for TimeOfDay {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad = || {
+            format!(
+                "invalid time of day {s:?}: write \"HH:MM\" (24-hour clock, UTC), e.g. \"06:00\""
+            )
+        };
+        let (h, m) = s.trim().split_once(':').ok_or_else(bad)?;
+        if h.len() != 2 || m.len() != 2 {
+            return Err(bad());
+        }
+        let hour: u8 = h.parse().map_err(|_| bad())?;
+        let minute: u8 = m.parse().map_err(|_| bad())?;
+        if hour > 23 || minute > 59 {
+            return Err(bad());
+        }
+        Ok(TimeOfDay { hour, minute })
     }
 }
 
@@ -578,6 +662,20 @@ pub struct SmtpOptions {
     pub ca_file: Option<PathBuf>,
 }
 
+/// Scheduling guards.
+#[derive(Debug, Clone, Default)]
+pub struct Schedule {
+    /// Do not start or resume a run after this UTC time of day.
+    pub not_after: Option<TimeOfDay>,
+}
+
+/// The suppression list settings.
+#[derive(Debug, Clone)]
+pub struct SuppressionOptions {
+    pub path: PathBuf,
+    pub soft_bounce_limit: u32,
+}
+
 #[derive(Debug, Clone)]
 pub struct Outputs {
     pub delivery_log: PathBuf,
@@ -629,10 +727,14 @@ pub struct Campaign {
     pub templates: Templates,
     pub recipients: RecipientsOptions,
     pub unsubscribe: Option<Unsubscribe>,
+    /// DKIM keys (loaded) and Feedback-ID; `None` without `[dkim]`.
+    pub dkim: Option<std::sync::Arc<crate::dkim::Dkim>>,
     pub limits: Limits,
     pub retry: RetryPolicy,
     pub smtp: SmtpOptions,
     pub output: Outputs,
+    pub schedule: Schedule,
+    pub suppression: SuppressionOptions,
     pub nodes: Vec<Node>,
 }
 
@@ -656,6 +758,8 @@ const RESERVED_HEADERS: &[&str] = &[
     "list-unsubscribe-post",
     "return-path",
     "sender",
+    "dkim-signature",
+    "feedback-id",
 ];
 
 impl Campaign {
@@ -813,6 +917,26 @@ fn validate(ctx: &mut Ctx<'_>, f: CampaignFile) -> Option<Campaign> {
         .unsubscribe
         .as_ref()
         .map(|u| unsubscribe(ctx, u.get_ref(), u.span()));
+    let dkim = f.dkim.as_ref().and_then(|d| {
+        let from_domain = f
+            .from
+            .address
+            .get_ref()
+            .rsplit_once('@')
+            .map_or("", |(_, d)| d)
+            .trim()
+            .to_ascii_lowercase();
+        let base = base_dir(&ctx.file).to_path_buf();
+        match crate::dkim::validate(d.get_ref(), &base, &id, &from_domain) {
+            Ok(d) => Some(std::sync::Arc::new(d)),
+            Err(problems) => {
+                for (span, message) in problems {
+                    ctx.error(span, message);
+                }
+                None
+            }
+        }
+    });
 
     let limits = Limits {
         rate: f.limits.rate.as_ref().map(|r| *r.get_ref()),
@@ -918,6 +1042,19 @@ fn validate(ctx: &mut Ctx<'_>, f: CampaignFile) -> Option<Campaign> {
         rejects: out(&f.output.rejects, "rejects.csv"),
         journal: out(&f.output.journal, "journal.sqlite"),
     };
+    let suppression = SuppressionOptions {
+        path: out(&f.suppression.path, "suppression.sqlite"),
+        soft_bounce_limit: f.suppression.soft_bounce_limit.unwrap_or(3),
+    };
+
+    let schedule = Schedule {
+        not_after: f.schedule.not_after.as_ref().and_then(|t| {
+            t.get_ref()
+                .parse::<TimeOfDay>()
+                .map_err(|e| ctx.error(t.span(), e))
+                .ok()
+        }),
+    };
 
     let nodes = nodes(ctx, &f.nodes);
     if f.nodes.is_empty() {
@@ -938,10 +1075,13 @@ fn validate(ctx: &mut Ctx<'_>, f: CampaignFile) -> Option<Campaign> {
         templates: templates?,
         recipients: recipients?,
         unsubscribe: unsubscribe.flatten(),
+        dkim,
         limits,
         retry,
         smtp,
         output,
+        schedule,
+        suppression,
         nodes,
     })
 }
@@ -1342,7 +1482,16 @@ fn nodes(ctx: &mut Ctx<'_>, nodes: &[Spanned<NodeSection>]) -> Vec<Node> {
                 );
                 continue;
             }
-            (None, true) => NodeAddress::Embedded,
+            (None, true) => {
+                // The embedded receiver picks its own port on 127.0.0.1.
+                if let Some(p) = &n.port {
+                    ctx.error(
+                        p.span(),
+                        "an embedded node has no port: remove port or set embedded = false",
+                    );
+                }
+                NodeAddress::Embedded
+            }
             (None, false) => {
                 ctx.error(
                     span,

@@ -16,7 +16,7 @@
 //! when every node defers everything.
 
 use std::cmp::Ordering as CmpOrdering;
-use std::collections::BinaryHeap;
+use std::collections::{BinaryHeap, VecDeque};
 use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -26,6 +26,7 @@ use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use tokio::sync::{Notify, mpsc};
 
 use crate::campaign::{Rate, RetryPolicy};
+use crate::journal::JournalSender;
 use crate::log::LogSender;
 use crate::node::Node;
 use crate::outcome::{Outcome, Status};
@@ -45,6 +46,8 @@ pub struct Job {
     /// Deferrals by primary nodes, for the switch to fallback nodes.
     pub primary_deferrals: u32,
     pub possibly_duplicated: bool,
+    /// An attempt mark was written to the journal for this job.
+    pub marked: bool,
     /// The last deferral, reported if the recipient expires.
     pub last: Option<(Arc<str>, Option<Delivery>)>,
 }
@@ -58,6 +61,7 @@ impl Job {
             first_attempt: None,
             primary_deferrals: 0,
             possibly_duplicated: false,
+            marked: false,
             last: None,
         }
     }
@@ -75,6 +79,10 @@ pub struct Shared {
     pub policy: RetryPolicy,
     pub counters: Arc<Counters>,
     log: LogSender,
+    /// The journal, if this run keeps one.
+    journal: Option<JournalSender>,
+    /// Final outcomes of rows an earlier session had attempted without a recorded outcome.
+    resumed_duplicates: AtomicU64,
     back: mpsc::UnboundedSender<Back>,
     /// Recipients taken from the render queue and not yet final.
     outstanding: AtomicU64,
@@ -84,11 +92,62 @@ pub struct Shared {
     idle: Notify,
     stop: AtomicBool,
     stop_notify: Notify,
+    /// Where synchronous user-unknown failures are recorded (see [`Shared::set_suppression`]).
+    suppression: std::sync::OnceLock<SyncSuppression>,
+}
+
+/// The suppression list as the connection tasks use it: rare writes (a 5xx user unknown at
+/// RCPT), so one lock around one connection is enough.
+pub struct SyncSuppression {
+    pub campaign: String,
+    pub list: std::sync::Mutex<crate::suppression::Suppressions>,
 }
 
 impl Shared {
+    /// Records synchronous hard failures (5.1.1 and the like) in this suppression list.
+    pub fn set_suppression(&self, s: SyncSuppression) {
+        let _ = self.suppression.set(s);
+    }
+
+    fn record_dead_address(&self, row: u64, rcpt: &str, delivery: &Delivery) {
+        let Some(s) = self.suppression.get() else {
+            return;
+        };
+        let r = &delivery.reply;
+        let enhanced = r.enhanced.map(|e| (e.class, e.subject, e.detail));
+        if !crate::suppression::is_dead_address_reply(r.code, enhanced, &r.text) {
+            return;
+        }
+        let mut e = crate::suppression::Entry::new(
+            rcpt,
+            crate::suppression::Source::Smtp,
+            crate::dsn::Reason::UserUnknown.as_str(),
+        );
+        e.status = r.enhanced.map(|x| x.to_string());
+        e.diagnostic = Some(format!("{} {}", r.code, r.text));
+        e.campaign = Some(s.campaign.clone());
+        e.row = Some(row);
+        let list = s.list.lock().unwrap_or_else(|p| p.into_inner());
+        if let Err(err) = list.add(&e) {
+            tracing::error!("cannot record {rcpt} as suppressed: {err}");
+        }
+    }
+
     /// Records a final outcome.
-    pub fn finish(&self, job: Job, status: Status, node: &Arc<str>, delivery: Option<Delivery>) {
+    pub fn finish(
+        &self,
+        mut job: Job,
+        status: Status,
+        node: &Arc<str>,
+        delivery: Option<Delivery>,
+    ) {
+        if let Some(j) = &self.journal
+            && j.was_unconfirmed(job.msg.row)
+        {
+            // A crashed session may have had it in flight: the relay may already have it.
+            self.resumed_duplicates.fetch_add(1, Ordering::Relaxed);
+            job.possibly_duplicated = true;
+        }
         match status {
             Status::Accepted => inc(&self.counters.accepted),
             Status::Failed => inc(&self.counters.failed),
@@ -97,11 +156,16 @@ impl Shared {
         if job.possibly_duplicated {
             inc(&self.counters.possibly_duplicated);
         }
+        if status == Status::Failed
+            && let Some(d) = &delivery
+        {
+            self.record_dead_address(job.msg.row, &job.msg.rcpt, d);
+        }
         let (stage, reply) = match delivery {
             Some(d) => (Some(d.stage), Some(d.reply)),
             None => (None, None),
         };
-        self.log.record(Outcome {
+        let outcome = Outcome {
             row: job.msg.row,
             rcpt: job.msg.rcpt,
             message_id: job.msg.message_id,
@@ -111,9 +175,48 @@ impl Shared {
             reply,
             attempts: job.attempts,
             possibly_duplicated: job.possibly_duplicated,
-        });
+        };
+        if let Some(j) = &self.journal
+            && !j.record(outcome.clone())
+        {
+            tracing::error!("the journal writer stopped; stopping the run");
+            self.request_stop();
+        }
+        self.log.record(outcome);
         if self.outstanding.fetch_sub(1, Ordering::AcqRel) == 1 {
             self.idle.notify_one();
+        }
+    }
+
+    /// Writes the journal's attempt mark for a job taken off a node queue for the first time,
+    /// and waits until it is committed. False if the journal cannot take it: do not send then
+    /// (the run is being stopped).
+    pub async fn mark_attempt(&self, job: &mut Job) -> bool {
+        let Some(j) = &self.journal else {
+            return true;
+        };
+        if job.marked {
+            return true;
+        }
+        if j.mark_attempt(job.msg.row).await {
+            job.marked = true;
+            true
+        } else {
+            self.request_stop();
+            false
+        }
+    }
+
+    /// Final outcomes of rows that an earlier session had attempted without recording an
+    /// outcome (resumed after a crash): possibly duplicated.
+    pub fn resumed_duplicates(&self) -> u64 {
+        self.resumed_duplicates.load(Ordering::Relaxed)
+    }
+
+    /// A node went down or came back up (from [`crate::node`]): into the journal, if any.
+    pub fn node_event(&self, node: &str, event: &crate::node::HealthEvent) {
+        if let Some(j) = &self.journal {
+            j.node_event(node, event);
         }
     }
 
@@ -222,6 +325,7 @@ pub struct Dispatcher {
 
 impl Dispatcher {
     /// Creates the dispatcher and the state shared with the connection tasks.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         nodes: Vec<Arc<Node>>,
         node_rates: Vec<Option<Rate>>,
@@ -229,6 +333,7 @@ impl Dispatcher {
         policy: RetryPolicy,
         counters: Arc<Counters>,
         log: LogSender,
+        journal: Option<JournalSender>,
         heap_limit: usize,
     ) -> (Dispatcher, Arc<Shared>) {
         let (back, back_rx) = mpsc::unbounded_channel();
@@ -236,12 +341,15 @@ impl Dispatcher {
             policy,
             counters,
             log,
+            journal,
+            resumed_duplicates: AtomicU64::new(0),
             back,
             outstanding: AtomicU64::new(0),
             capacity: Notify::new(),
             idle: Notify::new(),
             stop: AtomicBool::new(false),
             stop_notify: Notify::new(),
+            suppression: std::sync::OnceLock::new(),
         });
         let n = nodes.len();
         let d = Dispatcher {
@@ -261,7 +369,7 @@ impl Dispatcher {
 
     /// Runs until every message is final, a stop is requested, or no node is reachable.
     /// Closes the node queues on the way out so the connection tasks finish.
-    pub async fn run(mut self, input: async_channel::Receiver<Message>) -> End {
+    pub async fn run(mut self, input: async_channel::Receiver<Vec<Message>>) -> End {
         let end = self.run_inner(input).await;
         for n in &self.nodes {
             n.queue_tx.close();
@@ -269,8 +377,10 @@ impl Dispatcher {
         end
     }
 
-    async fn run_inner(&mut self, input: async_channel::Receiver<Message>) -> End {
+    async fn run_inner(&mut self, input: async_channel::Receiver<Vec<Message>>) -> End {
         let mut input_done = false;
+        // Messages arrive in batches (one wake-up per batch, not per message).
+        let mut pending: VecDeque<Message> = VecDeque::new();
         loop {
             if self.shared.stopping() {
                 return End::Stopped;
@@ -288,36 +398,59 @@ impl Dispatcher {
                 return End::Done;
             }
             let next_due = self.heap.peek().map(|e| e.at);
-            let take_new = !input_done && self.heap.len() < self.heap_limit;
+            let take_new = self.heap.len() < self.heap_limit;
+            if take_new && let Some(msg) = pending.pop_front() {
+                // Jobs coming back were placed before this one: they go first.
+                while let Ok(back) = self.back_rx.try_recv() {
+                    if let Err(end) = self.back(back).await {
+                        return end;
+                    }
+                }
+                if let Err(end) = self.take(msg).await {
+                    return end;
+                }
+                continue;
+            }
+            let take_new = take_new && !input_done;
             tokio::select! {
                 biased;
                 _ = self.shared.stop_notify.notified() => {}
-                back = self.back_rx.recv() => match back {
-                    Some(Back::Now(job)) => {
-                        if let Err(end) = self.place(job).await {
-                            return end;
-                        }
-                    }
-                    Some(Back::At(at, job)) => {
-                        self.seq += 1;
-                        self.heap.push(Entry { at, seq: self.seq, job });
-                    }
-                    None => {}
+                back = self.back_rx.recv() => if let Some(back) = back
+                    && let Err(end) = self.back(back).await
+                {
+                    return end;
                 },
                 _ = sleep_until_opt(next_due), if next_due.is_some() => {}
-                msg = input.recv(), if take_new => match msg {
-                    Ok(msg) => {
-                        self.shared.outstanding.fetch_add(1, Ordering::AcqRel);
-                        if let Some(g) = &self.global {
-                            g.until_ready().await;
-                        }
-                        if let Err(end) = self.place(Job::new(msg)).await {
-                            return end;
-                        }
-                    }
+                batch = input.recv(), if take_new => match batch {
+                    Ok(batch) => pending.extend(batch),
                     Err(_) => input_done = true,
                 },
                 _ = self.shared.idle.notified(), if input_done => {}
+            }
+        }
+    }
+
+    /// A new message from the render threads: count it, respect the global rate, place it.
+    async fn take(&mut self, msg: Message) -> Result<(), End> {
+        self.shared.outstanding.fetch_add(1, Ordering::AcqRel);
+        if let Some(g) = &self.global {
+            g.until_ready().await;
+        }
+        self.place(Job::new(msg)).await
+    }
+
+    /// A job coming back from a connection: place it again now, or keep it for later.
+    async fn back(&mut self, back: Back) -> Result<(), End> {
+        match back {
+            Back::Now(job) => self.place(job).await,
+            Back::At(at, job) => {
+                self.seq += 1;
+                self.heap.push(Entry {
+                    at,
+                    seq: self.seq,
+                    job,
+                });
+                Ok(())
             }
         }
     }

@@ -8,8 +8,11 @@
 pub mod campaign;
 pub mod cli;
 pub mod dispatch;
+pub mod dkim;
+pub mod dsn;
 #[path = "gen.rs"]
 pub mod generate;
+pub mod journal;
 pub mod log;
 pub mod node;
 pub mod outcome;
@@ -20,4 +23,5 @@ pub mod retry;
 pub mod send;
 pub mod smtp;
 pub mod source;
+pub mod suppression;
 pub mod verp;

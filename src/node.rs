@@ -9,12 +9,16 @@
 //! dispatcher at once, and one task probes the node with exponential backoff (1 s up to 60 s).
 //! A successful connect marks it up again. Connections carry `messages_per_connection`
 //! transactions, then QUIT; an idle connection is closed after [`IDLE`].
+//!
+//! Every change of health (down, with its reason; up again) is recorded as a [`HealthEvent`]
+//! here, in [`Node::trip`] and [`Node::mark_up`] — the only two places that change it — for the
+//! summary and the journal (`blast status`).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use crate::dispatch::{Job, Shared};
 use crate::outcome::{Status, Verdict, classify};
@@ -30,6 +34,29 @@ pub const ERRORS_TO_TRIP: u32 = 3;
 pub const IDLE: Duration = Duration::from_secs(5);
 const PROBE_MIN: Duration = Duration::from_secs(1);
 const PROBE_MAX: Duration = Duration::from_secs(60);
+/// Health events kept per node (a flapping node must not grow memory); later ones are counted.
+pub const HEALTH_EVENTS_KEPT: usize = 100;
+
+/// One change of a node's health.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthEvent {
+    pub time: SystemTime,
+    /// Up again (a connect succeeded) or down (taken out of rotation).
+    pub up: bool,
+    /// Why it went down (the error or the last deferral); "connected" for up.
+    pub reason: String,
+    /// The node's accepted count at that moment (what it took before / after).
+    pub accepted: u64,
+    /// Down events: probes that failed before the node came back (or the run ended).
+    pub failed_probes: u32,
+}
+
+/// A node's health history: the first [`HEALTH_EVENTS_KEPT`] events, and how many more.
+#[derive(Debug, Clone, Default)]
+pub struct HealthHistory {
+    pub events: Vec<HealthEvent>,
+    pub dropped: u64,
+}
 
 /// A node of the pool at run time.
 pub struct Node {
@@ -53,6 +80,8 @@ pub struct Node {
     probing: AtomicBool,
     /// When a tripped node may be probed again.
     retry_at: Mutex<Instant>,
+    /// Down/up events, see [`Node::health`].
+    history: Mutex<HealthHistory>,
 }
 
 impl Node {
@@ -85,6 +114,31 @@ impl Node {
             failures: AtomicU32::new(0),
             probing: AtomicBool::new(false),
             retry_at: Mutex::new(Instant::now()),
+            history: Mutex::new(HealthHistory::default()),
+        }
+    }
+
+    /// The node's down/up events so far.
+    pub fn health(&self) -> HealthHistory {
+        self.history.lock().expect("not poisoned").clone()
+    }
+
+    /// Records a change of health (the caller changed `healthy`); a failed probe of a down
+    /// node is counted on its down event instead.
+    fn record(&self, shared: &Shared, up: bool, reason: &str) {
+        let event = HealthEvent {
+            time: SystemTime::now(),
+            up,
+            reason: reason.to_string(),
+            accepted: self.counters.accepted.load(Ordering::Relaxed),
+            failed_probes: 0,
+        };
+        shared.node_event(&self.name, &event);
+        let mut h = self.history.lock().expect("not poisoned");
+        if h.events.len() < HEALTH_EVENTS_KEPT {
+            h.events.push(event);
+        } else {
+            h.dropped += 1;
         }
     }
 
@@ -97,6 +151,7 @@ impl Node {
         self.deferral_streak.store(0, Ordering::Relaxed);
         if !self.counters.healthy.swap(true, Ordering::Relaxed) {
             tracing::info!(node = %self.name, "node is up");
+            self.record(shared, true, "connected");
             shared.capacity.notify_one();
         }
     }
@@ -108,6 +163,13 @@ impl Node {
         *self.retry_at.lock().expect("not poisoned") = Instant::now() + wait;
         if self.counters.healthy.swap(false, Ordering::Relaxed) {
             tracing::warn!(node = %self.name, reason = why, retry_in = ?wait, "node is down");
+            self.record(shared, false, why);
+        } else {
+            // A failed probe of a node that is down already.
+            let mut h = self.history.lock().expect("not poisoned");
+            if let Some(e) = h.events.last_mut().filter(|e| !e.up) {
+                e.failed_probes += 1;
+            }
         }
         self.drain(shared);
         shared.capacity.notify_one();
@@ -154,7 +216,23 @@ async fn connection_loop(node: Arc<Node>, shared: Arc<Shared>) {
                 continue;
             }
             let at = *node.retry_at.lock().expect("not poisoned");
-            tokio::time::sleep_until(at.into()).await;
+            // Wait for the probe time, but not past the end of the run: the dispatcher closes
+            // the queue when it is done or stopped, and a run must not wait out a probe backoff
+            // (up to PROBE_MAX) for a node nobody needs any more.
+            let closed = loop {
+                tokio::select! {
+                    _ = tokio::time::sleep_until(at.into()) => break false,
+                    job = node.queue_rx.recv() => match job {
+                        // Placed just before the node went down: hand it back.
+                        Ok(job) => shared.redispatch(job),
+                        Err(_) => break true,
+                    },
+                }
+            };
+            if closed {
+                node.probing.store(false, Ordering::Relaxed);
+                break;
+            }
             let probe = node.connect().await;
             node.probing.store(false, Ordering::Relaxed);
             match probe {
@@ -187,6 +265,12 @@ async fn connection_loop(node: Arc<Node>, shared: Arc<Shared>) {
             },
         };
         shared.capacity.notify_one();
+        // Journal: the attempt mark is committed before the relay can see the message.
+        let mut job = job;
+        if !shared.mark_attempt(&mut job).await {
+            shared.redispatch(job);
+            continue;
+        }
 
         if conn.is_none() {
             match node.connect().await {
@@ -266,7 +350,14 @@ fn handle(
             let delivery = result.ok();
             if node.deferral_streak.fetch_add(1, Ordering::Relaxed) + 1 >= DEFERRALS_TO_TRIP {
                 node.deferral_streak.store(0, Ordering::Relaxed);
-                node.trip(shared, "every recent transaction was deferred (4xx)");
+                let last = delivery
+                    .as_ref()
+                    .map(|d| format!(", the last: {} {}", d.reply.code, d.reply.text))
+                    .unwrap_or_default();
+                node.trip(
+                    shared,
+                    &format!("{DEFERRALS_TO_TRIP} deferrals (4xx) in a row{last}"),
+                );
             }
             shared.defer(job, &node.name, delivery);
         }
@@ -283,7 +374,10 @@ fn handle(
             tracing::debug!(node = %node.name, row = job.msg.row, error = %why, "connection lost; re-dispatching");
             if node.error_streak.fetch_add(1, Ordering::Relaxed) + 1 >= ERRORS_TO_TRIP {
                 node.error_streak.store(0, Ordering::Relaxed);
-                node.trip(shared, &why);
+                node.trip(
+                    shared,
+                    &format!("{ERRORS_TO_TRIP} lost connections in a row, the last: {why}"),
+                );
             }
             if job.requeues.is_multiple_of(REQUEUES_PER_ATTEMPT) {
                 // This message keeps breaking connections: charge it an attempt.

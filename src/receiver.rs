@@ -54,6 +54,27 @@ pub struct ReceiverOptions {
     pub max_message_size: usize,
     /// Offer STARTTLS with this config.
     pub tls: Option<Arc<ServerConfig>>,
+    /// Who may receive mail and what happens to it (the bounce sink). With a policy the
+    /// scripted local-part prefixes are off, VRFY is disabled and every accepted message goes
+    /// to [`ReceiverPolicy::message`].
+    pub policy: Option<Arc<dyn ReceiverPolicy>>,
+    /// Sessions served at once; further clients wait in the listen backlog (the permit is
+    /// taken before `accept`). None: unbounded.
+    pub max_connections: Option<usize>,
+    /// Longest wait for a command line (and the greeting's reply).
+    pub command_timeout: Duration,
+    /// Longest time from the 354 to the final dot, however the client trickles it in.
+    pub data_timeout: Duration,
+}
+
+/// The bounce sink's hooks into the SMTP dialogue. Called on the session's task: keep them
+/// quick (hand work to another thread).
+pub trait ReceiverPolicy: std::fmt::Debug + Send + Sync {
+    /// RCPT TO: `Ok` accepts; `Err(reply line without CRLF)` refuses.
+    fn rcpt(&self, address: &str) -> Result<(), String>;
+    /// A message accepted for `rcpts`; `Err(reply)` turns the final 250 into that reply
+    /// (e.g. `451 4.3.0 busy` when the worker queue is full).
+    fn message(&self, mail_from: &str, rcpts: &[String], data: Vec<u8>) -> Result<(), String>;
 }
 
 impl Default for ReceiverOptions {
@@ -67,6 +88,10 @@ impl Default for ReceiverOptions {
             tarpit: false,
             max_message_size: 10 * 1024 * 1024,
             tls: None,
+            policy: None,
+            max_connections: None,
+            command_timeout: IDLE_TIMEOUT,
+            data_timeout: Duration::from_secs(600),
         }
     }
 }
@@ -216,14 +241,33 @@ async fn accept_loop(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut sessions = JoinSet::new();
+    let limit = shared
+        .opts
+        .max_connections
+        .map(|n| Arc::new(tokio::sync::Semaphore::new(n.max(1))));
     loop {
+        // The permit comes before accept: over the limit, clients wait in the backlog.
+        let permit = match &limit {
+            Some(sem) => tokio::select! {
+                _ = shutdown.changed() => break,
+                p = sem.clone().acquire_owned() => match p {
+                    Ok(p) => Some(p),
+                    Err(_) => break,
+                },
+            },
+            None => None,
+        };
         tokio::select! {
             // A send or a dropped handle both end the loop.
             _ = shutdown.changed() => break,
             accepted = listener.accept() => match accepted {
                 Ok((tcp, peer)) => {
                     shared.count(|c| &c.connections, 1);
-                    sessions.spawn(serve(tcp, peer, shared.clone()));
+                    let shared = shared.clone();
+                    sessions.spawn(async move {
+                        serve(tcp, peer, shared).await;
+                        drop(permit);
+                    });
                 }
                 Err(e) => {
                     // Typically EMFILE: back off instead of spinning.
@@ -256,6 +300,8 @@ async fn serve(tcp: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
 async fn run_session(mut stream: Stream, shared: Arc<Shared>) -> io::Result<()> {
     let tls = shared.opts.tls.clone();
     let slow_delay = shared.opts.slow_delay;
+    let (command_timeout, data_timeout) = (shared.opts.command_timeout, shared.opts.data_timeout);
+    let mut data_deadline: Option<tokio::time::Instant> = None;
     let mut proto = Protocol::new(shared, tls.is_some());
     let mut buf = vec![0u8; READ_BUF];
     let (mut start, mut end) = (0, 0);
@@ -275,10 +321,22 @@ async fn run_session(mut stream: Stream, shared: Arc<Shared>) -> io::Result<()> 
                     buf.copy_within(start..end, 0);
                     (start, end) = (0, end - start);
                 }
-                let n = match timeout(IDLE_TIMEOUT, stream.read(&mut buf[end..])).await {
+                // In DATA the whole body must arrive by a deadline, so a client trickling
+                // bytes cannot hold the session forever.
+                let wait = if proto.phase == Phase::Data {
+                    let deadline = *data_deadline
+                        .get_or_insert_with(|| tokio::time::Instant::now() + data_timeout);
+                    deadline.saturating_duration_since(tokio::time::Instant::now())
+                } else {
+                    data_deadline = None;
+                    command_timeout
+                };
+                let n = match timeout(wait, stream.read(&mut buf[end..])).await {
                     Ok(n) => n?,
                     Err(_) => {
-                        stream.write_all(b"421 4.4.2 Idle timeout\r\n").await?;
+                        stream
+                            .write_all(b"421 4.4.2 Timeout, closing connection\r\n")
+                            .await?;
                         return Ok(());
                     }
                 };
@@ -573,6 +631,23 @@ impl Protocol {
             self.out
                 .extend_from_slice(b"451 4.3.0 Temporary failure (scripted)\r\n");
             self.shared.count(|c| &c.rejected, 1);
+        } else if let Some(policy) = &self.shared.opts.policy {
+            let data = std::mem::take(&mut tx.body);
+            let size = data.len() as u64;
+            match policy.message(&tx.mail_from, &tx.rcpts, data) {
+                Ok(()) => {
+                    let id = splitmix64(self.shared.next_id.fetch_add(1, Ordering::Relaxed));
+                    self.out.extend_from_slice(b"250 2.0.0 Ok: queued as ");
+                    push_hex(&mut self.out, id);
+                    self.out.extend_from_slice(b"\r\n");
+                    self.shared.count(|c| &c.accepted, 1);
+                    self.shared.count(|c| &c.bytes, size);
+                }
+                Err(line) => {
+                    self.out.extend_from_slice(format!("{line}\r\n").as_bytes());
+                    self.shared.count(|c| &c.rejected, 1);
+                }
+            }
         } else {
             let id = splitmix64(self.shared.next_id.fetch_add(1, Ordering::Relaxed));
             self.out.extend_from_slice(b"250 2.0.0 Ok: queued as ");
@@ -649,6 +724,9 @@ impl Protocol {
                 self.reply(b"221 2.0.0 Bye\r\n");
                 return Step::Close;
             }
+            b"VRFY" if self.shared.opts.policy.is_some() => {
+                self.reply(b"502 5.5.1 VRFY disabled\r\n");
+            }
             b"VRFY" if arg.is_empty() => self.reply(b"501 5.5.4 Syntax: VRFY address\r\n"),
             b"VRFY" => self.reply(b"252 2.5.0 Cannot VRFY user, but will accept message\r\n"),
             b"EXPN" | b"HELP" => self.reply(b"502 5.5.1 Command not implemented\r\n"),
@@ -723,6 +801,19 @@ impl Protocol {
         if self.tx.rcpts.len() >= MAX_RECIPIENTS {
             return self.reply(b"452 4.5.3 Too many recipients\r\n");
         }
+        if let Some(policy) = &self.shared.opts.policy {
+            let addr = String::from_utf8_lossy(path).into_owned();
+            return match policy.rcpt(&addr) {
+                Ok(()) => {
+                    self.tx.rcpts.push(addr);
+                    self.reply(b"250 2.1.5 Ok\r\n");
+                }
+                Err(line) => {
+                    self.shared.count(|c| &c.rejected, 1);
+                    self.reply(format!("{line}\r\n").as_bytes());
+                }
+            };
+        }
         let local = path.split(|&b| b == b'@').next().unwrap_or(path);
         if strip_prefix_ci(local, b"tempfail+").is_some() {
             self.shared.count(|c| &c.rejected, 1);
@@ -755,7 +846,8 @@ impl Protocol {
             return self.reply(b"554 5.5.1 No valid recipients\r\n");
         }
         let keep = self.shared.opts.keep_messages;
-        self.tx.keep = keep > 0 && self.shared.messages().len() < keep;
+        self.tx.keep =
+            self.shared.opts.policy.is_some() || (keep > 0 && self.shared.messages().len() < keep);
         self.tx.line_start = true;
         self.tx.last_cr = false;
         self.phase = Phase::Data;

@@ -22,6 +22,7 @@ use minijinja::value::{Object, Value};
 use minijinja::{AutoEscape, Environment};
 
 use crate::campaign::{Campaign, Mailbox, TemplateSource};
+use crate::dkim::Dkim;
 use crate::source::{Columns, Recipient};
 use crate::verp::VerpKey;
 
@@ -94,6 +95,8 @@ pub struct Renderer {
     has_mailto: bool,
     has_url: bool,
     one_click: bool,
+    /// DKIM signer(s) and Feedback-ID: messages are signed here, on the render threads.
+    dkim: Option<Arc<Dkim>>,
 }
 
 impl std::fmt::Debug for Renderer {
@@ -195,6 +198,7 @@ impl Renderer {
             has_mailto: unsub.is_some_and(|u| u.mailto.is_some()),
             has_url: unsub.is_some_and(|u| u.url.is_some()),
             one_click: unsub.is_some_and(|u| u.one_click),
+            dkim: campaign.dkim.clone(),
         })
     }
 
@@ -305,6 +309,9 @@ impl Renderer {
                 );
             }
         }
+        if let Some(id) = self.dkim.as_ref().and_then(|d| d.feedback_id.as_deref()) {
+            b = b.header("Feedback-ID", Raw::new(id));
+        }
         for (name, value) in &self.headers {
             b = b.header(name.as_str(), Raw::new(value.as_str()));
         }
@@ -320,6 +327,9 @@ impl Renderer {
         // newline); end the message with CRLF like every other line.
         if !bytes.ends_with(b"\r\n") {
             bytes.extend_from_slice(b"\r\n");
+        }
+        if let Some(dkim) = &self.dkim {
+            dkim.sign(&mut bytes, date);
         }
         Ok(Message {
             row,

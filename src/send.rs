@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use crate::campaign::{Campaign, NodeAddress, TlsSetting};
 use crate::dispatch::{Dispatcher, End};
+use crate::journal::{JournalWriter, RowSet, WriterStats};
 use crate::log::DeliveryLog;
 use crate::node::Node;
 use crate::progress::{Counters, Mode, Progress, get, inc};
@@ -27,6 +28,8 @@ use crate::source::{Recipient, Source, SourceStats};
 
 /// Recipients per hand-over from the reader to the render threads.
 const BATCH: usize = 64;
+/// Rendered messages per hand-over to the dispatcher: one thread wake-up per batch.
+const RENDER_BATCH: usize = 32;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SendError {
@@ -49,7 +52,11 @@ pub enum SendError {
     #[error(transparent)]
     Log(#[from] crate::log::LogError),
     #[error(transparent)]
+    Journal(#[from] crate::journal::JournalError),
+    #[error(transparent)]
     Source(#[from] crate::source::SourceError),
+    #[error(transparent)]
+    Suppression(#[from] crate::suppression::SuppressionError),
     #[error("cannot start the runtime: {0}")]
     Runtime(std::io::Error),
     #[error("--to: {0}")]
@@ -68,6 +75,14 @@ pub struct SendOptions {
     pub grace: Duration,
 }
 
+/// The journal side of a send (see [`crate::journal`]).
+pub struct Journaling {
+    /// The writer thread of the run; closed (committed, checkpointed) on every way out.
+    pub writer: JournalWriter,
+    /// Rows with a final outcome from earlier sessions of the run: skipped before rendering.
+    pub skip: RowSet,
+}
+
 /// Which signal stopped the run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Signal {
@@ -82,6 +97,8 @@ pub struct NodeReport {
     pub deferred: u64,
     pub failed: u64,
     pub errors: u64,
+    /// Down/up events (see [`crate::node::HealthEvent`]).
+    pub health: crate::node::HealthHistory,
 }
 
 /// What a run did, for the summary and the exit code.
@@ -103,11 +120,24 @@ pub struct Report {
     pub unfinished: u64,
     pub nodes: Vec<NodeReport>,
     pub duration: Duration,
+    /// When the run started (wall clock), for the health events' offsets.
+    pub started_at: std::time::SystemTime,
     pub peak_rate: f64,
     pub log_lines: u64,
     pub log_waits: u64,
     /// Messages the embedded receiver accepted (demo campaigns).
     pub embedded_received: Option<u64>,
+    /// The reader got to the end of the list (no stop, no `--limit` cut it short).
+    pub list_complete: bool,
+    /// Rows skipped because an earlier session of the run recorded their final outcome.
+    pub skipped: u64,
+    /// Of `possibly_duplicated`: rows attempted by an earlier session that died before
+    /// recording their outcome, sent again.
+    pub resumed_duplicates: u64,
+    /// What the journal writer wrote in this session (None without a journal).
+    pub journal: Option<WriterStats>,
+    /// Rows skipped because their address is on the suppression list.
+    pub suppressed: u64,
 }
 
 impl Report {
@@ -142,6 +172,20 @@ impl Report {
         for (kind, n) in self.source.rejected_by_kind().filter(|(_, n)| *n > 0) {
             let _ = writeln!(s, "  rejected {n:>9}  {kind}");
         }
+        if self.skipped > 0 || self.resumed_duplicates > 0 {
+            let _ = writeln!(
+                s,
+                "resumed    {} rows skipped (final in an earlier session), {} possibly duplicated (resumed: in flight when a session died)",
+                self.skipped, self.resumed_duplicates
+            );
+        }
+        if self.suppressed > 0 {
+            let _ = writeln!(
+                s,
+                "suppressed {} rows skipped (address on the suppression list)",
+                self.suppressed
+            );
+        }
         if self.dry_run {
             let _ = writeln!(s, "dry run    nothing sent");
         } else {
@@ -161,6 +205,7 @@ impl Report {
                     "node       {:<16} {} accepted, {} deferred, {} failed, {} connection errors",
                     n.name, n.accepted, n.deferred, n.failed, n.errors
                 );
+                health_lines(&mut s, n, self.started_at);
             }
         }
         let done = if self.dry_run {
@@ -182,6 +227,13 @@ impl Report {
                 self.log_lines, self.log_waits
             );
         }
+        if let Some(j) = &self.journal {
+            let _ = writeln!(
+                s,
+                "journal    {} outcomes, {} attempt marks, {} transactions",
+                j.outcomes, j.attempts, j.transactions
+            );
+        }
         if let Some(n) = self.embedded_received {
             let _ = writeln!(s, "embedded   receiver accepted {n} messages");
         }
@@ -197,12 +249,61 @@ impl Report {
     }
 }
 
+/// The summary's lines for a node's down/up events: time (UTC, and seconds since the start),
+/// the reason it went down and the probes that failed, what it accepted while up again.
+fn health_lines(s: &mut String, n: &NodeReport, started: std::time::SystemTime) {
+    use std::fmt::Write;
+    let events = &n.health.events;
+    for (i, e) in events.iter().enumerate() {
+        let at = e
+            .time
+            .duration_since(started)
+            .unwrap_or_default()
+            .as_secs_f64();
+        let time = crate::log::rfc3339(e.time);
+        if e.up {
+            let until = events.get(i + 1).map_or(n.accepted, |next| next.accepted);
+            let _ = writeln!(
+                s,
+                "  health   {:<16} up   {time} (+{at:.1} s), then {} accepted",
+                n.name,
+                until.saturating_sub(e.accepted)
+            );
+        } else {
+            let _ = writeln!(
+                s,
+                "  health   {:<16} down {time} (+{at:.1} s) after {} accepted, {} probes failed: {}",
+                n.name, e.accepted, e.failed_probes, e.reason
+            );
+        }
+    }
+    if n.health.dropped > 0 {
+        let _ = writeln!(
+            s,
+            "  health   {:<16} … {} more events not kept",
+            n.name, n.health.dropped
+        );
+    }
+}
+
 /// Runs a campaign to the end (or to a stop) and reports.
 pub fn run(
     campaign: &Campaign,
     source: Source,
     renderer: Renderer,
     opts: &SendOptions,
+) -> Result<Report, SendError> {
+    run_with(campaign, source, renderer, opts, None)
+}
+
+/// [`run`], recording outcomes and attempt marks in the journal and skipping the rows an
+/// earlier session of the run finished.
+pub fn run_with(
+    campaign: &Campaign,
+    source: Source,
+    renderer: Renderer,
+    opts: &SendOptions,
+    journal: Option<Journaling>,
 ) -> Result<Report, SendError> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(
@@ -214,7 +315,7 @@ pub fn run(
         .thread_name("blast-net")
         .build()
         .map_err(SendError::Runtime)?;
-    runtime.block_on(run_async(campaign, source, renderer, opts))
+    runtime.block_on(run_async(campaign, source, renderer, opts, journal))
 }
 
 async fn run_async(
@@ -222,7 +323,12 @@ async fn run_async(
     source: Source,
     renderer: Renderer,
     opts: &SendOptions,
+    journal: Option<Journaling>,
 ) -> Result<Report, SendError> {
+    let (journal_writer, skip) = match journal {
+        Some(j) if !opts.dry_run => (Some(j.writer), Some(Arc::new(j.skip))),
+        _ => (None, None),
+    };
     let started = Instant::now();
     let counters = Arc::new(Counters::default());
     let total = estimate_rows(&campaign.recipients.path, opts.limit);
@@ -262,15 +368,35 @@ async fn run_async(
 
     // Reader and render threads.
     let stop_reading = Arc::new(AtomicBool::new(false));
-    let (msg_tx, msg_rx) = async_channel::bounded::<Message>(campaign.limits.queue_depth);
+    // The dispatch queue holds batches: `queue_depth` messages in all.
+    let (msg_tx, msg_rx) = async_channel::bounded::<Vec<Message>>(
+        campaign.limits.queue_depth.div_ceil(RENDER_BATCH).max(2),
+    );
     let (batch_tx, batch_rx) =
         async_channel::bounded::<Vec<Recipient>>(campaign.limits.render_threads * 2);
+    // The suppression list (a dry run only reads an existing one).
+    let suppressions = if opts.dry_run && !campaign.suppression.path.exists() {
+        None
+    } else {
+        Some(crate::suppression::Suppressions::open(
+            &campaign.suppression.path,
+        )?)
+    };
     let reader = {
         let stop = stop_reading.clone();
         let limit = opts.limit;
         std::thread::Builder::new()
             .name("blast-reader".into())
-            .spawn(move || read_loop(source, batch_tx, stop, limit))
+            .spawn(move || {
+                read_loop(
+                    source,
+                    batch_tx,
+                    stop,
+                    limit,
+                    skip.as_deref(),
+                    suppressions.as_ref(),
+                )
+            })
             .map_err(SendError::Runtime)?
     };
     let renderer = Arc::new(renderer);
@@ -308,8 +434,16 @@ async fn run_async(
             campaign.retry.clone(),
             counters.clone(),
             log.sender(),
+            journal_writer.as_ref().map(|w| w.sender()),
             campaign.limits.queue_depth,
         );
+        match crate::suppression::Suppressions::open(&campaign.suppression.path) {
+            Ok(list) => shared.set_suppression(crate::dispatch::SyncSuppression {
+                campaign: campaign.id.clone(),
+                list: std::sync::Mutex::new(list),
+            }),
+            Err(e) => tracing::error!("{e}: 5xx user-unknown replies will not be suppressed"),
+        }
         let tasks: Vec<_> = nodes.iter().flat_map(|n| n.spawn(&shared)).collect();
         let watcher = {
             let (shared, stop, signal, hurry) = (
@@ -330,35 +464,55 @@ async fn run_async(
         };
         let end = dispatcher.run(msg_rx.clone()).await;
         // Let running transactions finish (bounded by the grace period after a stop).
-        let all = futures_join(tasks);
+        let aborts: Vec<_> = tasks.iter().map(|t| t.abort_handle()).collect();
+        let mut all = std::pin::pin!(futures_join(tasks));
         if end == End::Done {
             all.await;
         } else {
-            tokio::select! {
-                _ = all => {}
-                _ = tokio::time::sleep(opts.grace) => tracing::warn!("grace period over; closing connections"),
-                _ = hurry.notified() => tracing::warn!("second signal; closing connections now"),
+            let finished = tokio::select! {
+                _ = all.as_mut() => true,
+                _ = tokio::time::sleep(opts.grace) => {
+                    tracing::warn!("grace period over; closing connections");
+                    false
+                }
+                _ = hurry.notified() => {
+                    tracing::warn!("second signal; closing connections now");
+                    false
+                }
+            };
+            if !finished {
+                // Cut the late transactions off (their recipients stay unfinished) and wait
+                // for the tasks to be gone: they hold the log's sender, which must be dropped
+                // before the log can close.
+                for a in &aborts {
+                    a.abort();
+                }
+                all.await;
             }
         }
         watcher.abort();
+        let _ = watcher.await;
         counters
             .waiting_retry
             .store(0, std::sync::atomic::Ordering::Relaxed);
-        let unfinished = shared.outstanding();
+        let resumed = shared.resumed_duplicates();
         drop(shared);
         stop_reading.store(true, Ordering::Relaxed);
         let waits = log.sender().waits();
+        // The journal first: it must be committed on every way out, even if the log fails.
+        let journal_stats = journal_writer.map(|w| w.close());
         let lines = log.close()?;
-        (end, (lines, waits, unfinished))
+        let journal_stats = journal_stats.transpose()?;
+        (end, (lines, waits, journal_stats, resumed))
     } else {
         // Dry run: drain the queue.
         while msg_rx.recv().await.is_ok() {}
-        (End::Done, (0, 0, 0))
+        (End::Done, (0, 0, None, 0))
     };
     msg_rx.close();
 
     let peak_rate = progress.finish().await;
-    let source_stats = tokio::task::spawn_blocking(move || {
+    let read = tokio::task::spawn_blocking(move || {
         for r in renderers {
             let _ = r.join();
         }
@@ -375,20 +529,33 @@ async fn run_async(
     }
 
     let signal = *signal.lock().expect("not poisoned");
+    let (rendered, accepted, failed, expired) = (
+        get(&counters.rendered),
+        get(&counters.accepted),
+        get(&counters.failed),
+        get(&counters.expired),
+    );
+    // Everything rendered that did not reach a final outcome: held by the dispatcher or a
+    // connection, and also still waiting in the render queue when the run stopped.
+    let unfinished = if opts.dry_run {
+        0
+    } else {
+        rendered.saturating_sub(accepted + failed + expired)
+    };
     Ok(Report {
         end,
         signal,
         dry_run: opts.dry_run,
-        source: source_stats,
-        rendered: get(&counters.rendered),
+        source: read.stats,
+        rendered,
         render_errors: get(&counters.render_errors),
-        accepted: get(&counters.accepted),
-        failed: get(&counters.failed),
-        expired: get(&counters.expired),
+        accepted,
+        failed,
+        expired,
         deferrals: get(&counters.deferrals),
         requeues: get(&counters.requeues),
         possibly_duplicated: get(&counters.possibly_duplicated),
-        unfinished: log_stats.2,
+        unfinished,
         nodes: nodes
             .iter()
             .map(|n| NodeReport {
@@ -397,13 +564,20 @@ async fn run_async(
                 deferred: get(&n.counters.deferred),
                 failed: get(&n.counters.failed),
                 errors: get(&n.counters.errors),
+                health: n.health(),
             })
             .collect(),
         duration: started.elapsed(),
+        started_at: std::time::SystemTime::now() - started.elapsed(),
         peak_rate,
         log_lines: log_stats.0,
         log_waits: log_stats.1,
         embedded_received,
+        list_complete: read.eof,
+        skipped: read.skipped,
+        resumed_duplicates: log_stats.3,
+        journal: log_stats.2,
+        suppressed: read.suppressed,
     })
 }
 
@@ -441,13 +615,29 @@ fn read_loop(
     tx: async_channel::Sender<Vec<Recipient>>,
     stop: Arc<AtomicBool>,
     limit: Option<u64>,
-) -> Result<SourceStats, crate::source::SourceError> {
+    skip: Option<&RowSet>,
+    suppressions: Option<&crate::suppression::Suppressions>,
+) -> Result<ReadEnd, crate::source::SourceError> {
     let mut batch = Vec::with_capacity(BATCH);
+    let (mut skipped, mut eof, mut suppressed) = (0u64, false, 0u64);
+    let is_suppressed = |address: &str| {
+        suppressions.is_some_and(|s| {
+            s.contains(address).unwrap_or_else(|e| {
+                // Fail closed: an unreadable list must not let a dead address through.
+                tracing::error!("{e}; skipping {address}");
+                true
+            })
+        })
+    };
     while !stop.load(Ordering::Relaxed) {
         if limit.is_some_and(|l| source.stats().rows >= l) {
             break;
         }
         match source.next_recipient()? {
+            // Final in an earlier session of the run: not rendered, not sent.
+            Some(r) if skip.is_some_and(|s| s.contains(r.row)) => skipped += 1,
+            // On the suppression list: never rendered, never sent.
+            Some(r) if is_suppressed(&r.address) => suppressed += 1,
             Some(r) => {
                 batch.push(r);
                 if batch.len() == BATCH {
@@ -457,29 +647,53 @@ fn read_loop(
                     }
                 }
             }
-            None => break,
+            None => {
+                eof = true;
+                break;
+            }
         }
     }
-    if !batch.is_empty() && !stop.load(Ordering::Relaxed) {
-        let _ = tx.send_blocking(batch);
+    if !batch.is_empty() && !stop.load(Ordering::Relaxed) && tx.send_blocking(batch).is_err() {
+        eof = false;
     }
-    source.finish()
+    Ok(ReadEnd {
+        stats: source.finish()?,
+        skipped,
+        eof,
+        suppressed,
+    })
+}
+
+/// What the reader did.
+struct ReadEnd {
+    stats: SourceStats,
+    /// Rows skipped as final in an earlier session.
+    skipped: u64,
+    /// The whole list was read and handed on.
+    eof: bool,
+    /// Rows skipped because their address is suppressed.
+    suppressed: u64,
 }
 
 fn render_loop(
     renderer: &Renderer,
     rx: async_channel::Receiver<Vec<Recipient>>,
-    tx: async_channel::Sender<Message>,
+    tx: async_channel::Sender<Vec<Message>>,
     counters: &Counters,
 ) {
+    let mut out = Vec::with_capacity(RENDER_BATCH);
     while let Ok(batch) = rx.recv_blocking() {
         let now = crate::cli::unix_now();
         for r in batch {
             match renderer.render(r, now) {
                 Ok(m) => {
                     inc(&counters.rendered);
-                    if tx.send_blocking(m).is_err() {
-                        return;
+                    out.push(m);
+                    if out.len() == RENDER_BATCH {
+                        let full = std::mem::replace(&mut out, Vec::with_capacity(RENDER_BATCH));
+                        if tx.send_blocking(full).is_err() {
+                            return;
+                        }
                     }
                 }
                 Err(e) => {
@@ -488,6 +702,16 @@ fn render_loop(
                 }
             }
         }
+        // Nothing more waiting: hand over what we have rather than sit on it.
+        if !out.is_empty() && rx.is_empty() {
+            let part = std::mem::replace(&mut out, Vec::with_capacity(RENDER_BATCH));
+            if tx.send_blocking(part).is_err() {
+                return;
+            }
+        }
+    }
+    if !out.is_empty() {
+        let _ = tx.send_blocking(out);
     }
 }
 

@@ -3,7 +3,7 @@
 //! campaigns).
 //!
 //! Each case writes a campaign file (and the list/templates it refers to) into its own
-//! directory under `CARGO_TARGET_TMPDIR`, loads it with `Campaign::load` and compares the
+//! directory under `target/test-tmp/`, loads it with `Campaign::load` and compares the
 //! reported problems with positions computed from the fixture text itself: a `^` in the
 //! "needle" marks the character the problem must point at.
 
@@ -27,7 +27,7 @@ struct Fixture {
 impl Fixture {
     fn new(label: &str) -> Fixture {
         static SEQ: AtomicUsize = AtomicUsize::new(0);
-        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!(
+        let dir = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/target/test-tmp")).join(format!(
             "campaign-{label}-{}-{}",
             std::process::id(),
             SEQ.fetch_add(1, Ordering::Relaxed)
@@ -1052,6 +1052,14 @@ fn node_errors() {
         &t,
         "host = ^\"relay",
         "an embedded node has no host",
+    );
+
+    let t = Spec::base().nodes(&["embedded = true\nport = 2525"]).text();
+    expect_one(
+        "embedded-port",
+        &t,
+        "port = ^2525",
+        "an embedded node has no port",
     );
 
     let t = Spec::base()

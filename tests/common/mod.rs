@@ -303,6 +303,8 @@ pub struct PostfixNodes {
     count: u16,
     dir: PathBuf,
     running: bool,
+    /// Queues on /dev/shm (`--tmpfs`): removed with `postfix-nodes clean` on drop.
+    tmpfs: bool,
 }
 
 impl PostfixNodes {
@@ -314,6 +316,16 @@ impl PostfixNodes {
     /// Like [`PostfixNodes::start`], with extra main.cf settings for every
     /// node, e.g. `&["maximal_queue_lifetime = 60s"]`.
     pub fn start_with(count: u16, relay_port: u16, settings: &[&str]) -> PostfixNodes {
+        PostfixNodes::launch(count, relay_port, settings, false)
+    }
+
+    /// Like [`PostfixNodes::start_with`], with the queues on tmpfs (`--tmpfs`, /dev/shm):
+    /// for volume tests, where the relays' disk queue is the bottleneck.
+    pub fn start_tmpfs(count: u16, relay_port: u16, settings: &[&str]) -> PostfixNodes {
+        PostfixNodes::launch(count, relay_port, settings, true)
+    }
+
+    fn launch(count: u16, relay_port: u16, settings: &[&str], tmpfs: bool) -> PostfixNodes {
         assert!(count > 0, "PostfixNodes::start needs at least one node");
         if !is_root() {
             panic!(
@@ -338,6 +350,9 @@ impl PostfixNodes {
                 args.push("--set".into());
                 args.push(s.to_string());
             }
+            if tmpfs {
+                args.push("--tmpfs".into());
+            }
             match run_script("postfix-nodes", &args) {
                 Ok(_) => {
                     return PostfixNodes {
@@ -345,6 +360,7 @@ impl PostfixNodes {
                         count,
                         dir,
                         running: true,
+                        tmpfs,
                     };
                 }
                 Err(e) if e.contains("already in use") => last_err = e,
@@ -392,6 +408,67 @@ impl PostfixNodes {
         parse_main_cf(&text)
     }
 
+    /// Stops node `i` (0-based) alone, as an operator would: `postfix -c DIR stop`, then
+    /// waits (at most 20 s) until its port refuses connections.
+    pub fn stop_node(&self, i: usize) {
+        let out = Command::new("postfix")
+            .arg("-c")
+            .arg(self.config_dir(i))
+            .arg("stop")
+            .output()
+            .expect("run postfix stop");
+        assert!(
+            out.status.success(),
+            "postfix stop node {i}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let port = self.ports()[i];
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            assert!(
+                Instant::now() < deadline,
+                "node {i} still listens on {port}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Starts node `i` (0-based) again after [`PostfixNodes::stop_node`] and waits (at
+    /// most 30 s) for its 220 greeting. Its queue (what it held when stopped) is kept.
+    pub fn start_node(&self, i: usize) {
+        let out = Command::new("postfix")
+            .arg("-c")
+            .arg(self.config_dir(i))
+            .arg("start")
+            .output()
+            .expect("run postfix start");
+        assert!(
+            out.status.success(),
+            "postfix start node {i}: {}{} (log: {})",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+            self.log_file(i).display()
+        );
+        let port = self.ports()[i];
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let greeting = TcpStream::connect(("127.0.0.1", port)).and_then(|s| {
+                s.set_read_timeout(Some(Duration::from_secs(3)))?;
+                let mut line = String::new();
+                BufReader::new(s).read_line(&mut line)?;
+                Ok(line)
+            });
+            if greeting.is_ok_and(|l| l.starts_with("220")) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "node {i} did not greet on {port}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     /// Stops all nodes (also done on drop).
     pub fn stop(&mut self) {
         if self.running {
@@ -411,6 +488,17 @@ impl PostfixNodes {
 impl Drop for PostfixNodes {
     fn drop(&mut self) {
         self.stop();
+        if self.tmpfs && !std::thread::panicking() {
+            // Also removes the queues on /dev/shm.
+            let args = vec![
+                "clean".into(),
+                "--dir".into(),
+                self.dir.display().to_string(),
+            ];
+            if let Err(e) = run_script("postfix-nodes", &args) {
+                eprintln!("{e}");
+            }
+        }
         remove_dir_unless_panicking(&self.dir);
     }
 }

@@ -1,0 +1,816 @@
+//! The journal, runs, resume, the campaign lock, `blast status` and `not_after`, through the
+//! real `blast` binary (exit codes, signals, SIGKILL) against blast's in-process receiver,
+//! which this test process runs on its own tokio runtime and which keeps every message it
+//! accepted (so duplicates can be counted per recipient).
+//!
+//! Every wait is bounded and event-driven (the receiver's count, the process's exit); no test
+//! asserts on timing. Directories live under `target/test-tmp/`, removed when a test passes.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use blast::journal::Journal;
+use blast::receiver::{Receiver, ReceiverHandle, ReceiverOptions};
+use tokio::runtime::Runtime;
+
+const SECRET_VAR: &str = "BLAST_JOURNAL_TEST_SECRET";
+const SECRET: &str = "journal-tests-secret-0123456789abcdef";
+const LIMIT: Duration = Duration::from_secs(120);
+
+struct Setup {
+    rt: Runtime,
+    rx: ReceiverHandle,
+    dir: PathBuf,
+    toml: PathBuf,
+}
+
+/// Campaign knobs.
+struct Opts {
+    rows: u64,
+    /// Global rate, to keep a run going long enough to be interrupted.
+    rate: Option<&'static str>,
+    subject: &'static str,
+    not_after: Option<String>,
+    /// Address of a row.
+    address: fn(u64) -> String,
+}
+
+impl Default for Opts {
+    fn default() -> Opts {
+        Opts {
+            rows: 200,
+            rate: None,
+            subject: "Hello {{ name }}",
+            not_after: None,
+            address: |row| format!("u{row}@d{}.test", row % 5),
+        }
+    }
+}
+
+fn setup(label: &str, o: &Opts) -> Setup {
+    setup_with(label, o, Duration::from_secs(1))
+}
+
+/// `slow_delay`: how long the receiver waits before answering the final dot of `slow+`
+/// recipients.
+fn setup_with(label: &str, o: &Opts, slow_delay: Duration) -> Setup {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let rx = start_receiver(&rt, slow_delay);
+    let dir = common::test_dir(label);
+    let toml = dir.join("campaign.toml");
+    write_campaign(&toml, rx.addr().port(), o);
+    write_list(&dir, o.rows, o.address);
+    Setup { rt, rx, dir, toml }
+}
+
+fn start_receiver(rt: &Runtime, slow_delay: Duration) -> ReceiverHandle {
+    rt.block_on(Receiver::start(ReceiverOptions {
+        keep_messages: 1_000_000,
+        slow_delay,
+        ..ReceiverOptions::default()
+    }))
+    .expect("receiver")
+}
+
+fn write_campaign(toml: &Path, port: u16, o: &Opts) {
+    let mut t = format!(
+        r#"id = "journal-test"
+
+[from]
+address = "news@example.com"
+
+[envelope]
+verp = "b-{{token}}@bounce.example.com"
+secret_env = "{SECRET_VAR}"
+
+[message]
+subject = "{}"
+text = "Hi {{{{ name }}}}, row {{{{ row }}}}\n"
+
+[recipients]
+path = "list.csv"
+
+[limits]
+queue_depth = 100
+"#,
+        o.subject
+    );
+    if let Some(rate) = o.rate {
+        let _ = writeln!(t, "rate = \"{rate}\"");
+    }
+    let _ = write!(
+        t,
+        r#"
+[retry]
+attempts = 2
+backoff = "50ms"
+max_backoff = "100ms"
+
+[smtp]
+helo = "feeder.example.com"
+connect_timeout = "2s"
+
+[output]
+delivery_log = "delivery.jsonl"
+rejects = "rejects.csv"
+journal = "journal.sqlite"
+
+[[node]]
+name = "n1"
+host = "127.0.0.1"
+port = {port}
+tls = "none"
+max_connections = 4
+messages_per_connection = 100000
+"#
+    );
+    if let Some(t2) = &o.not_after {
+        let _ = write!(t, "\n[schedule]\nnot_after = \"{t2}\"\n");
+    }
+    std::fs::write(toml, t).expect("write campaign");
+}
+
+fn write_list(dir: &Path, rows: u64, address: fn(u64) -> String) {
+    let mut csv = String::from("email,name\n");
+    for row in 1..=rows {
+        let _ = writeln!(csv, "{},N{row}", address(row));
+    }
+    std::fs::write(dir.join("list.csv"), csv).expect("write list");
+}
+
+fn command(toml: &Path, args: &[&str]) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_blast"));
+    c.arg(args[0])
+        .arg(toml)
+        .args(&args[1..])
+        .env(SECRET_VAR, SECRET)
+        .env_remove("RUST_LOG");
+    c
+}
+
+/// Runs blast to its end (bounded).
+fn blast(toml: &Path, args: &[&str]) -> Output {
+    let child = command(toml, args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn blast");
+    wait_output(child)
+}
+
+fn wait_output(mut child: Child) -> Output {
+    let start = Instant::now();
+    loop {
+        if child.try_wait().expect("try_wait").is_some() {
+            return child.wait_with_output().expect("output");
+        }
+        if start.elapsed() > LIMIT {
+            let _ = child.kill();
+            panic!("blast did not finish within {LIMIT:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn spawn(toml: &Path, args: &[&str]) -> Child {
+    command(toml, args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn blast")
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+fn code(o: &Output) -> i32 {
+    o.status
+        .code()
+        .unwrap_or_else(|| panic!("killed by a signal: {}", text(o)))
+}
+
+/// Waits until the receiver accepted at least `n` messages (bounded).
+fn wait_received(rx: &ReceiverHandle, n: u64, child: &mut Child) {
+    let start = Instant::now();
+    while rx.stats().accepted < n {
+        if let Some(s) = child.try_wait().expect("try_wait") {
+            panic!("blast ended ({s}) before {n} messages were received");
+        }
+        assert!(start.elapsed() < LIMIT, "only {:?} received", rx.stats());
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn signal(child: &Child, sig: &str) {
+    let ok = Command::new("kill")
+        .args([sig, &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(ok.success());
+}
+
+/// Received messages per recipient address.
+fn received(rx: &ReceiverHandle) -> BTreeMap<String, u64> {
+    let mut m = BTreeMap::new();
+    for msg in rx.messages() {
+        *m.entry(msg.rcpt).or_insert(0) += 1;
+    }
+    m
+}
+
+fn journal(s: &Setup) -> Journal {
+    Journal::open_read_only(&s.dir.join("journal.sqlite")).expect("open journal")
+}
+
+/// (run, row, status, possibly_duplicated) of every outcome.
+fn outcomes(j: &Journal) -> Vec<(i64, u64, String, bool)> {
+    let mut st = j
+        .connection()
+        .prepare(
+            "SELECT run_id, row, status, possibly_duplicated FROM outcomes ORDER BY run_id, row",
+        )
+        .unwrap();
+    st.query_map([], |r| {
+        Ok((r.get(0)?, r.get::<_, i64>(1)? as u64, r.get(2)?, r.get(3)?))
+    })
+    .unwrap()
+    .map(|r| r.unwrap())
+    .collect()
+}
+
+fn runs(j: &Journal) -> Vec<(i64, String)> {
+    let mut st = j
+        .connection()
+        .prepare("SELECT id, state FROM runs ORDER BY id")
+        .unwrap();
+    st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .map(|r| r.unwrap())
+        .collect()
+}
+
+fn integrity_ok(j: &Journal) {
+    let v: String = j
+        .connection()
+        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(v, "ok");
+}
+
+/// The number before `label` in the summary line starting with `line`.
+fn summary_number(out: &str, line: &str, label: &str) -> u64 {
+    let l = out
+        .lines()
+        .find(|l| l.starts_with(line))
+        .unwrap_or_else(|| panic!("no {line:?} line in:\n{out}"));
+    let before = &l[..l
+        .find(label)
+        .unwrap_or_else(|| panic!("no {label:?} in {l:?}"))];
+    before
+        .split(|c: char| !c.is_ascii_digit())
+        .rfind(|w| !w.is_empty())
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+/// A UTC time of day already past (at 00:00 there is none: waits for 00:01).
+fn past_time_of_day() -> String {
+    loop {
+        let now = blast::campaign::TimeOfDay::now_utc();
+        let m = u32::from(now.hour) * 60 + u32::from(now.minute);
+        if m > 0 {
+            return format!("{:02}:{:02}", (m - 1) / 60, (m - 1) % 60);
+        }
+        std::thread::sleep(Duration::from_secs(5));
+    }
+}
+
+fn done(s: Setup) {
+    let _ = std::fs::remove_dir_all(&s.dir);
+}
+
+#[test]
+fn journal_matches_the_log_and_a_finished_run_is_a_no_op() {
+    let s = setup(
+        "journal-noop",
+        &Opts {
+            // Every 10th recipient is refused at RCPT (550).
+            address: |row| {
+                if row % 10 == 0 {
+                    format!("permfail+u{row}@d{}.test", row % 5)
+                } else {
+                    format!("u{row}@d{}.test", row % 5)
+                }
+            },
+            ..Opts::default()
+        },
+    );
+    let o = blast(&s.toml, &["send", "-q"]);
+    assert_eq!(code(&o), 1, "{}", text(&o));
+    assert!(text(&o).contains("run        1 finished"), "{}", text(&o));
+    let j = journal(&s);
+    integrity_ok(&j);
+    let rows = outcomes(&j);
+    assert_eq!(rows.len(), 200);
+    // Journal rows == final outcomes of the delivery log, row by row.
+    let log: BTreeMap<u64, String> = std::fs::read_to_string(s.dir.join("delivery.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            (
+                v["row"].as_u64().unwrap(),
+                v["outcome"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    let journal: BTreeMap<u64, String> = rows.iter().map(|r| (r.1, r.2.clone())).collect();
+    assert_eq!(journal, log);
+    assert_eq!(journal.values().filter(|s| *s == "failed").count(), 20);
+    assert_eq!(runs(&j), vec![(1, "finished".to_string())]);
+    let received_before = s.rx.stats();
+    assert_eq!(received_before.accepted, 180);
+
+    // Again: nothing to do, nothing sent, exit 0, delivery log untouched.
+    let log_len = std::fs::metadata(s.dir.join("delivery.jsonl"))
+        .unwrap()
+        .len();
+    let o = blast(&s.toml, &["send", "-q"]);
+    assert_eq!(code(&o), 0, "{}", text(&o));
+    assert!(
+        text(&o).contains("run 1 already finished at") && text(&o).contains("nothing to do"),
+        "{}",
+        text(&o)
+    );
+    assert_eq!(s.rx.stats().transactions, received_before.transactions);
+    assert_eq!(outcomes(&j).len(), 200);
+    assert_eq!(
+        std::fs::metadata(s.dir.join("delivery.jsonl"))
+            .unwrap()
+            .len(),
+        log_len
+    );
+
+    // --new-run sends the whole list again, as run 2.
+    let o = blast(&s.toml, &["send", "-q", "--new-run"]);
+    assert_eq!(code(&o), 1, "{}", text(&o));
+    assert_eq!(s.rx.stats().accepted, 360);
+    assert_eq!(
+        runs(&j),
+        vec![(1, "finished".to_string()), (2, "finished".to_string())]
+    );
+
+    // A regenerated list (one more row) is a new run, sent in full.
+    write_list(&s.dir, 201, |row| format!("new{row}@d{}.test", row % 5));
+    let o = blast(&s.toml, &["send", "-q"]);
+    assert_eq!(code(&o), 0, "{}", text(&o));
+    assert_eq!(s.rx.stats().accepted, 561);
+    assert_eq!(runs(&j).len(), 3);
+    assert_eq!(
+        outcomes(&j).iter().filter(|r| r.0 == 3).count(),
+        201,
+        "run 3 has every row of the new list"
+    );
+    done(s);
+}
+
+#[test]
+fn crashes_with_sigkill_then_resume_lose_nothing_and_count_duplicates() {
+    const ROWS: u64 = 3000;
+    let s = setup(
+        "journal-crash",
+        &Opts {
+            rows: ROWS,
+            rate: Some("1000/s"),
+            ..Opts::default()
+        },
+    );
+    // kill -9 three times at different points, resuming in between.
+    let kill_at = [600, 1300, 2000];
+    for &n in &kill_at {
+        let mut child = spawn(&s.toml, &["send", "-q"]);
+        wait_received(&s.rx, n, &mut child);
+        child.kill().expect("SIGKILL"); // std's kill is SIGKILL
+        let _ = child.wait();
+        let j = journal(&s);
+        integrity_ok(&j);
+        assert_eq!(runs(&j), vec![(1, "running".to_string())]);
+        // Only what the relay took can be journaled accepted.
+        let accepted = outcomes(&j).iter().filter(|r| r.2 == "accepted").count() as u64;
+        assert!(accepted <= s.rx.stats().accepted);
+        assert!(accepted < ROWS, "the run was over before the kill");
+    }
+
+    // The last resume runs to the end: same run, 4 sessions.
+    let o = blast(&s.toml, &["send", "-q"]);
+    let out = text(&o);
+    assert_eq!(code(&o), 0, "{out}");
+    assert!(out.contains("run        1 finished"), "{out}");
+    let skipped = summary_number(&out, "resumed", "rows skipped");
+    let reported_last = summary_number(&out, "resumed", "possibly duplicated (resumed");
+    assert!(skipped > 0, "{out}");
+    // The resumed session skipped exactly the rows final before it started.
+    assert_eq!(skipped + summary_number(&out, "outcomes", "accepted"), ROWS);
+
+    let j = journal(&s);
+    integrity_ok(&j);
+    assert_eq!(runs(&j), vec![(1, "finished".to_string())]);
+    let sessions: i64 = j
+        .connection()
+        .query_row("SELECT sessions FROM runs WHERE id = 1", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(sessions, 4);
+    let rows = outcomes(&j);
+    // Every row exactly one final outcome across all sessions, all accepted.
+    assert_eq!(rows.len() as u64, ROWS);
+    let distinct: std::collections::BTreeSet<u64> = rows.iter().map(|r| r.1).collect();
+    assert_eq!(distinct.len() as u64, ROWS);
+    assert!(rows.iter().all(|r| r.2 == "accepted"));
+    // Nothing lost; duplicates only where blast says so.
+    let got = received(&s.rx);
+    assert_eq!(got.len() as u64, ROWS, "every recipient received");
+    assert!(s.rx.stats().accepted >= ROWS);
+    let twice = got.values().filter(|&&n| n > 1).count() as u64;
+    let flagged = rows.iter().filter(|r| r.3).count() as u64;
+    eprintln!(
+        "crashes: {twice} recipients received twice or more, {flagged} flagged possibly duplicated"
+    );
+    assert!(
+        twice <= flagged,
+        "{twice} recipients got the message more than once, blast flagged {flagged}"
+    );
+    assert!(reported_last <= flagged);
+    // Per crash, the window is what can be in flight (4 connections) plus the outcomes not
+    // yet committed (under 100 ms at 1000/s).
+    assert!(
+        flagged <= kill_at.len() as u64 * (4 + 100),
+        "{flagged} possibly duplicated"
+    );
+    done(s);
+}
+
+#[test]
+fn a_second_signal_cuts_transactions_off_and_the_journal_stays_consistent() {
+    // Rows 61.. answer only after 60 s: four connections get stuck on them.
+    let s = setup_with(
+        "journal-second-signal",
+        &Opts {
+            rows: 100,
+            address: |row| {
+                if row > 60 {
+                    format!("slow+u{row}@d.test")
+                } else {
+                    format!("u{row}@d.test")
+                }
+            },
+            ..Opts::default()
+        },
+        Duration::from_secs(60),
+    );
+    let stderr_path = s.dir.join("stderr.txt");
+    let mut child = command(&s.toml, &["send", "-q", "--grace", "120s"])
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(&stderr_path).unwrap())
+        .spawn()
+        .expect("spawn");
+    wait_received(&s.rx, 60, &mut child);
+    // Wait until the four connections are each in a slow transaction (committed marks).
+    let in_flight = |j: &Journal| -> i64 {
+        j.connection()
+            .query_row(
+                "SELECT COUNT(*) FROM attempts a WHERE NOT EXISTS (SELECT 1 FROM outcomes o WHERE o.row = a.row)",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap()
+    };
+    let start = Instant::now();
+    while in_flight(&journal(&s)) < 4 {
+        assert!(start.elapsed() < LIMIT);
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    signal(&child, "-TERM");
+    let start = Instant::now();
+    while !std::fs::read_to_string(&stderr_path)
+        .unwrap()
+        .contains("stopping")
+    {
+        assert!(start.elapsed() < LIMIT, "first signal not seen");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    signal(&child, "-TERM");
+    let o = wait_output(child);
+    let out = format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        std::fs::read_to_string(&stderr_path).unwrap()
+    );
+    assert_eq!(code(&o), 143, "{out}");
+    assert!(out.contains("second signal"), "{out}");
+    let j = journal(&s);
+    integrity_ok(&j);
+    assert_eq!(runs(&j), vec![(1, "stopped".to_string())]);
+    assert_eq!(summary_number(&out, "outcomes", "accepted"), 60);
+    assert_eq!(outcomes(&j).len(), 60);
+    assert_eq!(in_flight(&j), 4);
+
+    // Resume against a fast relay (the slow one still holds the four cut-off messages):
+    // exactly those four are reported possibly duplicated.
+    let fast = start_receiver(&s.rt, Duration::from_millis(1));
+    write_campaign(
+        &s.toml,
+        fast.addr().port(),
+        &Opts {
+            rows: 100,
+            ..Opts::default()
+        },
+    );
+    let o = blast(&s.toml, &["send", "-q"]);
+    let out = text(&o);
+    assert_eq!(code(&o), 0, "{out}");
+    assert_eq!(summary_number(&out, "resumed", "rows skipped"), 60);
+    assert_eq!(
+        summary_number(&out, "resumed", "possibly duplicated (resumed"),
+        4
+    );
+    assert_eq!(fast.stats().accepted, 40);
+    let rows = outcomes(&j);
+    assert_eq!(rows.len(), 100);
+    assert_eq!(rows.iter().filter(|r| r.3).count(), 4);
+    done(s);
+}
+
+#[test]
+fn sigterm_stops_cleanly_with_a_consistent_journal() {
+    const ROWS: u64 = 3000;
+    let s = setup(
+        "journal-term",
+        &Opts {
+            rows: ROWS,
+            rate: Some("1000/s"),
+            ..Opts::default()
+        },
+    );
+    let mut child = spawn(&s.toml, &["send", "-q", "--grace", "10s"]);
+    wait_received(&s.rx, 300, &mut child);
+    signal(&child, "-TERM");
+    let o = wait_output(child);
+    let out = text(&o);
+    assert_eq!(code(&o), 143, "{out}");
+    let j = journal(&s);
+    integrity_ok(&j);
+    assert_eq!(runs(&j), vec![(1, "stopped".to_string())]);
+    let finals = summary_number(&out, "outcomes", "accepted")
+        + summary_number(&out, "outcomes", "failed")
+        + summary_number(&out, "outcomes", "expired");
+    assert!(finals < ROWS);
+    assert_eq!(outcomes(&j).len() as u64, finals, "{out}");
+    // A clean stop leaves nothing in doubt: every received message has its outcome.
+    assert_eq!(s.rx.stats().accepted, finals);
+
+    // The stopped run resumes and completes without sending anything twice.
+    let o = blast(&s.toml, &["send", "-q"]);
+    assert_eq!(code(&o), 0, "{}", text(&o));
+    assert_eq!(outcomes(&j).len() as u64, ROWS);
+    assert_eq!(s.rx.stats().accepted, ROWS);
+    assert!(received(&s.rx).values().all(|&n| n == 1));
+    done(s);
+}
+
+#[test]
+fn a_second_sender_of_the_same_campaign_exits_75() {
+    let s = setup(
+        "journal-lock",
+        &Opts {
+            rows: 3000,
+            rate: Some("500/s"),
+            ..Opts::default()
+        },
+    );
+    let mut first = spawn(&s.toml, &["send", "-q"]);
+    wait_received(&s.rx, 50, &mut first);
+    let o = blast(&s.toml, &["send", "-q"]);
+    assert_eq!(code(&o), 75, "{}", text(&o));
+    assert!(
+        text(&o).contains(&format!(
+            "campaign journal-test is being sent by another blast (pid {})",
+            first.id()
+        )),
+        "{}",
+        text(&o)
+    );
+    assert!(
+        first.try_wait().unwrap().is_none(),
+        "first sender still running"
+    );
+    // status works while the send runs (read-only, WAL).
+    let st = blast(&s.toml, &["status", "--json"]);
+    assert_eq!(code(&st), 0, "{}", text(&st));
+    let v: serde_json::Value = serde_json::from_slice(&st.stdout).unwrap();
+    assert_eq!(v["run"]["state"], "running");
+    assert_eq!(v["sender_pid"], first.id());
+    signal(&first, "-TERM");
+    let o = wait_output(first);
+    assert_eq!(code(&o), 143, "{}", text(&o));
+    done(s);
+}
+
+#[test]
+fn changed_templates_are_refused_unless_forced() {
+    let mut opts = Opts {
+        rows: 100,
+        ..Opts::default()
+    };
+    let s = setup("journal-template", &opts);
+    // An unfinished run: --limit stops after 30 rows.
+    let o = blast(&s.toml, &["send", "-q", "--limit", "30"]);
+    assert_eq!(code(&o), 0, "{}", text(&o));
+    assert!(text(&o).contains("run        1 stopped"), "{}", text(&o));
+    assert_eq!(s.rx.stats().accepted, 30);
+
+    opts.subject = "A new subject for {{ name }}";
+    write_campaign(&s.toml, s.rx.addr().port(), &opts);
+    let o = blast(&s.toml, &["send", "-q"]);
+    assert_eq!(code(&o), 2, "{}", text(&o));
+    assert!(text(&o).contains("templates"), "{}", text(&o));
+    assert!(text(&o).contains("--force"), "{}", text(&o));
+    assert_eq!(s.rx.stats().accepted, 30, "nothing sent");
+
+    let o = blast(&s.toml, &["send", "-q", "--force"]);
+    assert_eq!(code(&o), 0, "{}", text(&o));
+    assert!(text(&o).contains("run        1 finished"), "{}", text(&o));
+    // Resumed: the 30 done rows were skipped, the other 70 sent once.
+    assert_eq!(summary_number(&text(&o), "resumed", "rows skipped"), 30);
+    assert_eq!(s.rx.stats().accepted, 100);
+    assert!(received(&s.rx).values().all(|&n| n == 1));
+    let j = journal(&s);
+    assert_eq!(runs(&j), vec![(1, "finished".to_string())]);
+    assert_eq!(outcomes(&j).len(), 100);
+    done(s);
+}
+
+#[test]
+fn status_json_reports_the_run() {
+    let s = setup(
+        "journal-status",
+        &Opts {
+            rows: 100,
+            address: |row| match row % 20 {
+                0 => format!("permfail+u{row}@bad.test"),
+                _ => format!("u{row}@d{}.test", row % 3),
+            },
+            ..Opts::default()
+        },
+    );
+    // No journal yet.
+    let o = blast(&s.toml, &["status", "--json"]);
+    assert_eq!(code(&o), 0, "{}", text(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(v["run"].is_null());
+
+    let o = blast(&s.toml, &["send", "-q"]);
+    assert_eq!(code(&o), 1, "{}", text(&o));
+    let o = blast(&s.toml, &["status", "--json"]);
+    assert_eq!(code(&o), 0, "{}", text(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["campaign"], "journal-test");
+    assert_eq!(v["run"]["id"], 1);
+    assert_eq!(v["run"]["state"], "finished");
+    assert!(v["run"]["started_at"].is_string() && v["run"]["ended_at"].is_string());
+    assert_eq!(v["rows_final"], 100);
+    assert_eq!(v["by_status"]["accepted"], 95);
+    assert_eq!(v["by_status"]["failed"], 5);
+    assert_eq!(v["possibly_duplicated"], 0);
+    assert!(v["rate_per_second"].as_f64().unwrap() > 0.0);
+    assert_eq!(v["nodes"][0]["name"], "n1");
+    assert_eq!(v["nodes"][0]["accepted"], 95);
+    let domains = v["domains"].as_array().unwrap();
+    let bad = domains.iter().find(|d| d["name"] == "bad.test").unwrap();
+    assert_eq!(
+        (bad["failed"].as_u64(), bad["accepted"].as_u64()),
+        (Some(5), Some(0))
+    );
+    assert_eq!(domains.len(), 4);
+    let reason = &v["failure_reasons"][0];
+    assert_eq!(reason["count"], 5);
+    assert_eq!(reason["code"].as_u64().unwrap() / 100, 5);
+    // The text form too.
+    let o = blast(&s.toml, &["status"]);
+    assert!(
+        text(&o).contains("100 final: 95 accepted, 5 failed"),
+        "{}",
+        text(&o)
+    );
+    done(s);
+}
+
+#[test]
+fn not_after_in_the_past_refuses_to_start() {
+    let past = past_time_of_day();
+    let s = setup(
+        "journal-not-after",
+        &Opts {
+            not_after: Some(past.clone()),
+            ..Opts::default()
+        },
+    );
+    let o = blast(&s.toml, &["send", "-q"]);
+    assert_eq!(code(&o), 75, "{}", text(&o));
+    assert!(
+        text(&o).contains(&format!("not_after {past} UTC")),
+        "{}",
+        text(&o)
+    );
+    assert_eq!(s.rx.stats().transactions, 0, "nothing sent");
+    assert!(runs(&journal(&s)).is_empty(), "no run started");
+    // --not-after on the command line overrides the campaign.
+    let o = blast(&s.toml, &["send", "-q", "--not-after", "23:59"]);
+    assert_eq!(code(&o), 0, "{}", text(&o));
+    assert_eq!(s.rx.stats().accepted, 200);
+    done(s);
+}
+
+#[test]
+fn blast_cron_logs_and_passes_exit_codes_through() {
+    let s = setup("journal-cron", &Opts::default());
+    let log = s.dir.join("cron.log");
+    let cron = |args: &[&str]| {
+        let o = Command::new(common::script("blast-cron"))
+            .arg(&s.toml)
+            .args(args)
+            .env("BLAST", env!("CARGO_BIN_EXE_blast"))
+            .env("BLAST_LOG", &log)
+            .env(SECRET_VAR, SECRET)
+            .output()
+            .expect("run scripts/blast-cron");
+        assert!(o.stdout.is_empty(), "output goes to the log");
+        o.status.code()
+    };
+    assert_eq!(cron(&[]), Some(0));
+    assert_eq!(s.rx.stats().accepted, 200);
+    assert_eq!(cron(&[]), Some(0));
+    assert_eq!(s.rx.stats().accepted, 200, "finished: nothing sent again");
+    let past = past_time_of_day();
+    assert_eq!(cron(&["--new-run", "--not-after", &past]), Some(75));
+    assert_eq!(cron(&["--no-such-option"]), Some(2));
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(text.matches("blast-cron: start:").count(), 4, "{text}");
+    assert!(text.contains("result     done, exit code 0"), "{text}");
+    assert!(text.contains("nothing to do"), "{text}");
+    assert!(text.contains(&format!("not_after {past} UTC")), "{text}");
+    assert_eq!(s.rx.stats().accepted, 200);
+    done(s);
+}
+
+#[test]
+fn not_after_is_validated_as_a_utc_time_of_day() {
+    use blast::campaign::{Campaign, TimeOfDay};
+    assert_eq!(
+        "06:30".parse::<TimeOfDay>(),
+        Ok(TimeOfDay {
+            hour: 6,
+            minute: 30
+        })
+    );
+    for bad in ["24:00", "6:30", "06:60", "0630", "", "ab:cd"] {
+        assert!(bad.parse::<TimeOfDay>().is_err(), "{bad:?} accepted");
+    }
+    assert_eq!(TimeOfDay::of_unix(86_400 + 3600 + 120).to_string(), "01:02");
+    let dir = common::test_dir("journal-not-after-parse");
+    let toml = dir.join("campaign.toml");
+    let o = Opts {
+        not_after: Some("25:00".into()),
+        ..Opts::default()
+    };
+    write_campaign(&toml, 2525, &o);
+    write_list(&dir, 1, o.address);
+    let err = Campaign::load(&toml).unwrap_err().to_string();
+    assert!(err.contains("invalid time of day \"25:00\""), "{err}");
+    write_campaign(
+        &toml,
+        2525,
+        &Opts {
+            not_after: Some("05:45".into()),
+            ..Opts::default()
+        },
+    );
+    let c = Campaign::load(&toml).unwrap();
+    assert_eq!(c.schedule.not_after.unwrap().to_string(), "05:45");
+    let _ = std::fs::remove_dir_all(&dir);
+}
