@@ -135,9 +135,20 @@ pub struct CampaignFile {
     /// The suppression list: addresses never mailed again (hard bounces, complaints, …).
     #[serde(default)]
     pub suppression: SuppressionSection,
-    /// The sender node pool: relay MTAs blast hands messages to. At least one is required.
+    /// The sender node pool: relay MTAs blast hands messages to. At least one is required
+    /// (unless `delivery = "direct"`).
     #[serde(default, rename = "node")]
     pub nodes: Vec<Spanned<NodeSection>>,
+    /// "relay" (default): hand every message to the `[[node]]` pool. "direct": deliver to each
+    /// recipient domain's MX hosts (see `[direct]` and `src/direct.rs`).
+    #[serde(default)]
+    pub delivery: Option<Spanned<String>>,
+    /// The shared DNS resolver and recipient-domain pre-validation (see `src/dns.rs`).
+    #[serde(default)]
+    pub dns: crate::dns::DnsSection,
+    /// Direct-to-MX delivery settings (with `delivery = "direct"`).
+    #[serde(default)]
+    pub direct: Option<Spanned<crate::direct::DirectSection>>,
 }
 
 /// `[from]`: the From header (and the default Reply-To).
@@ -736,6 +747,10 @@ pub struct Campaign {
     pub schedule: Schedule,
     pub suppression: SuppressionOptions,
     pub nodes: Vec<Node>,
+    /// `[dns]`, validated.
+    pub dns: crate::dns::DnsConfig,
+    /// `Some` with `delivery = "direct"`: no relay pool, straight to the MX hosts.
+    pub direct: Option<crate::direct::DirectConfig>,
 }
 
 /// Longest campaign id, so that a VERP local part always fits in 64 octets.
@@ -804,7 +819,9 @@ impl Campaign {
 
     /// True when every node is blast's embedded receiver (nothing leaves the machine).
     pub fn all_embedded(&self) -> bool {
-        self.nodes
+        self.direct.is_none()
+            && self
+                .nodes
             .iter()
             .all(|n| n.address == NodeAddress::Embedded)
     }
@@ -1057,7 +1074,54 @@ fn validate(ctx: &mut Ctx<'_>, f: CampaignFile) -> Option<Campaign> {
     };
 
     let nodes = nodes(ctx, &f.nodes);
-    if f.nodes.is_empty() {
+    let dns = crate::dns::validate(&f.dns).unwrap_or_else(|problems| {
+        for (span, message) in problems {
+            ctx.error(span, message);
+        }
+        crate::dns::DnsConfig::default()
+    });
+    let direct_mode = match &f.delivery {
+        None => false,
+        Some(d) if d.get_ref() == "relay" => false,
+        Some(d) if d.get_ref() == "direct" => true,
+        Some(d) => {
+            ctx.error(
+                d.span(),
+                format!(
+                    "delivery {:?}: use \"relay\" (the [[node]] pool) or \"direct\" (the recipients' MX hosts)",
+                    d.get_ref()
+                ),
+            );
+            false
+        }
+    };
+    let direct = if direct_mode {
+        let section = f.direct.as_ref().map(|d| d.get_ref());
+        match crate::direct::validate(section.unwrap_or(&Default::default())) {
+            Ok(c) => Some(c),
+            Err(problems) => {
+                for (span, message) in problems {
+                    ctx.error(span, message);
+                }
+                None
+            }
+        }
+    } else {
+        if let Some(d) = &f.direct {
+            ctx.error(
+                d.span(),
+                "[direct] is only used with delivery = \"direct\"; set it or remove the section",
+            );
+        }
+        None
+    };
+    if direct_mode && let Some(n) = f.nodes.first() {
+        ctx.error(
+            n.span(),
+            "delivery = \"direct\" sends to the recipients' MX hosts: remove the [[node]] pool (or use delivery = \"relay\")",
+        );
+    }
+    if f.nodes.is_empty() && !direct_mode {
         ctx.error(
             0..0,
             "no sender nodes: add at least one [[node]] with host and port (or embedded = true for a local demo)",
@@ -1083,6 +1147,8 @@ fn validate(ctx: &mut Ctx<'_>, f: CampaignFile) -> Option<Campaign> {
         schedule,
         suppression,
         nodes,
+        dns,
+        direct,
     })
 }
 

@@ -112,6 +112,14 @@ pub enum Command {
         /// overrides `[schedule] not_after`.
         #[arg(long, value_name = "HH:MM", value_parser = parse_time_of_day)]
         not_after: Option<TimeOfDay>,
+        /// Send only the rows whose address hash falls in shard K of N (1 ≤ K ≤ N ≤ 1024), with
+        /// a journal, lock, delivery log and rejects file of its own: N boxes split one list.
+        #[arg(long, value_name = "K/N")]
+        shard: Option<crate::shard::Shard>,
+        /// Benchmarking only (scripts/bench-journal): send without a journal — no resume, no
+        /// idempotence, no duplicate accounting. The campaign lock is still taken.
+        #[arg(long, hide = true)]
+        no_journal: bool,
     },
     /// Show the journal of a campaign's current or last run: progress, counts per status, node
     /// and domain, top failure reasons. Read-only; works while a send runs.
@@ -120,12 +128,65 @@ pub enum Command {
         /// Print one JSON object.
         #[arg(long)]
         json: bool,
+        /// Read the journal of shard K of N (see `blast send --shard`).
+        #[arg(long, value_name = "K/N")]
+        shard: Option<crate::shard::Shard>,
     },
     /// DKIM keys: `blast keys generate --selector S --domain D` writes a private key and prints
     /// the DNS TXT record to publish.
     Keys {
         #[command(subcommand)]
         command: KeysCommand,
+    },
+    /// Bounce tools.
+    Bounce {
+        #[command(subcommand)]
+        command: BounceCommand,
+    },
+    /// Manage the suppression list (addresses never mailed again).
+    Suppress {
+        /// The suppression list file.
+        #[arg(long, global = true, conflicts_with = "campaign")]
+        db: Option<PathBuf>,
+        /// Use the campaign's `[suppression] path`.
+        #[arg(long, global = true)]
+        campaign: Option<PathBuf>,
+        #[command(subcommand)]
+        command: SuppressCommand,
+    },
+    /// Run the bounce sink: an SMTP server for the bounce domain(s) that classifies bounces
+    /// and complaints and records them in the suppression list. Runs until SIGTERM/SIGINT.
+    Sink {
+        /// Address to listen on, e.g. 0.0.0.0:25.
+        #[arg(long)]
+        listen: std::net::SocketAddr,
+        /// Bounce domain accepted in RCPT (repeatable). Anything else gets 550 5.7.1.
+        #[arg(long = "domain", required = true)]
+        domains: Vec<String>,
+        /// The suppression list file.
+        #[arg(long, default_value = "suppression.sqlite")]
+        db: PathBuf,
+        /// Accept and drop everything (pure sinkhole).
+        #[arg(long)]
+        discard: bool,
+        /// Keep messages that cannot be acted upon here.
+        #[arg(long)]
+        quarantine: Option<PathBuf>,
+        #[arg(long, default_value_t = 64)]
+        max_connections: usize,
+        /// Largest message accepted (advertised as SIZE).
+        #[arg(long, default_value_t = 10 * 1024 * 1024)]
+        max_size: usize,
+        /// Environment variable with the VERP HMAC secret.
+        #[arg(long, default_value = "BLAST_SECRET")]
+        secret_env: String,
+        /// Soft bounces of an address before it is suppressed (0: never).
+        #[arg(long, default_value_t = 3)]
+        soft_bounce_limit: u32,
+        #[arg(long, default_value = "5m", value_parser = parse_duration)]
+        command_timeout: std::time::Duration,
+        #[arg(long, default_value = "10m", value_parser = parse_duration)]
+        data_timeout: std::time::Duration,
     },
     /// Write a realistic synthetic recipient list (CSV) for tests and benchmarks.
     #[command(hide = true)]
@@ -169,8 +230,78 @@ pub enum KeysCommand {
     },
 }
 
+#[derive(Debug, Subcommand)]
+pub enum BounceCommand {
+    /// Classify bounce messages (files, or `-` for stdin): one JSON line per reported recipient.
+    Classify {
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SuppressCommand {
+    /// Suppress addresses by hand.
+    Add {
+        #[arg(required = true)]
+        addresses: Vec<String>,
+        #[arg(long, default_value = "manual")]
+        reason: String,
+    },
+    /// Take addresses off the list.
+    Remove {
+        #[arg(required = true)]
+        addresses: Vec<String>,
+    },
+    /// Print the list (CSV, like export).
+    List,
+    /// Add addresses from CSV (`-` for stdin): the export format, or one address per line.
+    Import {
+        file: PathBuf,
+        #[arg(long, default_value = "manual")]
+        reason: String,
+    },
+    /// Write the list as CSV (default stdout).
+    Export {
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+}
+
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     match args.command {
+        Command::Bounce {
+            command: BounceCommand::Classify { files },
+        } => crate::sink::cmd_classify(&files),
+        Command::Suppress {
+            db,
+            campaign,
+            command,
+        } => crate::sink::cmd_suppress(db, campaign, command),
+        Command::Sink {
+            listen,
+            domains,
+            db,
+            discard,
+            quarantine,
+            max_connections,
+            max_size,
+            secret_env,
+            soft_bounce_limit,
+            command_timeout,
+            data_timeout,
+        } => {
+            init_tracing();
+            let mut o = crate::sink::SinkOptions::new(listen, domains, db);
+            o.discard = discard;
+            o.quarantine = quarantine;
+            o.max_connections = max_connections;
+            o.max_size = max_size;
+            o.soft_bounce_limit = soft_bounce_limit;
+            o.command_timeout = command_timeout;
+            o.data_timeout = data_timeout;
+            crate::sink::cmd_sink(o, &secret_env)
+        }
         Command::Keys {
             command:
                 KeysCommand::Generate {
@@ -203,6 +334,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             new_run,
             force,
             not_after,
+            shard,
+            no_journal,
         } => send(
             &campaign,
             to.as_deref(),
@@ -211,14 +344,20 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                 limit,
                 mode: crate::progress::Mode::detect(quiet),
                 grace,
+                shard,
             },
             &RunFlags {
                 new_run,
                 force,
                 not_after,
+                no_journal,
             },
         ),
-        Command::Status { campaign, json } => status(&campaign, json),
+        Command::Status {
+            campaign,
+            json,
+            shard,
+        } => status(&campaign, json, shard),
         Command::GenRecipients {
             rows,
             domains,
@@ -529,6 +668,8 @@ pub struct RunFlags {
     pub new_run: bool,
     pub force: bool,
     pub not_after: Option<TimeOfDay>,
+    /// `--no-journal` (hidden, for benchmarks).
+    pub no_journal: bool,
 }
 
 /// Which run a `blast send` works on, decided from the journal before anything is read.
@@ -546,10 +687,11 @@ fn send(
     flags: &RunFlags,
 ) -> anyhow::Result<ExitCode> {
     init_tracing();
-    let journaled = to.is_none() && !opts.dry_run;
-    let loaded = Campaign::load(path).map_err(|e| BadInput(e.to_string()))?;
+    let journaled = to.is_none() && !opts.dry_run && !flags.no_journal;
+    let mut loaded = Campaign::load(path).map_err(|e| BadInput(e.to_string()))?;
+    shard_outputs(&mut loaded, opts.shard);
     // One sender per campaign: the lock comes before anything is written (rejects, journal).
-    let _lock = if journaled {
+    let _lock = if to.is_none() && !opts.dry_run {
         Some(lock_campaign(&loaded)?)
     } else {
         None
@@ -576,11 +718,12 @@ fn send(
             plan = Some((journal, RunChoice::New, String::new(), String::new()));
         }
     }
-    let rejects = journaled.then(|| loaded.output.rejects.clone());
-    let (campaign, source, renderer) = match prepare(path, rejects) {
+    let rejects = (to.is_none() && !opts.dry_run).then(|| loaded.output.rejects.clone());
+    let (mut campaign, source, renderer) = match prepare(path, rejects) {
         Ok(t) => t,
         Err(problems) => return Ok(report_problems(&problems)),
     };
+    shard_outputs(&mut campaign, opts.shard);
     if let Some(to) = to {
         crate::source::check_address(to).map_err(|e| BadInput(format!("--to {to:?}: {e}")))?;
         let line = crate::send::send_one(&campaign, source, renderer, to)?;
@@ -604,15 +747,17 @@ fn send(
     };
     let (run_id, skip, unconfirmed) = match choice {
         RunChoice::Resume(r) => {
+            let loading = std::time::Instant::now();
             let finals = journal.final_rows(r.id)?;
             let unconfirmed = journal.unconfirmed_rows(r.id, &finals)?;
             journal.resume_run(r.id, &tpl_fp)?;
             eprintln!(
-                "blast: resuming run {} (started {}): {} rows already final, {} attempted without an outcome (re-sent, possibly duplicated)",
+                "blast: resuming run {} (started {}): {} rows already final, {} attempted without an outcome (re-sent, possibly duplicated); journal read in {} ms",
                 r.id,
                 r.started_at,
                 finals.len(),
-                unconfirmed.len()
+                unconfirmed.len(),
+                loading.elapsed().as_millis()
             );
             (r.id, finals, unconfirmed)
         }
@@ -642,7 +787,10 @@ fn send(
         && report.signal.is_none()
         && report.list_complete
         && report.render_errors == 0
-        && report.skipped + report.suppressed + report.journal.map_or(0, |j| j.outcomes)
+        && report.skipped
+            + report.suppressed
+            + report.shard.map_or(0, |(_, other)| other)
+            + report.journal.map_or(0, |j| j.outcomes)
             == report.source.accepted;
     let state = if finished {
         RunState::Finished
@@ -661,6 +809,16 @@ fn send(
         }
     );
     Ok(ExitCode::from(report.exit_code()))
+}
+
+/// `--shard K/N`: the shard's own journal (and so lock), delivery log and rejects file.
+fn shard_outputs(campaign: &mut Campaign, shard: Option<crate::shard::Shard>) {
+    if let Some(s) = shard {
+        let o = &mut campaign.output;
+        o.journal = s.path(&o.journal);
+        o.delivery_log = s.path(&o.delivery_log);
+        o.rejects = s.path(&o.rejects);
+    }
 }
 
 fn lock_campaign(campaign: &Campaign) -> anyhow::Result<CampaignLock> {
@@ -734,8 +892,9 @@ fn check_not_after(
     Ok(())
 }
 
-fn status(path: &Path, json: bool) -> anyhow::Result<ExitCode> {
-    let campaign = Campaign::load(path).map_err(|e| BadInput(e.to_string()))?;
+fn status(path: &Path, json: bool, shard: Option<crate::shard::Shard>) -> anyhow::Result<ExitCode> {
+    let mut campaign = Campaign::load(path).map_err(|e| BadInput(e.to_string()))?;
+    shard_outputs(&mut campaign, shard);
     let journal_path = &campaign.output.journal;
     let journal = match Journal::open_read_only(journal_path) {
         Ok(j) => Some(j),
@@ -765,9 +924,15 @@ fn status(path: &Path, json: bool) -> anyhow::Result<ExitCode> {
     if json {
         let mut v = serde_json::to_value(&report)?;
         v["campaign"] = serde_json::Value::from(campaign.id.clone());
+        if let Some(s) = shard {
+            v["shard"] = serde_json::Value::from(s.to_string());
+        }
         println!("{v}");
     } else {
         println!("campaign   {} ({})", campaign.id, campaign.name);
+        if let Some(s) = shard {
+            println!("shard      {s} (journal {})", journal_path.display());
+        }
         println!("{}", report.text());
     }
     Ok(ExitCode::SUCCESS)

@@ -134,12 +134,40 @@ impl Shared {
     }
 
     /// Records a final outcome.
-    pub fn finish(
+    pub fn finish(&self, job: Job, status: Status, node: &Arc<str>, delivery: Option<Delivery>) {
+        self.finish_with(job, status, node, delivery, true);
+    }
+
+    /// A rendered message that will never be sent: its domain does not accept mail (see
+    /// [`crate::dns`]). Final `failed` with a synthetic reply (`reply_line`, e.g. "550 5.1.2
+    /// domain does not accept mail: ..."), node "dns"; not added to the suppression list.
+    pub fn fail_unsent(&self, msg: Message, reply_line: &str) {
+        self.outstanding.fetch_add(1, Ordering::AcqRel);
+        self.fail_job(Job::new(msg), reply_line);
+    }
+
+    /// [`Shared::fail_unsent`] for a job the dispatcher already counts.
+    pub fn fail_job(&self, job: Job, reply_line: &str) {
+        let raw = format!("{reply_line}\r\n");
+        let reply = crate::smtp::Reply::parse(raw.as_bytes())
+            .ok()
+            .flatten()
+            .map(|(r, _)| r);
+        let delivery = reply.map(|reply| Delivery {
+            stage: crate::smtp::Stage::Rcpt,
+            reply,
+        });
+        let node: Arc<str> = "dns".into();
+        self.finish_with(job, Status::Failed, &node, delivery, false);
+    }
+
+    fn finish_with(
         &self,
         mut job: Job,
         status: Status,
         node: &Arc<str>,
         delivery: Option<Delivery>,
+        suppress: bool,
     ) {
         if let Some(j) = &self.journal
             && j.was_unconfirmed(job.msg.row)
@@ -157,6 +185,7 @@ impl Shared {
             inc(&self.counters.possibly_duplicated);
         }
         if status == Status::Failed
+            && suppress
             && let Some(d) = &delivery
         {
             self.record_dead_address(job.msg.row, &job.msg.rcpt, d);
@@ -277,6 +306,8 @@ struct Entry {
     at: Instant,
     seq: u64,
     job: Job,
+    /// Parked for a moment by direct delivery (rate limit, busy MX), not a retry.
+    parked: bool,
 }
 
 impl PartialEq for Entry {
@@ -321,6 +352,8 @@ pub struct Dispatcher {
     /// Smooth weighted round-robin state, one per node.
     current: Vec<i64>,
     all_down_since: Option<Instant>,
+    /// Direct-to-MX delivery: routes jobs instead of the node pool (see [`crate::direct`]).
+    direct: Option<crate::direct::Router>,
 }
 
 impl Dispatcher {
@@ -363,8 +396,14 @@ impl Dispatcher {
             seq: 0,
             current: vec![0; n],
             all_down_since: None,
+            direct: None,
         };
         (d, shared)
+    }
+
+    /// Direct-to-MX delivery: jobs go where `router` says instead of to the node pool.
+    pub fn set_direct(&mut self, router: crate::direct::Router) {
+        self.direct = Some(router);
     }
 
     /// Runs until every message is final, a stop is requested, or no node is reachable.
@@ -373,6 +412,9 @@ impl Dispatcher {
         let end = self.run_inner(input).await;
         for n in &self.nodes {
             n.queue_tx.close();
+        }
+        if let Some(r) = &self.direct {
+            r.close();
         }
         end
     }
@@ -388,7 +430,9 @@ impl Dispatcher {
             // Due retries first.
             if self.heap.peek().is_some_and(|e| e.at <= Instant::now()) {
                 let e = self.heap.pop().expect("peeked");
-                dec(&self.shared.counters.waiting_retry);
+                if !e.parked {
+                    dec(&self.shared.counters.waiting_retry);
+                }
                 if let Err(end) = self.place(e.job).await {
                     return end;
                 }
@@ -449,6 +493,7 @@ impl Dispatcher {
                     at,
                     seq: self.seq,
                     job,
+                    parked: false,
                 });
                 Ok(())
             }
@@ -457,6 +502,21 @@ impl Dispatcher {
 
     /// Puts a job into the queue of the best node that can take it now; waits while none can.
     async fn place(&mut self, mut job: Job) -> Result<(), End> {
+        if let Some(router) = &mut self.direct {
+            if self.shared.stopping() {
+                return Err(End::Stopped);
+            }
+            if let crate::direct::Placed::Later(at, job) = router.place(job, &self.shared) {
+                self.seq += 1;
+                self.heap.push(Entry {
+                    at,
+                    seq: self.seq,
+                    job: *job,
+                    parked: true,
+                });
+            }
+            return Ok(());
+        }
         loop {
             if self.shared.stopping() {
                 return Err(End::Stopped);

@@ -740,7 +740,12 @@ pub fn body_hash(body: &[u8]) -> digest::Digest {
         }
         pending_crlf = 1;
         wrote = true;
-        if !line.windows(2).any(|w| w == b"  ") && !line.contains(&b'\t') {
+        if !line
+            .iter()
+            .zip(&line[1..])
+            .any(|(&a, &b)| b == b'\t' || (a == b' ' && b == b' '))
+            && line[0] != b'\t'
+        {
             ctx.update(line);
             continue;
         }
@@ -776,8 +781,17 @@ fn trim_wsp_end(mut s: &[u8]) -> &[u8] {
     s
 }
 
+/// First occurrence of `needle` (non-empty): scan for its first byte, then compare.
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
-    hay.windows(needle.len()).position(|w| w == needle)
+    let mut from = 0;
+    while let Some(i) = hay[from..].iter().position(|&b| b == needle[0]) {
+        let at = from + i;
+        if hay[at..].starts_with(needle) {
+            return Some(at);
+        }
+        from = at + 1;
+    }
+    None
 }
 
 /// Standard base64 with padding, appended to `out`.

@@ -403,13 +403,14 @@ impl Parts {
                     p.is_feedback = true;
                     p.feedback.push(contents());
                 }
-                ("message", "rfc822" | "global") | ("text", "rfc822-headers") => {
-                    if p.original_headers.is_empty() {
-                        let c = contents();
-                        let end = c.find("\n\n").or_else(|| c.find("\r\n\r\n"));
-                        p.original_headers = c[..end.unwrap_or(c.len())].to_string();
-                    }
+                ("message", "rfc822" | "global") | ("text", "rfc822-headers")
+                    if p.original_headers.is_empty() =>
+                {
+                    let c = contents();
+                    let end = c.find("\n\n").or_else(|| c.find("\r\n\r\n"));
+                    p.original_headers = c[..end.unwrap_or(c.len())].to_string();
                 }
+                ("message", "rfc822" | "global") | ("text", "rfc822-headers") => {}
                 ("multipart", _) => {}
                 ("text", _) | ("message", _) if i == 0 || !part.is_message() => {
                     // Text of the report itself (a text/plain part, or the whole body).
@@ -1786,7 +1787,7 @@ Diagnostic-Code: smtp; 452 4.2.2 Mailbox full\r\n\
             let n = next() % 40;
             for _ in 0..n {
                 let r = next();
-                if r % 3 == 0 {
+                if r.is_multiple_of(3) {
                     msg.push((r >> 8) as u8);
                 } else {
                     msg.extend_from_slice(pieces[(r >> 8) as usize % pieces.len()]);

@@ -8,7 +8,9 @@
 pub mod campaign;
 pub mod cli;
 pub mod dispatch;
+pub mod direct;
 pub mod dkim;
+pub mod dns;
 pub mod dsn;
 #[path = "gen.rs"]
 pub mod generate;
@@ -21,6 +23,8 @@ pub mod receiver;
 pub mod render;
 pub mod retry;
 pub mod send;
+pub mod shard;
+pub mod sink;
 pub mod smtp;
 pub mod source;
 pub mod suppression;

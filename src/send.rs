@@ -61,6 +61,8 @@ pub enum SendError {
     Runtime(std::io::Error),
     #[error("--to: {0}")]
     To(String),
+    #[error("DNS: {0}")]
+    Dns(String),
 }
 
 /// Options of one `blast send`.
@@ -73,6 +75,8 @@ pub struct SendOptions {
     pub mode: Mode,
     /// How long running transactions may take to finish after a stop request.
     pub grace: Duration,
+    /// `--shard K/N`: only the rows of this shard (see [`crate::shard`]).
+    pub shard: Option<crate::shard::Shard>,
 }
 
 /// The journal side of a send (see [`crate::journal`]).
@@ -138,6 +142,10 @@ pub struct Report {
     pub journal: Option<WriterStats>,
     /// Rows skipped because their address is on the suppression list.
     pub suppressed: u64,
+    /// Domain lookups and pre-validation (None when neither ran).
+    pub dns: Option<crate::dns::DnsReport>,
+    /// `--shard K/N`, and the rows skipped as belonging to another shard.
+    pub shard: Option<(crate::shard::Shard, u64)>,
 }
 
 impl Report {
@@ -179,6 +187,12 @@ impl Report {
                 self.skipped, self.resumed_duplicates
             );
         }
+        if let Some((shard, other)) = self.shard {
+            let _ = writeln!(
+                s,
+                "shard      {shard}: {other} rows of other shards skipped"
+            );
+        }
         if self.suppressed > 0 {
             let _ = writeln!(
                 s,
@@ -199,7 +213,16 @@ impl Report {
                 "retries    {} deferrals (4xx), {} re-sent after lost connections, {} possibly duplicated",
                 self.deferrals, self.requeues, self.possibly_duplicated
             );
-            for n in &self.nodes {
+            // Direct delivery has a node per MX host: show the first ones.
+            const NODES_SHOWN: usize = 20;
+            if self.nodes.len() > NODES_SHOWN {
+                let _ = writeln!(
+                    s,
+                    "nodes      {} (MX hosts); the first {NODES_SHOWN}:",
+                    self.nodes.len()
+                );
+            }
+            for n in self.nodes.iter().take(NODES_SHOWN) {
                 let _ = writeln!(
                     s,
                     "node       {:<16} {} accepted, {} deferred, {} failed, {} connection errors",
@@ -232,6 +255,13 @@ impl Report {
                 s,
                 "journal    {} outcomes, {} attempt marks, {} transactions",
                 j.outcomes, j.attempts, j.transactions
+            );
+        }
+        if let Some(d) = &self.dns {
+            let _ = writeln!(
+                s,
+                "dns        {} domain lookups, {} cache hits, {} negative (do not accept mail), {} temporary failures; {} rows failed unsent, {} sent despite a warning",
+                d.domain_lookups, d.cache_hits, d.negative, d.temporary, d.rows_failed, d.rows_warned
             );
         }
         if let Some(n) = self.embedded_received {
@@ -331,8 +361,13 @@ async fn run_async(
     };
     let started = Instant::now();
     let counters = Arc::new(Counters::default());
-    let total = estimate_rows(&campaign.recipients.path, opts.limit);
+    let total = estimate_rows(&campaign.recipients.path, opts.limit)
+        / opts.shard.map_or(1, |s| u64::from(s.count()));
 
+    // The one resolver of the run (node host names, pre-validation, direct delivery).
+    let dns = shared_resolver(campaign, opts.dry_run)?;
+    // What is known about recipient domains (pre-validation fills it, direct delivery reads it).
+    let domains = Arc::new(crate::dns::Domains::default());
     // The pool (or nothing, for a dry run).
     let mut receivers: Vec<ReceiverHandle> = Vec::new();
     let mut nodes: Vec<Arc<Node>> = Vec::new();
@@ -345,7 +380,9 @@ async fn run_async(
                     receivers.push(r);
                     addr
                 }
-                NodeAddress::Remote { host, port } => resolve(&n.name, host, *port).await?,
+                NodeAddress::Remote { host, port } => {
+                    resolve(dns.as_deref(), &n.name, host, *port).await?
+                }
             };
             let settings = client_settings(campaign, n)?;
             nodes.push(Arc::new(Node::new(
@@ -385,6 +422,7 @@ async fn run_async(
     let reader = {
         let stop = stop_reading.clone();
         let limit = opts.limit;
+        let shard = opts.shard;
         std::thread::Builder::new()
             .name("blast-reader".into())
             .spawn(move || {
@@ -395,6 +433,7 @@ async fn run_async(
                     limit,
                     skip.as_deref(),
                     suppressions.as_ref(),
+                    shard,
                 )
             })
             .map_err(SendError::Runtime)?
@@ -444,6 +483,42 @@ async fn run_async(
             }),
             Err(e) => tracing::error!("{e}: 5xx user-unknown replies will not be suppressed"),
         }
+        let mut dispatcher = dispatcher;
+        // Direct delivery: MX hosts become nodes as domains route to them.
+        let direct_nodes = match (&campaign.direct, &dns) {
+            (Some(cfg), Some(dns)) => {
+                let router = crate::direct::Router::new(
+                    cfg.clone(),
+                    dns.clone(),
+                    domains.clone(),
+                    direct_settings(campaign, cfg)?,
+                );
+                let created = router.created.clone();
+                dispatcher.set_direct(router);
+                Some(created)
+            }
+            _ => None,
+        };
+        // Pre-validation: a stage between the render threads and the dispatcher.
+        let (dispatch_rx, stage) = match (&dns, prevalidating(campaign)) {
+            (Some(dns), true) => {
+                let (tx, rx) = async_channel::bounded::<Vec<Message>>(
+                    campaign.limits.queue_depth.div_ceil(RENDER_BATCH).max(2),
+                );
+                let p = crate::dns::Prevalidator {
+                    dns: dns.clone(),
+                    domains: domains.clone(),
+                    enforce: campaign.direct.is_some()
+                        || campaign.dns.prevalidate == crate::dns::Prevalidate::Enforce,
+                    addresses: campaign.direct.is_some(),
+                    parallelism: campaign.dns.parallelism,
+                    hold_limit: campaign.limits.queue_depth.max(1000),
+                };
+                let stage = tokio::spawn(p.run(msg_rx.clone(), tx, shared.clone()));
+                (rx, Some(stage))
+            }
+            _ => (msg_rx.clone(), None),
+        };
         let tasks: Vec<_> = nodes.iter().flat_map(|n| n.spawn(&shared)).collect();
         let watcher = {
             let (shared, stop, signal, hurry) = (
@@ -462,7 +537,17 @@ async fn run_async(
                 hurry.notify_one();
             })
         };
-        let end = dispatcher.run(msg_rx.clone()).await;
+        let end = dispatcher.run(dispatch_rx).await;
+        if let Some(stage) = stage {
+            stage.abort();
+            let _ = stage.await;
+        }
+        // Direct delivery: the MX hosts' connection tasks finish like the pool's.
+        let mut tasks = tasks;
+        if let Some(d) = &direct_nodes {
+            tasks.extend(d.tasks.lock().expect("not poisoned").drain(..));
+            nodes.extend(d.nodes.lock().expect("not poisoned").iter().cloned());
+        }
         // Let running transactions finish (bounded by the grace period after a stop).
         let aborts: Vec<_> = tasks.iter().map(|t| t.abort_handle()).collect();
         let mut all = std::pin::pin!(futures_join(tasks));
@@ -578,6 +663,11 @@ async fn run_async(
         resumed_duplicates: log_stats.3,
         journal: log_stats.2,
         suppressed: read.suppressed,
+        dns: dns
+            .as_ref()
+            .filter(|_| prevalidating(campaign))
+            .map(|d| d.stats.report()),
+        shard: opts.shard.map(|s| (s, read.other_shards)),
     })
 }
 
@@ -617,9 +707,11 @@ fn read_loop(
     limit: Option<u64>,
     skip: Option<&RowSet>,
     suppressions: Option<&crate::suppression::Suppressions>,
+    shard: Option<crate::shard::Shard>,
 ) -> Result<ReadEnd, crate::source::SourceError> {
     let mut batch = Vec::with_capacity(BATCH);
     let (mut skipped, mut eof, mut suppressed) = (0u64, false, 0u64);
+    let mut other_shards = 0u64;
     let is_suppressed = |address: &str| {
         suppressions.is_some_and(|s| {
             s.contains(address).unwrap_or_else(|e| {
@@ -634,6 +726,8 @@ fn read_loop(
             break;
         }
         match source.next_recipient()? {
+            // Another feeder's row (`--shard`): not rendered, not sent, not rejected.
+            Some(r) if shard.is_some_and(|s| !s.contains(&r.address)) => other_shards += 1,
             // Final in an earlier session of the run: not rendered, not sent.
             Some(r) if skip.is_some_and(|s| s.contains(r.row)) => skipped += 1,
             // On the suppression list: never rendered, never sent.
@@ -661,6 +755,7 @@ fn read_loop(
         skipped,
         eof,
         suppressed,
+        other_shards,
     })
 }
 
@@ -673,6 +768,8 @@ struct ReadEnd {
     eof: bool,
     /// Rows skipped because their address is suppressed.
     suppressed: u64,
+    /// Rows skipped as belonging to another shard (`--shard`).
+    other_shards: u64,
 }
 
 fn render_loop(
@@ -732,18 +829,74 @@ fn estimate_rows(path: &std::path::Path, limit: Option<u64>) -> u64 {
     limit.map_or(rows, |l| l.min(rows))
 }
 
-async fn resolve(node: &str, host: &str, port: u16) -> Result<SocketAddr, SendError> {
+/// A node's host name through the shared resolver (an IP literal as is).
+async fn resolve(
+    dns: Option<&crate::dns::Dns>,
+    node: &str,
+    host: &str,
+    port: u16,
+) -> Result<SocketAddr, SendError> {
     let err = |source| SendError::Resolve {
         node: node.to_string(),
         host: host.to_string(),
         port,
         source,
     };
-    tokio::net::lookup_host((host, port))
+    if let Ok(ip) = host.parse::<std::net::IpAddr>() {
+        return Ok(SocketAddr::new(ip, port));
+    }
+    let dns = dns.ok_or_else(|| err(std::io::Error::other("no resolver")))?;
+    dns.socket_addr(host, port)
         .await
-        .map_err(err)?
-        .next()
-        .ok_or_else(|| err(std::io::Error::other("no address")))
+        .map_err(|e| err(std::io::Error::other(e.to_string())))
+}
+
+/// Pre-validation runs (`[dns] prevalidate` warn/enforce, or direct delivery).
+fn prevalidating(campaign: &Campaign) -> bool {
+    campaign.direct.is_some() || campaign.dns.prevalidate != crate::dns::Prevalidate::Off
+}
+
+/// The run's one resolver, when anything needs it: a node given by host name, pre-validation
+/// or direct delivery (not for a dry run, which sends nothing).
+pub fn shared_resolver(
+    campaign: &Campaign,
+    dry_run: bool,
+) -> Result<Option<Arc<crate::dns::Dns>>, SendError> {
+    let named_node = campaign.nodes.iter().any(|n| {
+        matches!(&n.address, NodeAddress::Remote { host, .. } if host.parse::<std::net::IpAddr>().is_err())
+    });
+    if dry_run || !(named_node || prevalidating(campaign)) {
+        return Ok(None);
+    }
+    crate::dns::Dns::new(&campaign.dns)
+        .map(|d| Some(Arc::new(d)))
+        .map_err(SendError::Dns)
+}
+
+/// Client settings for MX hosts (direct delivery): no AUTH, TLS per `[direct] tls`.
+fn direct_settings(
+    campaign: &Campaign,
+    cfg: &crate::direct::DirectConfig,
+) -> Result<Arc<ClientSettings>, SendError> {
+    let s = &campaign.smtp;
+    let mode = match cfg.tls {
+        crate::direct::DirectTls::Opportunistic => TlsMode::Opportunistic,
+        crate::direct::DirectTls::Required => TlsMode::StartTls,
+        crate::direct::DirectTls::None => TlsMode::None,
+    };
+    let mut b = ClientSettings::builder(s.helo.clone())
+        .tls(mode, "localhost")
+        .connect_timeout(s.connect_timeout)
+        .command_timeout(s.command_timeout)
+        .data_timeout(s.data_timeout)
+        .pipelining(s.pipelining);
+    if let Some(ca) = &s.ca_file {
+        b = b.ca_file(ca.clone());
+    }
+    b.build().map_err(|source| SendError::Client {
+        node: "direct".into(),
+        source,
+    })
 }
 
 async fn start_embedded() -> Result<ReceiverHandle, SendError> {
@@ -823,7 +976,10 @@ pub fn send_one(
                 receiver = Some(r);
                 a
             }
-            NodeAddress::Remote { host, port } => resolve(&node.name, host, *port).await?,
+            NodeAddress::Remote { host, port } => {
+                let dns = shared_resolver(campaign, false)?;
+                resolve(dns.as_deref(), &node.name, host, *port).await?
+            }
         };
         let settings = client_settings(campaign, node)?;
         let client_err = |source| SendError::Client {

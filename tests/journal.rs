@@ -814,3 +814,107 @@ fn not_after_is_validated_as_a_utc_time_of_day() {
     assert_eq!(c.schedule.not_after.unwrap().to_string(), "05:45");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The shard of an address, computed independently of blast: FNV-1a 64 of the lowercased
+/// address, modulo N, plus 1. Pinned here because shard journals on disk depend on it.
+fn reference_shard(address: &str, n: u64) -> u64 {
+    let h = address
+        .to_lowercase()
+        .bytes()
+        .fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+        });
+    h % n + 1
+}
+
+#[test]
+fn three_shards_split_one_list_with_no_overlap() {
+    const ROWS: u64 = 3000;
+    let s = setup(
+        "journal-shard",
+        &Opts {
+            rows: ROWS,
+            // Mixed case: the shard hash is of the lowercased address.
+            address: |row| {
+                if row % 7 == 0 {
+                    format!("User{row}@D{}.Test", row % 5)
+                } else {
+                    format!("u{row}@d{}.test", row % 5)
+                }
+            },
+            ..Opts::default()
+        },
+    );
+    for bad in ["0/3", "4/3", "1/1025", "3", "a/b"] {
+        let o = blast(&s.toml, &["send", "-q", "--shard", bad]);
+        assert_eq!(code(&o), 2, "{bad}: {}", text(&o));
+        assert!(text(&o).contains("--shard"), "{}", text(&o));
+    }
+    assert_eq!(s.rx.stats().transactions, 0);
+
+    // Three feeders at once, no coordination: each takes its own lock and journal.
+    let feeders: Vec<Child> = (1..=3)
+        .map(|k| spawn(&s.toml, &["send", "-q", "--shard", &format!("{k}/3")]))
+        .collect();
+    let outs: Vec<Output> = feeders.into_iter().map(wait_output).collect();
+    let mut all = std::collections::BTreeSet::new();
+    for (i, o) in outs.iter().enumerate() {
+        let k = i as u64 + 1;
+        let out = text(o);
+        assert_eq!(code(o), 0, "shard {k}: {out}");
+        assert!(out.contains("run        1 finished"), "{out}");
+        let accepted = summary_number(&out, "outcomes", "accepted");
+        let other = summary_number(&out, &format!("shard      {k}/3"), "rows of other shards");
+        assert_eq!(accepted + other, ROWS, "{out}");
+        assert_eq!(summary_number(&out, "rows", "rejected"), 0, "{out}");
+        // The shard's journal holds only its own rows, all accepted.
+        let j = Journal::open_read_only(&s.dir.join(format!("journal.shard-{k}-of-3.sqlite")))
+            .expect("shard journal");
+        integrity_ok(&j);
+        let mut st = j
+            .connection()
+            .prepare("SELECT row, address, status FROM outcomes")
+            .unwrap();
+        let rows: Vec<(u64, String, String)> = st
+            .query_map([], |r| {
+                Ok((r.get::<_, i64>(0)? as u64, r.get(1)?, r.get(2)?))
+            })
+            .unwrap()
+            .map(|r| r.unwrap())
+            .collect();
+        assert_eq!(rows.len() as u64, accepted);
+        for (row, address, status) in &rows {
+            assert_eq!(reference_shard(address, 3), k, "row {row} {address}");
+            assert_eq!(status, "accepted");
+            assert!(all.insert(*row), "row {row} in two shards");
+        }
+        // Balanced enough (FNV-1a over 3,000 addresses).
+        assert!((700..1300).contains(&accepted), "shard {k}: {accepted}");
+        assert!(
+            s.dir
+                .join(format!("delivery.shard-{k}-of-3.jsonl"))
+                .exists()
+        );
+    }
+    // The union is the whole list; the relay got every recipient exactly once.
+    assert_eq!(all, (1..=ROWS).collect());
+    let got = received(&s.rx);
+    assert_eq!(got.len() as u64, ROWS);
+    assert!(got.values().all(|&n| n == 1));
+    assert!(
+        !s.dir.join("journal.sqlite").exists(),
+        "no unsharded journal"
+    );
+
+    // Status reads the shard's journal; a finished shard is a no-op.
+    let st = blast(&s.toml, &["status", "--json", "--shard", "2/3"]);
+    assert_eq!(code(&st), 0, "{}", text(&st));
+    let v: serde_json::Value = serde_json::from_slice(&st.stdout).unwrap();
+    assert_eq!(v["shard"], "2/3");
+    assert_eq!(v["run"]["state"], "finished");
+    let o = blast(&s.toml, &["send", "-q", "--shard", "2/3"]);
+    assert_eq!(code(&o), 0, "{}", text(&o));
+    assert!(text(&o).contains("nothing to do"), "{}", text(&o));
+    assert_eq!(s.rx.stats().accepted, ROWS);
+    done(s);
+}

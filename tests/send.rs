@@ -245,6 +245,7 @@ messages_per_connection = {}"#,
                     limit: None,
                     mode: Mode::Quiet,
                     grace: Duration::from_secs(5),
+                    shard: None,
                 };
                 let _ = tx.send(send::run(&campaign, source, renderer, &opts));
             })
@@ -632,6 +633,16 @@ fn fallback_takes_everything_when_the_primary_trips() {
     assert_eq!(fallback.stats().accepted, 400);
     assert_eq!(primary.stats().accepted, 0);
     assert!(report.deferrals >= 20, "{}", report.summary());
+    // The trip is in the primary's health history, with the deferral as the reason.
+    let primary_health = &node_report(&report, "primary").health.events;
+    assert!(
+        primary_health
+            .first()
+            .is_some_and(|e| !e.up && e.reason.contains("deferrals (4xx) in a row")),
+        "{}",
+        report.summary()
+    );
+    assert!(report.summary().contains("  health   "));
     camp.done();
 }
 
@@ -754,6 +765,14 @@ fn node_dying_mid_campaign_loses_nothing() {
         a_final < ROWS as u64 / 2,
         "node a died too late to matter: {a_final}"
     );
+    // Node a's history: down (lost connections or refused connects) and never up again.
+    let a_health = &node_report(&report, "a").health.events;
+    assert!(
+        a_health.last().is_some_and(|e| !e.up),
+        "{}",
+        report.summary()
+    );
+    assert!(node_report(&report, "b").health.events.is_empty());
 
     let log = camp.log();
     assert!(log.values().all(|l| outcome(l) == "accepted"));

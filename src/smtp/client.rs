@@ -120,7 +120,9 @@ impl Connection {
             })??;
         let mut conn = greeted;
         conn.ehlo().await?;
-        if settings.tls == TlsMode::StartTls {
+        if settings.tls == TlsMode::StartTls
+            || (settings.tls == TlsMode::Opportunistic && conn.caps.starttls)
+        {
             conn = conn.start_tls().await?;
             conn.ehlo().await?;
         }
@@ -154,7 +156,7 @@ impl Connection {
         })?;
         let stream = match settings.tls {
             TlsMode::Tls => tls_handshake(tcp, &settings).await?,
-            TlsMode::None | TlsMode::StartTls => Stream::Plain(tcp),
+            TlsMode::None | TlsMode::StartTls | TlsMode::Opportunistic => Stream::Plain(tcp),
         };
         let mut conn = Connection {
             stream,

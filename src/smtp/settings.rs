@@ -24,6 +24,9 @@ pub enum TlsMode {
     StartTls,
     /// Implicit TLS on connect (port 465 style).
     Tls,
+    /// STARTTLS when the server offers it (verified like `StartTls`), plain SMTP when it does
+    /// not: server-to-server delivery to MX hosts (RFC 3207 §4).
+    Opportunistic,
 }
 
 /// SMTP AUTH credentials.
@@ -77,6 +80,31 @@ pub struct ClientSettings {
 }
 
 impl ClientSettings {
+    /// A copy for another server with its own TLS name, sharing the built TLS config (for
+    /// direct delivery: one settings per MX host without rebuilding the root store).
+    pub fn with_server_name(&self, name: &str) -> Result<Arc<ClientSettings>, SmtpError> {
+        let server_name = match self.tls {
+            TlsMode::None => None,
+            _ => Some(
+                ServerName::try_from(name.to_string())
+                    .map_err(|_| SmtpError::InvalidServerName(name.to_string()))?,
+            ),
+        };
+        Ok(Arc::new(ClientSettings {
+            helo_name: self.helo_name.clone(),
+            tls: self.tls,
+            tls_server_name: name.to_string(),
+            ca_file: self.ca_file.clone(),
+            auth: self.auth.clone(),
+            connect_timeout: self.connect_timeout,
+            command_timeout: self.command_timeout,
+            data_timeout: self.data_timeout,
+            pipelining: self.pipelining,
+            tls_config: self.tls_config.clone(),
+            server_name,
+        }))
+    }
+
     /// Starts a builder with conservative defaults: no TLS, no AUTH,
     /// pipelining on, timeouts 30 s connect / 60 s command / 180 s data.
     pub fn builder(helo_name: impl Into<String>) -> ClientSettingsBuilder {
@@ -154,7 +182,7 @@ impl ClientSettingsBuilder {
         }
         let (tls_config, server_name) = match self.tls {
             TlsMode::None => (None, None),
-            TlsMode::StartTls | TlsMode::Tls => {
+            TlsMode::StartTls | TlsMode::Tls | TlsMode::Opportunistic => {
                 let name = ServerName::try_from(self.tls_server_name.clone())
                     .map_err(|_| SmtpError::InvalidServerName(self.tls_server_name.clone()))?;
                 (

@@ -1,0 +1,793 @@
+//! DNS: one shared caching resolver, recipient-domain pre-validation, mail routes.
+//!
+//! Mass mailing is DNS-heavy; the classic setups ran a caching DNS server next to the feeder.
+//! blast carries that resolver inside: one [`hickory_resolver`] resolver, built once per run
+//! from `[dns]` and shared by every task (it is `Clone + Send + Sync`; concurrent cold lookups
+//! of one name make one upstream query, positive answers and NXDOMAIN are cached within
+//! `cache_size` and the configured TTL bounds). hickory does not cache SERVFAIL or timeouts,
+//! so [`Dns`] keeps a small negative cache of its own for those (`error_ttl`): a dead
+//! upstream is asked about a name once per `error_ttl`, not once per recipient.
+//!
+//! What uses it:
+//! - node host names (`[[node]] host`) are resolved through it, and blast connects by IP
+//!   with the node's TLS server name;
+//! - [`mail_route`](Dns::mail_route): a recipient domain's MX hosts in preference order, or
+//!   the domain itself when it has no MX but an address (RFC 5321 §5.1); NXDOMAIN, a null MX
+//!   (RFC 7505, `MX 0 .`) and "neither MX nor address" mean the domain does not accept mail;
+//! - the pre-validation stage ([`Prevalidator`]) between the render threads and the
+//!   dispatcher: each distinct recipient domain is looked up once, concurrently (at most
+//!   `parallelism` lookups at a time); rows of a domain being looked up wait in a per-domain
+//!   pending list while other rows go on; in `enforce` mode (and always in direct delivery)
+//!   rows of a domain that does not accept mail are final `failed` without touching a relay;
+//! - direct-to-MX delivery ([`crate::direct`]);
+//! - `blast check`: SPF, DMARC and DKIM key records of the sending domain.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::ops::Range;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use hickory_resolver::TokioResolver;
+use hickory_resolver::config::{NameServerConfig, ResolverConfig, ResolverOpts};
+use hickory_resolver::net::NetError;
+use hickory_resolver::net::runtime::TokioRuntimeProvider;
+use hickory_resolver::proto::rr::{RData, RecordType};
+use serde::Deserialize;
+use toml::Spanned;
+
+use crate::campaign::Dur;
+use crate::dispatch::Shared;
+use crate::render::Message;
+
+// ---------------------------------------------------------------------------------------------
+// Configuration.
+// ---------------------------------------------------------------------------------------------
+
+/// `[dns]`: the resolver every task shares, and recipient-domain pre-validation.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct DnsSection {
+    /// `"system"` (default): the servers of `/etc/resolv.conf`. Use `servers` for explicit ones.
+    #[serde(default)]
+    pub upstream: Option<Spanned<String>>,
+    /// Explicit upstream servers, `"IP"` or `"IP:PORT"` (default port 53), e.g.
+    /// `["127.0.0.53:5353"]`. Queried over UDP (TCP on truncation).
+    #[serde(default)]
+    pub servers: Option<Spanned<Vec<String>>>,
+    /// Answers kept in the cache. Default 8192; at least as many as the distinct recipient
+    /// domains (plus their MX hosts in direct delivery) for each to be asked only once.
+    #[serde(default)]
+    pub cache_size: Option<Spanned<u64>>,
+    /// Positive answers are kept at least this long, whatever their TTL. Default "0s".
+    #[serde(default)]
+    pub positive_min_ttl: Option<Spanned<Dur>>,
+    /// ... and at most this long. Default: the record's TTL (up to a day).
+    #[serde(default)]
+    pub positive_max_ttl: Option<Spanned<Dur>>,
+    /// NXDOMAIN / no-data answers are kept at least this long. Default "0s".
+    #[serde(default)]
+    pub negative_min_ttl: Option<Spanned<Dur>>,
+    /// ... and at most this long. Default: the SOA minimum.
+    #[serde(default)]
+    pub negative_max_ttl: Option<Spanned<Dur>>,
+    /// Timeout of one query to one server. Default "5s".
+    #[serde(default)]
+    pub timeout: Option<Spanned<Dur>>,
+    /// Attempts per query. Default 2.
+    #[serde(default)]
+    pub attempts: Option<Spanned<u64>>,
+    /// SERVFAIL and timeouts (which the resolver does not cache) are remembered this long, so a
+    /// broken upstream is not asked again for every recipient. Default "30s"; "0s" turns it off.
+    #[serde(default)]
+    pub error_ttl: Option<Spanned<Dur>>,
+    /// Recipient-domain pre-validation while sending: "off" (default), "warn" (count and log
+    /// domains that do not accept mail, send anyway) or "enforce" (their rows are final
+    /// `failed: domain does not accept mail`, never sent).
+    #[serde(default)]
+    pub prevalidate: Option<Spanned<String>>,
+    /// Domain lookups running at once. Default 32.
+    #[serde(default)]
+    pub parallelism: Option<Spanned<u64>>,
+}
+
+/// Pre-validation mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Prevalidate {
+    #[default]
+    Off,
+    Warn,
+    Enforce,
+}
+
+/// `[dns]`, validated.
+#[derive(Debug, Clone)]
+pub struct DnsConfig {
+    /// None: the system configuration (resolv.conf).
+    pub servers: Option<Vec<SocketAddr>>,
+    pub cache_size: u64,
+    pub positive_min_ttl: Option<Duration>,
+    pub positive_max_ttl: Option<Duration>,
+    pub negative_min_ttl: Option<Duration>,
+    pub negative_max_ttl: Option<Duration>,
+    pub timeout: Duration,
+    pub attempts: usize,
+    pub error_ttl: Duration,
+    pub prevalidate: Prevalidate,
+    pub parallelism: usize,
+}
+
+impl Default for DnsConfig {
+    fn default() -> Self {
+        DnsConfig {
+            servers: None,
+            cache_size: 8192,
+            positive_min_ttl: None,
+            positive_max_ttl: None,
+            negative_min_ttl: None,
+            negative_max_ttl: None,
+            timeout: Duration::from_secs(5),
+            attempts: 2,
+            error_ttl: Duration::from_secs(30),
+            prevalidate: Prevalidate::Off,
+            parallelism: 32,
+        }
+    }
+}
+
+type Problems = Vec<(Range<usize>, String)>;
+
+/// Validates `[dns]`; problems come with the span they point at.
+pub fn validate(s: &DnsSection) -> Result<DnsConfig, Problems> {
+    let mut problems: Problems = Vec::new();
+    let mut c = DnsConfig::default();
+    if let Some(u) = &s.upstream
+        && u.get_ref() != "system"
+    {
+        problems.push((
+            u.span(),
+            format!(
+                "dns.upstream {:?}: the only value is \"system\" (resolv.conf); list explicit servers in dns.servers = [\"127.0.0.53:5353\"]",
+                u.get_ref()
+            ),
+        ));
+    }
+    if let Some(servers) = &s.servers {
+        if s.upstream.is_some() {
+            problems.push((
+                servers.span(),
+                "dns.servers and dns.upstream are both set; keep one".into(),
+            ));
+        }
+        let mut out = Vec::new();
+        for v in servers.get_ref() {
+            match parse_server(v) {
+                Some(a) => out.push(a),
+                None => problems.push((
+                    servers.span(),
+                    format!("dns.servers: {v:?} is not an IP address or IP:PORT"),
+                )),
+            }
+        }
+        if out.is_empty() && problems.is_empty() {
+            problems.push((
+                servers.span(),
+                "dns.servers is empty: list at least one server, or remove it for the system resolver".into(),
+            ));
+        }
+        c.servers = Some(out);
+    }
+    let mut num = |v: &Option<Spanned<u64>>, min: u64, max: u64, what: &str, default: u64| match v
+    {
+        None => default,
+        Some(v) if (min..=max).contains(v.get_ref()) => *v.get_ref(),
+        Some(v) => {
+            problems.push((
+                v.span(),
+                format!(
+                    "dns.{what} = {} is out of range: use {min} to {max}",
+                    v.get_ref()
+                ),
+            ));
+            default
+        }
+    };
+    c.cache_size = num(&s.cache_size, 0, 10_000_000, "cache_size", c.cache_size);
+    c.attempts = num(&s.attempts, 1, 10, "attempts", c.attempts as u64) as usize;
+    c.parallelism = num(&s.parallelism, 1, 1024, "parallelism", c.parallelism as u64) as usize;
+    let d = |v: &Option<Spanned<Dur>>| v.as_ref().map(|d| d.get_ref().0);
+    c.positive_min_ttl = d(&s.positive_min_ttl);
+    c.positive_max_ttl = d(&s.positive_max_ttl);
+    c.negative_min_ttl = d(&s.negative_min_ttl);
+    c.negative_max_ttl = d(&s.negative_max_ttl);
+    for (min, max, what) in [
+        (&s.positive_min_ttl, &s.positive_max_ttl, "positive"),
+        (&s.negative_min_ttl, &s.negative_max_ttl, "negative"),
+    ] {
+        if let (Some(a), Some(b)) = (min, max)
+            && a.get_ref().0 > b.get_ref().0
+        {
+            problems.push((
+                b.span(),
+                format!("dns.{what}_max_ttl is shorter than dns.{what}_min_ttl"),
+            ));
+        }
+    }
+    if let Some(t) = &s.timeout {
+        if t.get_ref().0.is_zero() {
+            problems.push((t.span(), "dns.timeout of 0 fails every lookup; use e.g. \"5s\"".into()));
+        }
+        c.timeout = t.get_ref().0;
+    }
+    if let Some(t) = &s.error_ttl {
+        c.error_ttl = t.get_ref().0;
+    }
+    if let Some(p) = &s.prevalidate {
+        c.prevalidate = match p.get_ref().as_str() {
+            "off" => Prevalidate::Off,
+            "warn" => Prevalidate::Warn,
+            "enforce" => Prevalidate::Enforce,
+            other => {
+                problems.push((
+                    p.span(),
+                    format!("dns.prevalidate {other:?}: use \"off\", \"warn\" or \"enforce\""),
+                ));
+                Prevalidate::Off
+            }
+        };
+    }
+    if problems.is_empty() {
+        Ok(c)
+    } else {
+        Err(problems)
+    }
+}
+
+fn parse_server(s: &str) -> Option<SocketAddr> {
+    let s = s.trim();
+    s.parse::<SocketAddr>()
+        .ok()
+        .or_else(|| s.parse::<IpAddr>().ok().map(|ip| SocketAddr::new(ip, 53)))
+}
+
+// ---------------------------------------------------------------------------------------------
+// The resolver.
+// ---------------------------------------------------------------------------------------------
+
+/// Why a lookup found nothing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LookupError {
+    /// NXDOMAIN: the name does not exist.
+    NxDomain,
+    /// The name exists but has no record of that type.
+    NoData,
+    /// SERVFAIL, timeout, refused, network trouble: try again later.
+    Temporary(Arc<str>),
+}
+
+impl std::fmt::Display for LookupError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LookupError::NxDomain => f.write_str("no such domain (NXDOMAIN)"),
+            LookupError::NoData => f.write_str("no record of that type"),
+            LookupError::Temporary(e) => write!(f, "temporary DNS failure: {e}"),
+        }
+    }
+}
+
+/// Counters of the resolver and the pre-validation stage (for the summary).
+#[derive(Debug, Default)]
+pub struct DnsStats {
+    /// Distinct recipient domains looked up.
+    pub domain_lookups: AtomicU64,
+    /// Rows whose domain was already known (or being looked up): no lookup of their own.
+    pub cache_hits: AtomicU64,
+    /// Domains that do not accept mail (NXDOMAIN, null MX, neither MX nor address).
+    pub negative: AtomicU64,
+    /// Domain lookups that failed temporarily (SERVFAIL, timeout).
+    pub temporary: AtomicU64,
+    /// Queries answered from the SERVFAIL/timeout negative cache.
+    pub error_cache_hits: AtomicU64,
+    /// Rows made final `failed` because their domain does not accept mail (enforce, direct).
+    pub rows_failed: AtomicU64,
+    /// Rows sent although their domain does not accept mail (warn).
+    pub rows_warned: AtomicU64,
+}
+
+/// A snapshot of [`DnsStats`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DnsReport {
+    pub domain_lookups: u64,
+    pub cache_hits: u64,
+    pub negative: u64,
+    pub temporary: u64,
+    pub error_cache_hits: u64,
+    pub rows_failed: u64,
+    pub rows_warned: u64,
+}
+
+impl DnsStats {
+    pub fn report(&self) -> DnsReport {
+        let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        DnsReport {
+            domain_lookups: g(&self.domain_lookups),
+            cache_hits: g(&self.cache_hits),
+            negative: g(&self.negative),
+            temporary: g(&self.temporary),
+            error_cache_hits: g(&self.error_cache_hits),
+            rows_failed: g(&self.rows_failed),
+            rows_warned: g(&self.rows_warned),
+        }
+    }
+}
+
+/// One mail host of a domain.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MailHost {
+    pub preference: u16,
+    /// Lowercase, without the final dot.
+    pub name: String,
+    /// Its addresses (filled when asked for, e.g. for direct delivery; may be empty when
+    /// the host's own lookup failed).
+    pub addrs: Vec<IpAddr>,
+}
+
+/// Where mail for a domain goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Route {
+    /// MX hosts by preference (lowest first); the domain itself as an implicit MX (preference 0)
+    /// when it has no MX but an address.
+    Hosts(Vec<MailHost>),
+    /// The domain does not accept mail; the text says why.
+    NoMail(NoMail),
+    /// A temporary DNS failure: nothing known.
+    Unknown(Arc<str>),
+}
+
+/// Why a domain does not accept mail.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NoMail {
+    NxDomain,
+    NullMx,
+    NoAddress,
+}
+
+impl NoMail {
+    /// The synthetic SMTP reply recorded for its rows.
+    pub fn reply_line(self) -> &'static str {
+        match self {
+            NoMail::NxDomain => {
+                "550 5.1.2 domain does not accept mail: the domain does not exist (NXDOMAIN)"
+            }
+            NoMail::NullMx => {
+                "556 5.1.10 domain does not accept mail: null MX (RFC 7505)"
+            }
+            NoMail::NoAddress => {
+                "550 5.1.2 domain does not accept mail: neither MX nor address records"
+            }
+        }
+    }
+}
+
+/// The shared resolver plus a negative cache for SERVFAIL/timeouts.
+pub struct Dns {
+    resolver: TokioResolver,
+    errors: Mutex<HashMap<(String, RecordType), (Instant, Arc<str>)>>,
+    error_ttl: Duration,
+    pub stats: DnsStats,
+}
+
+impl Dns {
+    /// Builds the resolver (needs a tokio runtime only when lookups run).
+    pub fn new(c: &DnsConfig) -> Result<Dns, String> {
+        let provider = TokioRuntimeProvider::default();
+        let mut builder = match &c.servers {
+            None => TokioResolver::builder_tokio()
+                .map_err(|e| format!("cannot read the system resolver configuration: {e}"))?,
+            Some(servers) => {
+                let mut config = ResolverConfig::from_name_servers(Vec::new());
+                for s in servers {
+                    let mut ns = NameServerConfig::udp_and_tcp(s.ip());
+                    for conn in &mut ns.connections {
+                        conn.port = s.port();
+                    }
+                    config.add_name_server(ns);
+                }
+                TokioResolver::builder_with_config(config, provider)
+            }
+        };
+        let o: &mut ResolverOpts = builder.options_mut();
+        o.cache_size = c.cache_size;
+        o.positive_min_ttl = c.positive_min_ttl;
+        o.positive_max_ttl = c.positive_max_ttl;
+        o.negative_min_ttl = c.negative_min_ttl;
+        o.negative_max_ttl = c.negative_max_ttl;
+        o.timeout = c.timeout;
+        o.attempts = c.attempts;
+        // Queries in flight on one connection: room for every parallel lookup (MX + A + AAAA).
+        o.max_active_requests = o.max_active_requests.max(c.parallelism * 4);
+        // Names are always fully qualified: no search list.
+        o.ndots = 0;
+        let resolver = builder
+            .build()
+            .map_err(|e| format!("cannot build the DNS resolver: {e}"))?;
+        Ok(Dns {
+            resolver,
+            errors: Mutex::new(HashMap::new()),
+            error_ttl: c.error_ttl,
+            stats: DnsStats::default(),
+        })
+    }
+
+    /// One query through the cache, with the SERVFAIL/timeout negative cache in front.
+    async fn query(&self, name: &str, rtype: RecordType) -> Result<Vec<RData>, LookupError> {
+        let fqdn = if name.ends_with('.') {
+            name.to_string()
+        } else {
+            format!("{name}.")
+        };
+        let key = (fqdn, rtype);
+        if !self.error_ttl.is_zero() {
+            let mut errors = self.errors.lock().expect("not poisoned");
+            if let Some((until, e)) = errors.get(&key) {
+                if *until > Instant::now() {
+                    self.stats.error_cache_hits.fetch_add(1, Ordering::Relaxed);
+                    return Err(LookupError::Temporary(e.clone()));
+                }
+                errors.remove(&key);
+            }
+        }
+        match self.resolver.lookup(key.0.as_str(), rtype).await {
+            Ok(l) => Ok(l
+                .answers()
+                .iter()
+                .filter(|r| r.record_type() == rtype)
+                .map(|r| r.data.clone())
+                .collect()),
+            Err(e) if e.is_nx_domain() => Err(LookupError::NxDomain),
+            Err(e) if e.is_no_records_found() => Err(LookupError::NoData),
+            Err(e) => {
+                let e: Arc<str> = temporary_text(&e).into();
+                if !self.error_ttl.is_zero() {
+                    let mut errors = self.errors.lock().expect("not poisoned");
+                    if errors.len() > 100_000 {
+                        let now = Instant::now();
+                        errors.retain(|_, (until, _)| *until > now);
+                    }
+                    errors.insert(key, (Instant::now() + self.error_ttl, e.clone()));
+                }
+                Err(LookupError::Temporary(e))
+            }
+        }
+    }
+
+    /// The IPv4 then IPv6 addresses of a host (an IP literal is returned as is).
+    pub async fn addresses(&self, host: &str) -> Result<Vec<IpAddr>, LookupError> {
+        if let Ok(ip) = host.parse::<IpAddr>() {
+            return Ok(vec![ip]);
+        }
+        let (v4, v6) = tokio::join!(
+            self.query(host, RecordType::A),
+            self.query(host, RecordType::AAAA)
+        );
+        let mut out: Vec<IpAddr> = Vec::new();
+        let mut errors = Vec::new();
+        for r in [v4, v6] {
+            match r {
+                Ok(data) => out.extend(data.iter().filter_map(|d| match d {
+                    RData::A(a) => Some(IpAddr::V4(a.0)),
+                    RData::AAAA(a) => Some(IpAddr::V6(a.0)),
+                    _ => None,
+                })),
+                Err(e) => errors.push(e),
+            }
+        }
+        if !out.is_empty() {
+            return Ok(out);
+        }
+        // Prefer the most telling error: temporary (retry may help) over NXDOMAIN over no data.
+        if let Some(t) = errors
+            .iter()
+            .find(|e| matches!(e, LookupError::Temporary(_)))
+        {
+            return Err(t.clone());
+        }
+        if errors.contains(&LookupError::NxDomain) {
+            return Err(LookupError::NxDomain);
+        }
+        Err(LookupError::NoData)
+    }
+
+    /// A host and port resolved through the shared resolver: the first address.
+    pub async fn socket_addr(&self, host: &str, port: u16) -> Result<SocketAddr, LookupError> {
+        let addrs = self.addresses(host).await?;
+        Ok(SocketAddr::new(addrs[0], port))
+    }
+
+    /// The TXT strings at a name (each record's strings joined).
+    pub async fn txt(&self, name: &str) -> Result<Vec<String>, LookupError> {
+        let data = self.query(name, RecordType::TXT).await?;
+        Ok(data
+            .iter()
+            .filter_map(|d| match d {
+                RData::TXT(t) => Some(
+                    t.txt_data
+                        .iter()
+                        .map(|s| String::from_utf8_lossy(s).into_owned())
+                        .collect::<String>(),
+                ),
+                _ => None,
+            })
+            .collect())
+    }
+
+    /// Where mail for `domain` goes (RFC 5321 §5.1, RFC 7505). With `addresses`, each mail
+    /// host's addresses are looked up too (direct delivery).
+    pub async fn mail_route(&self, domain: &str, addresses: bool) -> Route {
+        let mx = match self.query(domain, RecordType::MX).await {
+            Ok(data) => data,
+            Err(LookupError::NxDomain) => return Route::NoMail(NoMail::NxDomain),
+            Err(LookupError::NoData) => Vec::new(),
+            Err(LookupError::Temporary(e)) => return Route::Unknown(e),
+        };
+        let mut hosts: Vec<MailHost> = mx
+            .iter()
+            .filter_map(|d| match d {
+                RData::MX(m) => Some(MailHost {
+                    preference: m.preference,
+                    name: m
+                        .exchange
+                        .to_ascii()
+                        .trim_end_matches('.')
+                        .to_ascii_lowercase(),
+                    addrs: Vec::new(),
+                }),
+                _ => None,
+            })
+            .collect();
+        if hosts.is_empty() {
+            // No MX: the domain itself is the implicit MX if it has an address.
+            return match self.addresses(domain).await {
+                Ok(addrs) => Route::Hosts(vec![MailHost {
+                    preference: 0,
+                    name: domain.to_string(),
+                    addrs: if addresses { addrs } else { Vec::new() },
+                }]),
+                Err(LookupError::Temporary(e)) => Route::Unknown(e),
+                Err(_) => Route::NoMail(NoMail::NoAddress),
+            };
+        }
+        // RFC 7505: a single MX with the root as exchange says "no mail here".
+        if hosts.len() == 1 && hosts[0].name.is_empty() {
+            return Route::NoMail(NoMail::NullMx);
+        }
+        hosts.retain(|h| !h.name.is_empty());
+        hosts.sort_by(|a, b| a.preference.cmp(&b.preference).then(a.name.cmp(&b.name)));
+        if addresses {
+            let lookups = hosts.iter().map(|h| self.addresses(&h.name));
+            let results = futures_join_all(lookups).await;
+            let mut temporary = None;
+            for (h, r) in hosts.iter_mut().zip(results) {
+                match r {
+                    Ok(a) => h.addrs = a,
+                    Err(LookupError::Temporary(e)) => temporary = Some(e),
+                    Err(_) => {}
+                }
+            }
+            if hosts.iter().all(|h| h.addrs.is_empty()) {
+                return match temporary {
+                    Some(e) => Route::Unknown(e),
+                    None => Route::NoMail(NoMail::NoAddress),
+                };
+            }
+        }
+        Route::Hosts(hosts)
+    }
+}
+
+/// Runs futures concurrently on the current task and collects their outputs in order.
+async fn futures_join_all<F: std::future::Future>(futs: impl Iterator<Item = F>) -> Vec<F::Output> {
+    let mut set: Vec<std::pin::Pin<Box<F>>> = futs.map(Box::pin).collect();
+    let mut out: Vec<Option<F::Output>> = (0..set.len()).map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (i, f) in set.iter_mut().enumerate() {
+            if out[i].is_none() {
+                match f.as_mut().poll(cx) {
+                    std::task::Poll::Ready(v) => out[i] = Some(v),
+                    std::task::Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending {
+            std::task::Poll::Pending
+        } else {
+            std::task::Poll::Ready(())
+        }
+    })
+    .await;
+    out.into_iter().map(|o| o.expect("ready")).collect()
+}
+
+fn temporary_text(e: &NetError) -> String {
+    match e {
+        NetError::Timeout => "timed out".to_string(),
+        e => e.to_string(),
+    }
+}
+
+/// The domain of an address (after the last `@`).
+pub fn domain_of(address: &str) -> &str {
+    address.rsplit_once('@').map_or("", |(_, d)| d)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Pre-validation stage.
+// ---------------------------------------------------------------------------------------------
+
+/// What is known about recipient domains, shared by the pre-validation stage (which fills it)
+/// and direct delivery (which reads it).
+#[derive(Default)]
+pub struct Domains {
+    map: RwLock<HashMap<Box<str>, Arc<Route>>>,
+}
+
+impl Domains {
+    pub fn get(&self, domain: &str) -> Option<Arc<Route>> {
+        self.map.read().expect("not poisoned").get(domain).cloned()
+    }
+
+    pub fn insert(&self, domain: &str, route: Arc<Route>) {
+        self.map
+            .write()
+            .expect("not poisoned")
+            .insert(domain.into(), route);
+    }
+
+    /// Forgets a domain (a temporary failure: look it up again next time).
+    pub fn remove(&self, domain: &str) {
+        self.map.write().expect("not poisoned").remove(domain);
+    }
+}
+
+/// The stage between the render threads and the dispatcher that looks up each distinct
+/// recipient domain once (see the module documentation).
+pub struct Prevalidator {
+    pub dns: Arc<Dns>,
+    pub domains: Arc<Domains>,
+    /// Rows of a domain that does not accept mail are made final (enforce, direct delivery);
+    /// otherwise only counted.
+    pub enforce: bool,
+    /// Look up the mail hosts' addresses too (direct delivery).
+    pub addresses: bool,
+    pub parallelism: usize,
+    /// Rows held while their domain is being looked up, at most (then input waits).
+    pub hold_limit: usize,
+}
+
+/// Messages per hand-over to the dispatcher.
+const OUT_BATCH: usize = 32;
+
+impl Prevalidator {
+    /// Runs until `input` is closed and every held row has been passed on or made final, or
+    /// until `output` is closed (the dispatcher ended).
+    pub async fn run(
+        self,
+        input: async_channel::Receiver<Vec<Message>>,
+        output: async_channel::Sender<Vec<Message>>,
+        shared: Arc<Shared>,
+    ) {
+        let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel::<(Box<str>, Route)>();
+        let permits = Arc::new(tokio::sync::Semaphore::new(self.parallelism));
+        let mut pending: HashMap<Box<str>, Vec<Message>> = HashMap::new();
+        let mut held = 0usize;
+        let mut out: Vec<Message> = Vec::with_capacity(OUT_BATCH);
+        let mut input_done = false;
+        let stats = &self.dns.stats;
+        loop {
+            if input_done && pending.is_empty() {
+                break;
+            }
+            let take = !input_done && held < self.hold_limit;
+            tokio::select! {
+                biased;
+                Some((domain, route)) = done_rx.recv() => {
+                    let route = Arc::new(route);
+                    match &*route {
+                        Route::NoMail(_) => { stats.negative.fetch_add(1, Ordering::Relaxed); }
+                        Route::Unknown(_) => { stats.temporary.fetch_add(1, Ordering::Relaxed); }
+                        Route::Hosts(_) => {}
+                    }
+                    // A temporary failure is not remembered: the next row asks again (the
+                    // resolver's error cache keeps that cheap).
+                    if !matches!(&*route, Route::Unknown(_)) {
+                        self.domains.insert(&domain, route.clone());
+                    }
+                    for msg in pending.remove(&domain).unwrap_or_default() {
+                        held -= 1;
+                        self.pass(msg, &route, &shared, &mut out);
+                    }
+                }
+                batch = input.recv(), if take => match batch {
+                    Ok(batch) => for msg in batch {
+                        let domain = domain_of(&msg.rcpt);
+                        if let Some(route) = self.domains.get(domain) {
+                            stats.cache_hits.fetch_add(1, Ordering::Relaxed);
+                            self.pass(msg, &route, &shared, &mut out);
+                        } else if let Some(list) = pending.get_mut(domain) {
+                            stats.cache_hits.fetch_add(1, Ordering::Relaxed);
+                            list.push(msg);
+                            held += 1;
+                        } else {
+                            stats.domain_lookups.fetch_add(1, Ordering::Relaxed);
+                            let domain: Box<str> = domain.into();
+                            let (dns, permits, tx, addresses) =
+                                (self.dns.clone(), permits.clone(), done_tx.clone(), self.addresses);
+                            let d = domain.clone();
+                            tokio::spawn(async move {
+                                let _permit = permits.acquire_owned().await;
+                                let route = dns.mail_route(&d, addresses).await;
+                                let _ = tx.send((d, route));
+                            });
+                            pending.insert(domain, vec![msg]);
+                            held += 1;
+                        }
+                    },
+                    Err(_) => input_done = true,
+                },
+            }
+            // Hand over full batches, and whatever is ready when nothing more is waiting.
+            if out.len() >= OUT_BATCH || (!out.is_empty() && input.is_empty()) {
+                let batch = std::mem::replace(&mut out, Vec::with_capacity(OUT_BATCH));
+                if output.send(batch).await.is_err() {
+                    input.close();
+                    return;
+                }
+            }
+        }
+        if !out.is_empty() {
+            let _ = output.send(out).await;
+        }
+    }
+
+    fn pass(&self, msg: Message, route: &Route, shared: &Shared, out: &mut Vec<Message>) {
+        match route {
+            Route::NoMail(why) if self.enforce => {
+                self.dns.stats.rows_failed.fetch_add(1, Ordering::Relaxed);
+                shared.fail_unsent(msg, why.reply_line());
+            }
+            Route::NoMail(why) => {
+                self.dns.stats.rows_warned.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(row = msg.row, rcpt = %msg.rcpt, "{}", why.reply_line());
+                out.push(msg);
+            }
+            _ => out.push(msg),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn servers_parse() {
+        assert_eq!(
+            parse_server("127.0.0.53:5353"),
+            Some("127.0.0.53:5353".parse().unwrap())
+        );
+        assert_eq!(
+            parse_server("127.0.0.1"),
+            Some("127.0.0.1:53".parse().unwrap())
+        );
+        assert_eq!(parse_server("[::1]:53"), Some("[::1]:53".parse().unwrap()));
+        assert_eq!(parse_server("dns.example"), None);
+    }
+
+    #[test]
+    fn domains() {
+        assert_eq!(domain_of("a@b.example"), "b.example");
+        assert_eq!(domain_of("nodomain"), "");
+    }
+}

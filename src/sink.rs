@@ -1,0 +1,500 @@
+//! `blast sink`: the MX of the bounce domain. It receives bounces, complaints and auto-replies
+//! on the embedded receiver's SMTP dialogue (with a [`ReceiverPolicy`]), classifies them with
+//! [`crate::dsn`] and records hard bounces and complaints in the suppression list.
+//!
+//! - RCPT is accepted only for the bounce domain(s); anything else gets `550 5.7.1` (never an
+//!   open relay). The null sender is accepted (bounces use it). SIZE is advertised and
+//!   enforced; sessions are bounded by a semaphore taken before `accept`; slow clients are cut
+//!   off by the command and data timeouts; VRFY is disabled.
+//! - Accepted messages go through a bounded queue (full → `451 4.3.0`, the sender retries) to
+//!   one worker thread that owns the SQLite connection, so memory stays bounded.
+//! - Trust: a message is acted upon only if its RCPT carries a valid VERP token (HMAC checked).
+//!   A forged or altered token is accepted at the SMTP level — refusing would tell a prober
+//!   which tokens are valid, and a real MTA's bounce must not bounce back — but it never
+//!   suppresses anything: it is logged (`"token":"forged"`). A bounce without any token is
+//!   logged and quarantined, not acted on.
+//! - A message that is unparseable, not a bounce, or a bounce naming no recipient goes to the
+//!   quarantine directory (if given; else it is logged with its size) — never silently dropped.
+//! - `--discard`: accept and drop (pure sinkhole), nothing classified or stored.
+//!
+//! One JSON log line per reported recipient on stdout.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::mpsc::{Receiver as MpscReceiver, SyncSender, TrySendError, sync_channel};
+use std::time::Duration;
+
+use serde_json::json;
+
+use crate::dsn::{Kind, classify};
+use crate::receiver::{Receiver, ReceiverHandle, ReceiverOptions, ReceiverPolicy};
+use crate::suppression::{Entry, Source, Suppressions};
+use crate::verp::{VerpError, VerpKey};
+
+/// Messages waiting for the worker, at most.
+const QUEUE: usize = 16;
+
+#[derive(Debug, Clone)]
+pub struct SinkOptions {
+    pub listen: SocketAddr,
+    /// Bounce domains, lowercased.
+    pub domains: Vec<String>,
+    pub db: PathBuf,
+    pub discard: bool,
+    pub quarantine: Option<PathBuf>,
+    pub max_connections: usize,
+    pub max_size: usize,
+    pub command_timeout: Duration,
+    pub data_timeout: Duration,
+    /// None: no secret configured; no token can be verified, nothing is suppressed.
+    pub key: Option<VerpKey>,
+    pub soft_bounce_limit: u32,
+}
+
+impl SinkOptions {
+    pub fn new(listen: SocketAddr, domains: Vec<String>, db: PathBuf) -> SinkOptions {
+        SinkOptions {
+            listen,
+            domains: domains.iter().map(|d| d.to_ascii_lowercase()).collect(),
+            db,
+            discard: false,
+            quarantine: None,
+            max_connections: 64,
+            max_size: 10 * 1024 * 1024,
+            command_timeout: Duration::from_secs(300),
+            data_timeout: Duration::from_secs(600),
+            key: None,
+            soft_bounce_limit: 3,
+        }
+    }
+}
+
+/// What the worker did, for tests and the final report.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct SinkStats {
+    pub messages: u64,
+    pub suppressed: u64,
+    pub soft: u64,
+    pub forged: u64,
+    pub quarantined: u64,
+}
+
+struct Job {
+    rcpts: Vec<String>,
+    data: Vec<u8>,
+}
+
+#[derive(Debug)]
+struct Policy {
+    domains: Vec<String>,
+    discard: bool,
+    tx: SyncSender<Job>,
+}
+
+impl ReceiverPolicy for Policy {
+    fn rcpt(&self, address: &str) -> Result<(), String> {
+        let domain = address
+            .rsplit_once('@')
+            .map(|(_, d)| d.to_ascii_lowercase())
+            .unwrap_or_default();
+        if self.domains.contains(&domain) {
+            Ok(())
+        } else {
+            Err("550 5.7.1 Relaying denied: not a bounce address".into())
+        }
+    }
+
+    fn message(&self, _mail_from: &str, rcpts: &[String], data: Vec<u8>) -> Result<(), String> {
+        if self.discard {
+            return Ok(());
+        }
+        match self.tx.try_send(Job {
+            rcpts: rcpts.to_vec(),
+            data,
+        }) {
+            Ok(()) => Ok(()),
+            Err(TrySendError::Full(_)) => Err("451 4.3.0 Busy, try again later".into()),
+            Err(TrySendError::Disconnected(_)) => Err("421 4.3.0 Shutting down".into()),
+        }
+    }
+}
+
+/// A running sink.
+pub struct SinkHandle {
+    receiver: ReceiverHandle,
+    worker: std::thread::JoinHandle<SinkStats>,
+}
+
+impl SinkHandle {
+    pub fn addr(&self) -> SocketAddr {
+        self.receiver.addr()
+    }
+
+    /// Stops accepting, ends the sessions, lets the worker finish the queue.
+    pub async fn shutdown(self) -> SinkStats {
+        self.receiver.shutdown().await;
+        tokio::task::spawn_blocking(move || self.worker.join().unwrap_or_default())
+            .await
+            .unwrap_or_default()
+    }
+}
+
+/// Starts the sink (the suppression list is opened first, so a bad path fails here).
+pub async fn start(opts: SinkOptions) -> anyhow::Result<SinkHandle> {
+    let list = if opts.discard {
+        None
+    } else {
+        Some(Suppressions::open(&opts.db)?)
+    };
+    if let Some(q) = &opts.quarantine {
+        std::fs::create_dir_all(q)?;
+    }
+    let (tx, rx) = sync_channel::<Job>(QUEUE);
+    let worker = {
+        let opts = opts.clone();
+        std::thread::Builder::new()
+            .name("blast-sink".into())
+            .spawn(move || work(rx, list, &opts))?
+    };
+    let receiver = Receiver::start(ReceiverOptions {
+        listen: opts.listen,
+        pipelining: true,
+        max_message_size: opts.max_size,
+        policy: Some(Arc::new(Policy {
+            domains: opts.domains.clone(),
+            discard: opts.discard,
+            tx,
+        })),
+        max_connections: Some(opts.max_connections),
+        command_timeout: opts.command_timeout,
+        data_timeout: opts.data_timeout,
+        ..ReceiverOptions::default()
+    })
+    .await?;
+    Ok(SinkHandle { receiver, worker })
+}
+
+/// The token check of one bounce address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Token {
+    Valid { campaign: String, row: u64 },
+    Forged,
+    Missing,
+}
+
+/// Finds a VERP token in the local part (after any prefix such as `b-`): tries every suffix
+/// that starts after a `-`, `+` or `=`. Any valid one wins; a well-formed one with a bad MAC
+/// makes the address forged.
+pub fn check_token(key: Option<&VerpKey>, address: &str) -> Token {
+    let local = address.rsplit_once('@').map_or(address, |(l, _)| l);
+    let Some(key) = key else {
+        return Token::Missing;
+    };
+    let mut forged = false;
+    let starts = std::iter::once(0).chain(
+        local
+            .char_indices()
+            .filter(|(_, c)| matches!(c, '-' | '+' | '='))
+            .map(|(i, _)| i + 1),
+    );
+    for i in starts {
+        match key.decode(&local[i..]) {
+            Ok((campaign, row)) => return Token::Valid { campaign, row },
+            Err(VerpError::BadMac) => forged = true,
+            Err(_) => {}
+        }
+    }
+    if forged {
+        Token::Forged
+    } else {
+        Token::Missing
+    }
+}
+
+fn work(rx: MpscReceiver<Job>, list: Option<Suppressions>, opts: &SinkOptions) -> SinkStats {
+    let mut stats = SinkStats::default();
+    while let Ok(job) = rx.recv() {
+        stats.messages += 1;
+        handle(&job, list.as_ref(), opts, &mut stats);
+    }
+    stats
+}
+
+fn handle(job: &Job, list: Option<&Suppressions>, opts: &SinkOptions, stats: &mut SinkStats) {
+    let c = classify(&job.data);
+    for rcpt in &job.rcpts {
+        let token = check_token(opts.key.as_ref(), rcpt);
+        let (token_str, campaign, row) = match &token {
+            Token::Valid { campaign, row } => ("valid", Some(campaign.clone()), Some(*row)),
+            Token::Forged => ("forged", None, None),
+            Token::Missing => ("missing", None, None),
+        };
+        if token == Token::Forged {
+            stats.forged += 1;
+        }
+        let keep = matches!(c.kind, Kind::Unparseable | Kind::NotBounce)
+            || (c.kind == Kind::Bounce && c.recipients.is_empty())
+            || (token == Token::Missing && matches!(c.kind, Kind::Bounce | Kind::Complaint));
+        if keep {
+            let file = quarantine(opts, &job.data);
+            if file.is_some() {
+                stats.quarantined += 1;
+            }
+            log(json!({
+                "rcpt": rcpt, "token": token_str, "kind": c.kind.as_str(),
+                "action": "quarantined", "file": file, "size": job.data.len(),
+            }));
+        }
+        for r in &c.recipients {
+            let mut action = "logged";
+            if token_str == "valid"
+                && let Some(list) = list
+            {
+                if c.suppresses(r) {
+                    let mut e = Entry::new(
+                        &r.address,
+                        if c.kind == Kind::Complaint {
+                            Source::Complaint
+                        } else {
+                            Source::Bounce
+                        },
+                        r.reason.as_str(),
+                    );
+                    e.status = r.status.clone();
+                    e.diagnostic = Some(r.diagnostic.clone()).filter(|d| !d.is_empty());
+                    e.campaign = campaign.clone();
+                    e.row = row;
+                    match list.add(&e) {
+                        Ok(_) => {
+                            stats.suppressed += 1;
+                            action = "suppressed";
+                        }
+                        Err(err) => {
+                            tracing::error!("{err}");
+                            action = "error";
+                        }
+                    }
+                } else if c.kind == Kind::Bounce && r.action != "delivered" {
+                    stats.soft += 1;
+                    action = match list.record_soft(
+                        &r.address,
+                        r.reason.as_str(),
+                        opts.soft_bounce_limit,
+                    ) {
+                        Ok(true) => {
+                            stats.suppressed += 1;
+                            "suppressed_soft_limit"
+                        }
+                        Ok(false) => "soft_counted",
+                        Err(err) => {
+                            tracing::error!("{err}");
+                            "error"
+                        }
+                    };
+                }
+            } else if token == Token::Forged {
+                action = "ignored_forged_token";
+            }
+            log(json!({
+                "rcpt": rcpt, "token": token_str, "campaign": campaign, "row": row,
+                "kind": c.kind.as_str(), "recipient": r.address, "action_reported": r.action,
+                "status": r.status, "reason": r.reason.as_str(), "hard": r.hard,
+                "diagnostic": r.diagnostic, "action": action,
+            }));
+        }
+    }
+}
+
+fn log(v: serde_json::Value) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{v}");
+}
+
+/// Writes the message to the quarantine directory; returns the file name.
+fn quarantine(opts: &SinkOptions, data: &[u8]) -> Option<String> {
+    let dir = opts.quarantine.as_ref()?;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static SEQ: AtomicU64 = AtomicU64::new(0);
+    let name = format!(
+        "{}-{}-{}.eml",
+        crate::cli::unix_now(),
+        std::process::id(),
+        SEQ.fetch_add(1, Ordering::Relaxed)
+    );
+    let path = dir.join(&name);
+    match std::fs::write(&path, data) {
+        Ok(()) => Some(path.display().to_string()),
+        Err(e) => {
+            tracing::error!("cannot write {}: {e}", path.display());
+            None
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Commands
+// ---------------------------------------------------------------------------------------------
+
+/// `blast bounce classify FILE...|-`.
+pub fn cmd_classify(files: &[PathBuf]) -> anyhow::Result<std::process::ExitCode> {
+    use anyhow::Context;
+    use std::io::{Read, Write};
+    let mut out = std::io::stdout().lock();
+    for f in files {
+        let raw = if f.as_os_str() == "-" {
+            let mut v = Vec::new();
+            std::io::stdin().read_to_end(&mut v)?;
+            v
+        } else {
+            std::fs::read(f).with_context(|| format!("cannot read {}", f.display()))?
+        };
+        let c = classify(&raw);
+        let file = f.display().to_string();
+        if c.recipients.is_empty() {
+            writeln!(
+                out,
+                "{}",
+                json!({"file": file, "kind": c.kind.as_str(), "recipient": null})
+            )?;
+        }
+        for r in &c.recipients {
+            writeln!(
+                out,
+                "{}",
+                json!({
+                    "file": file, "kind": c.kind.as_str(), "recipient": r.address,
+                    "action": r.action, "status": r.status, "reply_code": r.reply_code,
+                    "reason": r.reason.as_str(), "hard": r.hard,
+                    "suppress": c.suppresses(r), "diagnostic": r.diagnostic,
+                })
+            )?;
+        }
+    }
+    Ok(std::process::ExitCode::SUCCESS)
+}
+
+/// `blast suppress …`.
+pub fn cmd_suppress(
+    db: Option<PathBuf>,
+    campaign: Option<PathBuf>,
+    command: crate::cli::SuppressCommand,
+) -> anyhow::Result<std::process::ExitCode> {
+    use crate::cli::{BadInput, SuppressCommand};
+    use anyhow::Context;
+    let path = match (db, campaign) {
+        (Some(db), _) => db,
+        (None, Some(c)) => {
+            crate::campaign::Campaign::load(&c)
+                .map_err(|e| BadInput(e.to_string()))?
+                .suppression
+                .path
+        }
+        (None, None) => {
+            return Err(BadInput("give the list with --db PATH or --campaign FILE".into()).into());
+        }
+    };
+    let mut list = Suppressions::open(&path)?;
+    match command {
+        SuppressCommand::Add { addresses, reason } => {
+            for a in addresses {
+                if !a.contains('@') {
+                    return Err(BadInput(format!("{a:?} is not an address")).into());
+                }
+                let new = list.add(&Entry::new(&a, Source::Manual, &reason))?;
+                println!(
+                    "{} {}",
+                    if new { "added" } else { "updated" },
+                    crate::suppression::normalize(&a)
+                );
+            }
+        }
+        SuppressCommand::Remove { addresses } => {
+            for a in addresses {
+                let gone = list.remove(&a)?;
+                println!(
+                    "{} {}",
+                    if gone { "removed" } else { "not listed" },
+                    crate::suppression::normalize(&a)
+                );
+            }
+        }
+        SuppressCommand::List => {
+            list.export(std::io::stdout().lock())?;
+        }
+        SuppressCommand::Import { file, reason } => {
+            let (added, present) = if file.as_os_str() == "-" {
+                list.import(std::io::stdin().lock(), &reason)
+            } else {
+                let f = std::fs::File::open(&file)
+                    .with_context(|| format!("cannot open {}", file.display()))?;
+                list.import(std::io::BufReader::new(f), &reason)
+            }
+            .map_err(|e| BadInput(e.to_string()))?;
+            println!("imported {added} addresses ({present} already listed)");
+        }
+        SuppressCommand::Export { out } => {
+            let n = match out {
+                Some(p) => {
+                    let f = std::fs::File::create(&p)
+                        .with_context(|| format!("cannot create {}", p.display()))?;
+                    list.export(std::io::BufWriter::new(f))?
+                }
+                None => list.export(std::io::stdout().lock())?,
+            };
+            eprintln!("blast: exported {n} addresses");
+        }
+    }
+    Ok(std::process::ExitCode::SUCCESS)
+}
+
+/// `blast sink …`: runs until SIGTERM/SIGINT, then stops cleanly.
+pub fn cmd_sink(mut opts: SinkOptions, secret_env: &str) -> anyhow::Result<std::process::ExitCode> {
+    match std::env::var(secret_env) {
+        Ok(s) => {
+            opts.key = Some(
+                VerpKey::new(s.as_bytes())
+                    .map_err(|e| crate::cli::BadInput(format!("{secret_env}: {e}")))?,
+            )
+        }
+        Err(_) if opts.discard => {}
+        Err(_) => {
+            return Err(crate::cli::BadInput(format!(
+                "environment variable {secret_env} is not set: the sink needs the VERP secret to trust a bounce"
+            ))
+            .into());
+        }
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        let handle = start(opts).await?;
+        eprintln!("blast: sink listening on {}", handle.addr());
+        let code = wait_signal().await;
+        eprintln!("blast: stopping");
+        let stats = handle.shutdown().await;
+        eprintln!(
+            "blast: sink stopped: {} messages, {} suppressed, {} soft, {} forged tokens, {} quarantined",
+            stats.messages, stats.suppressed, stats.soft, stats.forged, stats.quarantined
+        );
+        Ok(std::process::ExitCode::from(code))
+    })
+}
+
+async fn wait_signal() -> u8 {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => return 0,
+                _ = term.recv() => return 0,
+            }
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
+    0
+}

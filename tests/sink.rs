@@ -1,0 +1,338 @@
+//! `blast sink` on loopback: relay refusal, size, connection limit, timeouts, VERP trust, and a
+//! real DSN from the corpus landing in the suppression list.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use blast::sink::{SinkHandle, SinkOptions, start};
+use blast::suppression::Suppressions;
+use blast::verp::VerpKey;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+use tokio::time::timeout;
+
+const SECRET: &[u8] = b"sink-test-secret-0123456789";
+const T: Duration = Duration::from_secs(5);
+
+fn key() -> VerpKey {
+    VerpKey::new(SECRET).unwrap()
+}
+
+fn tmp(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("blast-sink-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+async fn sink(name: &str, f: impl FnOnce(&mut SinkOptions)) -> (SinkHandle, PathBuf) {
+    let dir = tmp(name);
+    let db = dir.join("s.sqlite");
+    let mut o = SinkOptions::new(
+        SocketAddr::from(([127, 0, 0, 1], 0)),
+        vec!["bounce.test".into()],
+        db.clone(),
+    );
+    o.key = Some(key());
+    o.quarantine = Some(dir.join("q"));
+    f(&mut o);
+    (start(o).await.unwrap(), db)
+}
+
+struct Client {
+    r: BufReader<tokio::net::tcp::OwnedReadHalf>,
+    w: tokio::net::tcp::OwnedWriteHalf,
+}
+
+impl Client {
+    async fn connect(addr: SocketAddr) -> Client {
+        let s = TcpStream::connect(addr).await.unwrap();
+        let (r, w) = s.into_split();
+        Client {
+            r: BufReader::new(r),
+            w,
+        }
+    }
+
+    /// One whole reply (multi-line joined); empty string on EOF.
+    async fn reply(&mut self) -> String {
+        let mut all = String::new();
+        loop {
+            let mut line = String::new();
+            if timeout(T, self.r.read_line(&mut line))
+                .await
+                .unwrap()
+                .unwrap()
+                == 0
+            {
+                return all;
+            }
+            all.push_str(&line);
+            if line.as_bytes().get(3) != Some(&b'-') {
+                return all;
+            }
+        }
+    }
+
+    async fn cmd(&mut self, line: &str) -> String {
+        self.w
+            .write_all(format!("{line}\r\n").as_bytes())
+            .await
+            .unwrap();
+        self.reply().await
+    }
+
+    async fn data(&mut self, body: &[u8]) -> String {
+        let text = String::from_utf8_lossy(body).replace("\r\n", "\n");
+        let mut out = String::new();
+        for line in text.lines() {
+            if line.starts_with('.') {
+                out.push('.');
+            }
+            out.push_str(line);
+            out.push_str("\r\n");
+        }
+        out.push_str(".\r\n");
+        self.w.write_all(out.as_bytes()).await.unwrap();
+        self.reply().await
+    }
+
+    /// Greeting + EHLO + MAIL FROM:<>.
+    async fn start(addr: SocketAddr) -> Client {
+        let mut c = Client::connect(addr).await;
+        assert!(c.reply().await.starts_with("220"));
+        assert!(c.cmd("EHLO mx.test").await.starts_with("250"));
+        assert!(c.cmd("MAIL FROM:<>").await.starts_with("250"));
+        c
+    }
+}
+
+fn corpus(file: &str) -> Vec<u8> {
+    std::fs::read(format!(
+        "{}/tests/data/bounces/eml/{file}",
+        env!("CARGO_MANIFEST_DIR")
+    ))
+    .unwrap()
+}
+
+#[tokio::test]
+async fn refuses_to_relay_and_disables_vrfy() {
+    let (s, _) = sink("relay", |_| {}).await;
+    let mut c = Client::start(s.addr()).await;
+    assert!(
+        c.cmd("RCPT TO:<victim@example.com>")
+            .await
+            .starts_with("550 5.7.1")
+    );
+    assert!(
+        c.cmd("RCPT TO:<x@bounce.test.evil.com>")
+            .await
+            .starts_with("550 5.7.1")
+    );
+    assert!(c.cmd("RCPT TO:<b-x@BOUNCE.test>").await.starts_with("250"));
+    assert!(c.cmd("VRFY postmaster").await.starts_with("502"));
+    assert!(c.cmd("QUIT").await.starts_with("221"));
+    s.shutdown().await;
+}
+
+#[tokio::test]
+async fn oversize_message_gets_552() {
+    let (s, _) = sink("size", |o| o.max_size = 200).await;
+    let mut c = Client::connect(s.addr()).await;
+    c.reply().await;
+    let ehlo = c.cmd("EHLO mx.test").await;
+    assert!(ehlo.contains("SIZE 200"), "{ehlo}");
+    assert!(c.cmd("MAIL FROM:<> SIZE=5000").await.starts_with("552"));
+    assert!(c.cmd("MAIL FROM:<>").await.starts_with("250"));
+    assert!(c.cmd("RCPT TO:<b-x@bounce.test>").await.starts_with("250"));
+    assert!(c.cmd("DATA").await.starts_with("354"));
+    assert!(c.data(&vec![b'x'; 1000]).await.starts_with("552"));
+    s.shutdown().await;
+}
+
+#[tokio::test]
+async fn connections_over_the_limit_wait() {
+    let (s, _) = sink("conns", |o| o.max_connections = 1).await;
+    let mut first = Client::connect(s.addr()).await;
+    assert!(first.reply().await.starts_with("220"));
+    let mut second = Client::connect(s.addr()).await;
+    let mut line = String::new();
+    let early = timeout(Duration::from_millis(400), second.r.read_line(&mut line)).await;
+    assert!(
+        early.is_err(),
+        "second session served while the first holds the only slot: {line:?}"
+    );
+    assert!(first.cmd("QUIT").await.starts_with("221"));
+    assert!(second.reply().await.starts_with("220"));
+    s.shutdown().await;
+}
+
+#[tokio::test]
+async fn slow_clients_are_cut_off() {
+    let (s, _) = sink("slow", |o| {
+        o.command_timeout = Duration::from_millis(300);
+        o.data_timeout = Duration::from_millis(600);
+    })
+    .await;
+    // Idle at the command prompt.
+    let mut c = Client::connect(s.addr()).await;
+    c.reply().await;
+    let started = std::time::Instant::now();
+    assert!(c.reply().await.starts_with("421"));
+    assert!(c.reply().await.is_empty(), "connection closed after 421");
+    assert!(started.elapsed() < Duration::from_secs(3));
+    // Trickling the body: one byte every 100 ms never ends before the data deadline.
+    let mut c = Client::start(s.addr()).await;
+    assert!(c.cmd("RCPT TO:<b-x@bounce.test>").await.starts_with("250"));
+    assert!(c.cmd("DATA").await.starts_with("354"));
+    let started = std::time::Instant::now();
+    let mut cut = false;
+    for _ in 0..40 {
+        if c.w.write_all(b"x").await.is_err() {
+            cut = true;
+            break;
+        }
+        let mut line = String::new();
+        if let Ok(Ok(_)) = timeout(Duration::from_millis(100), c.r.read_line(&mut line)).await {
+            assert!(line.is_empty() || line.starts_with("421"), "{line}");
+            cut = true;
+            break;
+        }
+    }
+    assert!(cut, "a trickling client was never cut off");
+    assert!(started.elapsed() < Duration::from_secs(3));
+    s.shutdown().await;
+}
+
+#[tokio::test]
+async fn real_dsn_suppresses_and_forged_token_does_not() {
+    let (s, db) = sink("dsn", |_| {}).await;
+    let k = key();
+    // A Gmail "5.1.1 does not exist" DSN from the corpus, for a valid VERP address.
+    let valid = format!("b-{}@bounce.test", k.encode("spring", 42));
+    let mut c = Client::start(s.addr()).await;
+    assert!(
+        c.cmd(&format!("RCPT TO:<{valid}>"))
+            .await
+            .starts_with("250")
+    );
+    assert!(c.cmd("DATA").await.starts_with("354"));
+    assert!(
+        c.data(&corpus("rhost-google-02.eml"))
+            .await
+            .starts_with("250")
+    );
+    // Another hard bounce, to a token with a forged MAC: accepted, never acted upon.
+    let t = k.encode("spring", 43);
+    let forged = format!(
+        "b-{}{}@bounce.test",
+        &t[..t.len() - 1],
+        if t.ends_with('a') { 'b' } else { 'a' }
+    );
+    assert!(c.cmd("MAIL FROM:<>").await.starts_with("250"));
+    assert!(
+        c.cmd(&format!("RCPT TO:<{forged}>"))
+            .await
+            .starts_with("250")
+    );
+    assert!(c.cmd("DATA").await.starts_with("354"));
+    assert!(
+        c.data(&corpus("lhost-postfix-06.eml"))
+            .await
+            .starts_with("250")
+    );
+    // A soft bounce (policy block) is counted, not suppressed.
+    assert!(c.cmd("MAIL FROM:<>").await.starts_with("250"));
+    assert!(
+        c.cmd(&format!("RCPT TO:<{valid}>"))
+            .await
+            .starts_with("250")
+    );
+    assert!(c.cmd("DATA").await.starts_with("354"));
+    assert!(
+        c.data(&corpus("lhost-exim-01.eml"))
+            .await
+            .starts_with("250")
+    );
+    c.cmd("QUIT").await;
+    let stats = s.shutdown().await;
+    assert_eq!(stats.messages, 3);
+    assert_eq!(stats.forged, 1);
+    let list = Suppressions::open(&db).unwrap();
+    let e = list
+        .get("neko-nyaan@example.org")
+        .unwrap()
+        .expect("suppressed");
+    assert_eq!(e.reason, "user_unknown");
+    assert_eq!((e.campaign.as_deref(), e.row), (Some("spring"), Some(42)));
+    let forged_rcpt = blast::dsn::classify(&corpus("lhost-postfix-06.eml"));
+    for r in &forged_rcpt.recipients {
+        assert!(
+            !list.contains(&r.address).unwrap(),
+            "forged token suppressed {}",
+            r.address
+        );
+    }
+    assert_eq!(
+        list.len().unwrap(),
+        1,
+        "only the hard bounce with a valid token"
+    );
+}
+
+#[test]
+fn smtp_parser_survives_random_bytes() {
+    // Random command soup over real sockets would be slow; the parser is reached the same way
+    // through a session, so a few hundred bounded sessions suffice.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let (s, _) = sink("fuzz", |o| o.command_timeout = Duration::from_millis(200)).await;
+        let mut x: u64 = 0x2545_F491_4F6C_DD1D;
+        let pieces: &[&[u8]] = &[
+            b"EHLO a\r\n",
+            b"MAIL FROM:<>\r\n",
+            b"RCPT TO:<b-x@bounce.test>\r\n",
+            b"DATA\r\n",
+            b".\r\n",
+            b"\r\n",
+            b"RSET\r\n",
+            b"BDAT 10\r\n",
+            b"\xff\x00",
+            b"<",
+            b"MAIL FROM:<a@b> SIZE=99999999999999999999\r\n",
+            b"VRFY\r\n",
+            b"NOOP\r\n",
+            b"\n",
+            b"STARTTLS\r\n",
+        ];
+        for _ in 0..150 {
+            let mut msg = Vec::new();
+            for _ in 0..20 {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                if x.is_multiple_of(4) {
+                    msg.extend(std::iter::repeat_n(
+                        (x >> 16) as u8,
+                        (x >> 40) as usize % 50,
+                    ));
+                } else {
+                    msg.extend_from_slice(pieces[(x >> 8) as usize % pieces.len()]);
+                }
+            }
+            msg.extend_from_slice(b"\r\n.\r\nQUIT\r\n");
+            let mut c = TcpStream::connect(s.addr()).await.unwrap();
+            let _ = c.write_all(&msg).await;
+            let mut buf = Vec::new();
+            let _ = timeout(T, tokio::io::AsyncReadExt::read_to_end(&mut c, &mut buf)).await;
+        }
+        // Still serving.
+        let mut c = Client::start(s.addr()).await;
+        assert!(c.cmd("QUIT").await.starts_with("221"));
+        s.shutdown().await;
+    });
+}
