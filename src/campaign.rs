@@ -822,8 +822,8 @@ impl Campaign {
         self.direct.is_none()
             && self
                 .nodes
-            .iter()
-            .all(|n| n.address == NodeAddress::Embedded)
+                .iter()
+                .all(|n| n.address == NodeAddress::Embedded)
     }
 }
 

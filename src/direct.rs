@@ -114,8 +114,7 @@ pub struct DirectConfig {
 /// Validates `[direct]`.
 pub fn validate(s: &DirectSection) -> Result<DirectConfig, Vec<(Range<usize>, String)>> {
     let mut problems = Vec::new();
-    let mut num = |v: &Option<Spanned<u64>>, min: u64, max: u64, what: &str, default: u64| match v
-    {
+    let mut num = |v: &Option<Spanned<u64>>, min: u64, max: u64, what: &str, default: u64| match v {
         None => default,
         Some(v) if (min..=max).contains(v.get_ref()) => *v.get_ref(),
         Some(v) => {
@@ -364,7 +363,12 @@ impl Router {
     }
 
     /// The node of an MX host, created (and its connection tasks started) on first use.
-    fn node(&mut self, h: &MailHost, max_connections: u32, shared: &Arc<Shared>) -> Option<Arc<Node>> {
+    fn node(
+        &mut self,
+        h: &MailHost,
+        max_connections: u32,
+        shared: &Arc<Shared>,
+    ) -> Option<Arc<Node>> {
         if let Some(n) = self.hosts.get(&h.name) {
             return Some(n.clone());
         }

@@ -225,7 +225,13 @@ impl Shared {
             return true;
         };
         if job.marked {
-            return true;
+            // A retry: no new mark, but wait for this connection's last outcome to be
+            // committed, as a first attempt does (one row in doubt per connection at most).
+            if j.barrier().await {
+                return true;
+            }
+            self.request_stop();
+            return false;
         }
         if j.mark_attempt(job.msg.row).await {
             job.marked = true;

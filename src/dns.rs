@@ -178,8 +178,7 @@ pub fn validate(s: &DnsSection) -> Result<DnsConfig, Problems> {
         }
         c.servers = Some(out);
     }
-    let mut num = |v: &Option<Spanned<u64>>, min: u64, max: u64, what: &str, default: u64| match v
-    {
+    let mut num = |v: &Option<Spanned<u64>>, min: u64, max: u64, what: &str, default: u64| match v {
         None => default,
         Some(v) if (min..=max).contains(v.get_ref()) => *v.get_ref(),
         Some(v) => {
@@ -216,7 +215,10 @@ pub fn validate(s: &DnsSection) -> Result<DnsConfig, Problems> {
     }
     if let Some(t) = &s.timeout {
         if t.get_ref().0.is_zero() {
-            problems.push((t.span(), "dns.timeout of 0 fails every lookup; use e.g. \"5s\"".into()));
+            problems.push((
+                t.span(),
+                "dns.timeout of 0 fails every lookup; use e.g. \"5s\"".into(),
+            ));
         }
         c.timeout = t.get_ref().0;
     }
@@ -360,9 +362,7 @@ impl NoMail {
             NoMail::NxDomain => {
                 "550 5.1.2 domain does not accept mail: the domain does not exist (NXDOMAIN)"
             }
-            NoMail::NullMx => {
-                "556 5.1.10 domain does not accept mail: null MX (RFC 7505)"
-            }
+            NoMail::NullMx => "556 5.1.10 domain does not accept mail: null MX (RFC 7505)",
             NoMail::NoAddress => {
                 "550 5.1.2 domain does not accept mail: neither MX nor address records"
             }
@@ -370,10 +370,13 @@ impl NoMail {
     }
 }
 
+/// SERVFAIL/timeout answers remembered: (name, type) → (until, error text).
+type ErrorCache = HashMap<(String, RecordType), (Instant, Arc<str>)>;
+
 /// The shared resolver plus a negative cache for SERVFAIL/timeouts.
 pub struct Dns {
     resolver: TokioResolver,
-    errors: Mutex<HashMap<(String, RecordType), (Instant, Arc<str>)>>,
+    errors: Mutex<ErrorCache>,
     error_ttl: Duration,
     pub stats: DnsStats,
 }

@@ -7,8 +7,8 @@
 
 pub mod campaign;
 pub mod cli;
-pub mod dispatch;
 pub mod direct;
+pub mod dispatch;
 pub mod dkim;
 pub mod dns;
 pub mod dsn;

@@ -261,7 +261,12 @@ impl Report {
             let _ = writeln!(
                 s,
                 "dns        {} domain lookups, {} cache hits, {} negative (do not accept mail), {} temporary failures; {} rows failed unsent, {} sent despite a warning",
-                d.domain_lookups, d.cache_hits, d.negative, d.temporary, d.rows_failed, d.rows_warned
+                d.domain_lookups,
+                d.cache_hits,
+                d.negative,
+                d.temporary,
+                d.rows_failed,
+                d.rows_warned
             );
         }
         if let Some(n) = self.embedded_received {

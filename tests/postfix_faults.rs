@@ -29,6 +29,19 @@ const SECRET_VAR: &str = "BLAST_FAULTS_SECRET";
 const SECRET: &str = "faults-secret-0123456789";
 const PASSWORD_VAR: &str = "BLAST_FAULTS_RELAY_PASSWORD";
 
+/// Removes a test directory when the test passes; keeps it (and says where) when it panics.
+struct RemoveOnPass(PathBuf);
+
+impl Drop for RemoveOnPass {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("test files kept for inspection: {}", self.0.display());
+        } else {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
 fn campaign(dir: &Path, list: &Path, extra: &str, nodes: &str) -> PathBuf {
     let top = env!("CARGO_MANIFEST_DIR");
     let text = format!(
@@ -215,6 +228,7 @@ fn status(campaign: &Path) -> String {
 #[test]
 fn fifty_thousand_through_two_relays_one_stopped_and_restarted() {
     let dir = test_dir("faults-restart");
+    let _remove = RemoveOnPass(dir.clone());
     let rows: u64 = 50_000;
     let list = generate(&dir, rows);
     let sink = SmtpSink::start();
@@ -373,6 +387,7 @@ const TLS_EXTRA: &str = "[retry]\nbackoff = \"1s\"\nall_nodes_down = \"3s\"\n\
 #[test]
 fn starttls_to_postfix_with_a_self_signed_certificate() {
     let dir = test_dir("faults-tls");
+    let _remove = RemoveOnPass(dir.clone());
     let rows = 300;
     let list = generate(&dir, rows);
     let (cert, key) = self_signed(&dir);
@@ -494,6 +509,7 @@ fn sasl_user(relays: &PostfixNodes, dir: &Path, user: &str, password: &str) {
 #[test]
 fn auth_against_postfix_with_cyrus_sasl() {
     let dir = test_dir("faults-auth");
+    let _remove = RemoveOnPass(dir.clone());
     let rows = 200;
     let list = generate(&dir, rows);
     let (cert, key) = self_signed(&dir);
