@@ -73,6 +73,10 @@ pub enum Command {
         /// How many rows to read and render.
         #[arg(long, default_value_t = 1000)]
         rows: u64,
+        /// Check the sending domain's DNS (SPF, DMARC, DKIM keys) through the `[dns]` resolver.
+        /// On by default when the campaign has a `[dns]` upstream or servers setting.
+        #[arg(long)]
+        dns: bool,
     },
     /// Print the exact message (RFC 5322 bytes) one recipient would get.
     Preview {
@@ -183,6 +187,11 @@ pub enum Command {
         /// Soft bounces of an address before it is suppressed (0: never).
         #[arg(long, default_value_t = 3)]
         soft_bounce_limit: u32,
+        /// Append one JSON line per bounce, delay warning and complaint (with a valid VERP
+        /// token) to this file: `{"outcome":"bounced"|"soft_bounced"|"delayed"|"complained",
+        /// "campaign", "row", "address", "reason", "status", "hard", "suppressed", …}`.
+        #[arg(long, value_name = "PATH")]
+        bounce_log: Option<PathBuf>,
         #[arg(long, default_value = "5m", value_parser = parse_duration)]
         command_timeout: std::time::Duration,
         #[arg(long, default_value = "10m", value_parser = parse_duration)]
@@ -288,6 +297,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             max_size,
             secret_env,
             soft_bounce_limit,
+            bounce_log,
             command_timeout,
             data_timeout,
         } => {
@@ -298,6 +308,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             o.max_connections = max_connections;
             o.max_size = max_size;
             o.soft_bounce_limit = soft_bounce_limit;
+            o.bounce_log = bounce_log;
             o.command_timeout = command_timeout;
             o.data_timeout = data_timeout;
             crate::sink::cmd_sink(o, &secret_env)
@@ -322,7 +333,11 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             println!("{}", k.dns_record);
             Ok(ExitCode::SUCCESS)
         }
-        Command::Check { campaign, rows } => check(&campaign, rows),
+        Command::Check {
+            campaign,
+            rows,
+            dns,
+        } => check(&campaign, rows, dns),
         Command::Preview { campaign, row, out } => preview(&campaign, row, out.as_deref()),
         Command::Send {
             campaign,
@@ -504,7 +519,7 @@ fn report_problems(problems: &[String]) -> ExitCode {
     ExitCode::from(exit::BAD_INPUT)
 }
 
-fn check(path: &Path, sample: u64) -> anyhow::Result<ExitCode> {
+fn check(path: &Path, sample: u64, dns: bool) -> anyhow::Result<ExitCode> {
     let (campaign, mut source, renderer) = match prepare(path, None) {
         Ok(t) => t,
         Err(problems) => return Ok(report_problems(&problems)),
@@ -592,6 +607,18 @@ fn check(path: &Path, sample: u64) -> anyhow::Result<ExitCode> {
     }
     for w in crate::dkim::alignment_warnings(&campaign) {
         eprintln!("blast: warning: {w}");
+    }
+    let configured = std::fs::read_to_string(path).is_ok_and(|t| {
+        toml::from_str::<toml::Table>(&t).is_ok_and(|t| {
+            t.get("dns")
+                .and_then(|d| d.as_table())
+                .is_some_and(|d| d.contains_key("servers") || d.contains_key("upstream"))
+        })
+    });
+    if dns || configured {
+        for w in crate::dns::sender_checks(&campaign) {
+            eprintln!("blast: warning: {w}");
+        }
     }
     if !problems.is_empty() {
         return Ok(report_problems(&problems));
@@ -787,8 +814,8 @@ fn send(
         && report.signal.is_none()
         && report.list_complete
         && report.render_errors == 0
-        && report.skipped
-            + report.suppressed
+        // Rows final in earlier sessions are counted apart (`source.done`), not as accepted.
+        && report.suppressed
             + report.shard.map_or(0, |(_, other)| other)
             + report.journal.map_or(0, |j| j.outcomes)
             == report.source.accepted;
@@ -921,9 +948,19 @@ fn status(path: &Path, json: bool, shard: Option<crate::shard::Shard>) -> anyhow
         return Ok(ExitCode::SUCCESS);
     };
     let report = journal.status(&run, CampaignLock::holder(journal_path))?;
+    // Bounces come from the suppression list next to the campaign (what `blast sink` recorded).
+    let bounces = if campaign.suppression.path.exists() {
+        Some(
+            crate::suppression::Suppressions::open(&campaign.suppression.path)?
+                .bounce_report(&campaign.id)?,
+        )
+    } else {
+        None
+    };
     if json {
         let mut v = serde_json::to_value(&report)?;
         v["campaign"] = serde_json::Value::from(campaign.id.clone());
+        v["bounces"] = serde_json::to_value(bounces.unwrap_or_default())?;
         if let Some(s) = shard {
             v["shard"] = serde_json::Value::from(s.to_string());
         }
@@ -934,6 +971,9 @@ fn status(path: &Path, json: bool, shard: Option<crate::shard::Shard>) -> anyhow
             println!("shard      {s} (journal {})", journal_path.display());
         }
         println!("{}", report.text());
+        if let Some(b) = bounces.filter(|b| !b.text().is_empty()) {
+            print!("{}", b.text());
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -702,11 +702,10 @@ impl Prevalidator {
                         Route::Unknown(_) => { stats.temporary.fetch_add(1, Ordering::Relaxed); }
                         Route::Hosts(_) => {}
                     }
-                    // A temporary failure is not remembered: the next row asks again (the
-                    // resolver's error cache keeps that cheap).
-                    if !matches!(&*route, Route::Unknown(_)) {
-                        self.domains.insert(&domain, route.clone());
-                    }
+                    // A temporary failure is remembered too: its rows go on (only a definite
+                    // answer fails a row); direct delivery looks such a domain up again when
+                    // it places one of them (see `crate::direct`).
+                    self.domains.insert(&domain, route.clone());
                     for msg in pending.remove(&domain).unwrap_or_default() {
                         held -= 1;
                         self.pass(msg, &route, &shared, &mut out);
@@ -793,4 +792,90 @@ mod tests {
         assert_eq!(domain_of("a@b.example"), "b.example");
         assert_eq!(domain_of("nodomain"), "");
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// `blast check`: the sending domain's DNS.
+// ---------------------------------------------------------------------------------------------
+
+/// Warnings about the sending domain's DNS: no SPF record at the From domain or the bounce
+/// (MAIL FROM) domain, no DMARC record (at the From domain or its organisational domain), a
+/// DKIM selector without a key. Looked up through the campaign's `[dns]` resolver.
+pub fn sender_checks(campaign: &crate::campaign::Campaign) -> Vec<String> {
+    let dns = match Dns::new(&campaign.dns) {
+        Ok(d) => d,
+        Err(e) => return vec![format!("DNS checks skipped: {e}")],
+    };
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => return vec![format!("DNS checks skipped: {e}")],
+    };
+    let from = domain_of(&campaign.from.address).to_ascii_lowercase();
+    let bounce = campaign.envelope.verp_domain.clone();
+    rt.block_on(async {
+        let mut out = Vec::new();
+        let has = |records: &Result<Vec<String>, LookupError>, prefix: &str| match records {
+            Ok(r) => Ok(r.iter().any(|t| {
+                t.trim_start()
+                    .to_ascii_lowercase()
+                    .starts_with(&prefix.to_ascii_lowercase())
+            })),
+            Err(LookupError::Temporary(e)) => Err(e.to_string()),
+            Err(_) => Ok(false),
+        };
+        let mut spf_domains = vec![from.clone()];
+        if bounce != from {
+            spf_domains.push(bounce.clone());
+        }
+        for d in &spf_domains {
+            match has(&dns.txt(d).await, "v=spf1") {
+                Ok(true) => {}
+                Ok(false) => out.push(format!(
+                    "{d} has no SPF record (TXT \"v=spf1 ...\"): receivers cannot check the envelope sender"
+                )),
+                Err(e) => out.push(format!("could not check SPF of {d}: {e}")),
+            }
+        }
+        let labels: Vec<&str> = from.split('.').collect();
+        let org = labels[labels.len().saturating_sub(2)..].join(".");
+        let mut dmarc = has(&dns.txt(&format!("_dmarc.{from}")).await, "v=DMARC1");
+        if dmarc == Ok(false) && org != from {
+            dmarc = has(&dns.txt(&format!("_dmarc.{org}")).await, "v=DMARC1");
+        }
+        match dmarc {
+            Ok(true) => {}
+            Ok(false) => out.push(format!(
+                "{from} has no DMARC record (TXT at _dmarc.{from}): bulk senders must publish one"
+            )),
+            Err(e) => out.push(format!("could not check DMARC of {from}: {e}")),
+        }
+        if let Some(dkim) = &campaign.dkim {
+            for s in &dkim.signers {
+                let name = format!("{}._domainkey.{}", s.selector, s.domain);
+                let key = match dns.txt(&name).await {
+                    Ok(r) => Ok(r.iter().any(|t| {
+                        t.split(';').any(|tag| {
+                            tag.trim()
+                                .strip_prefix("p=")
+                                .is_some_and(|p| !p.trim().is_empty())
+                        })
+                    })),
+                    Err(LookupError::Temporary(e)) => Err(e.to_string()),
+                    Err(_) => Ok(false),
+                };
+                match key {
+                    Ok(true) => {}
+                    Ok(false) => out.push(format!(
+                        "DKIM selector {} of {} has no key in DNS (TXT at {name}): signatures will not verify; publish the record `blast keys generate` printed",
+                        s.selector, s.domain
+                    )),
+                    Err(e) => out.push(format!("could not check the DKIM key at {name}: {e}")),
+                }
+            }
+        }
+        out
+    })
 }

@@ -450,10 +450,15 @@ fn cut_original(text: &str) -> String {
     let lower = text.to_ascii_lowercase();
     let mut cut = text.len();
     for m in &COPY_MARKERS[..COPY_MARKERS.len() - 1] {
-        if let Some(i) = lower.find(m) {
-            // Only a marker if there is some failure text before it.
-            if i > 20 {
+        for (i, _) in lower.match_indices(m) {
+            // Only a marker if there is some failure text before it, and if it starts its line
+            // (perhaps after dashes or a short word): "…from the attached returned message."
+            // in Postfix's preamble is not one.
+            let line_start = lower[..i].rfind('\n').map_or(0, |n| n + 1);
+            let prefix = lower[line_start..i].trim_matches(|c: char| !c.is_alphanumeric());
+            if i > 20 && prefix.len() <= 12 {
                 cut = cut.min(i);
+                break;
             }
         }
     }
@@ -613,15 +618,16 @@ fn dsn_recipient(f: &[(String, String)], parts: &Parts) -> Option<BouncedRecipie
     } else {
         let about = paragraph_about(&parts.text, &addr).unwrap_or_default();
         let mut reason = decide_reason(&diagnostic, status.as_deref());
-        if reason == Reason::UserUnknown && rejected_after_data(&about.to_lowercase()) {
-            reason = Reason::Policy;
-        }
         if reason == Reason::Other {
             reason = decide_reason(&about, status.as_deref());
             if reason == Reason::Other && action == "delayed" {
                 reason = Reason::Expired;
             }
         }
+        let context = format!("{diagnostic}\n{about}").to_lowercase();
+        let command = smtp_command(&context, Some(&addr))
+            .or_else(|| smtp_command(&parts.text.to_lowercase(), Some(&addr)));
+        reason = user_unknown_or_filtered(reason, status.as_deref(), command);
         let temp = status.as_deref().is_some_and(|s| s.starts_with('4'))
             || reply_code.is_some_and(|c| c / 100 == 4);
         (reason, is_hard(reason, temp))
@@ -1112,7 +1118,13 @@ fn decide_reason(text: &str, status: Option<&str>) -> Reason {
     let lower = text.to_lowercase();
     // A mailbox rejected at the end of DATA is a content filter speaking, not a dead address.
     let after_data = rejected_after_data(&lower);
+    // The sender-side words (first rule: blocklists, SPF/DKIM, "recipient preferences",
+    // rate limits) beat any status: a 5.1.1 that says so is not a dead mailbox.
+    let strong_policy = RULES[0].1.iter().any(|w| lower.contains(w));
     let r = match (from_status, from_text) {
+        (_, Some(Reason::Policy)) if strong_policy => Reason::Policy,
+        // A specific mailbox status (moved, disabled) beats a generic "user unknown".
+        (Some(s @ Reason::Moved), Some(Reason::UserUnknown)) => s,
         // Words that name the problem beat a code that is often reused loosely.
         (
             _,
@@ -1141,24 +1153,113 @@ fn decide_reason(text: &str, status: Option<&str>) -> Reason {
 
 /// Whether the text says the rejection came after DATA (a content filter), not at RCPT.
 fn rejected_after_data(lower: &str) -> bool {
-    if lower.contains("end of data")
-        || lower.contains("after data")
-        || lower.contains("(data)")
-        || lower.contains("data command")
-    {
-        return true;
-    }
-    // A Sendmail transcript: the command before the first error reply.
-    let mut last = "";
-    for line in lower.lines() {
-        let line = line.trim_start();
+    smtp_command(lower, None) == Some(Command::Data)
+}
+
+/// The SMTP command a rejection answered, as far as the report says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Command {
+    Mail,
+    Rcpt,
+    Data,
+}
+
+/// The command the report names (`lower`: lowercased text; Postfix "in reply to RCPT TO command", Exim "after RCPT
+/// TO:", a Sendmail transcript's `>>>` line before the `<<<` error, …). With `addr`, a
+/// transcript's error line naming that address wins over the first error.
+fn smtp_command(lower: &str, addr: Option<&str>) -> Option<Command> {
+    let mut last: Option<Command> = None;
+    let mut first_error: Option<Option<Command>> = None;
+    let lines: Vec<&str> = lower.lines().map(str::trim_start).collect();
+    for (i, &line) in lines.iter().enumerate() {
         if let Some(cmd) = line.strip_prefix(">>> ") {
-            last = cmd;
+            let cmd = cmd.trim_start();
+            last = if cmd.starts_with("rcpt") {
+                Some(Command::Rcpt)
+            } else if cmd.starts_with("mail") {
+                Some(Command::Mail)
+            } else if cmd.starts_with("data") || cmd == "." {
+                Some(Command::Data)
+            } else {
+                None
+            };
         } else if line.starts_with("<<< 4") || line.starts_with("<<< 5") {
-            return last.starts_with("data") || last == ".";
+            // With PIPELINING, Sendmail shows the RCPT replies after `>>> DATA`: every reply
+            // before the last one of that command answered a RCPT.
+            let more = lines[i + 1..]
+                .iter()
+                .take_while(|l| !l.starts_with(">>> "))
+                .any(|l| l.starts_with("<<< "));
+            let cmd = if last == Some(Command::Data) && more {
+                Some(Command::Rcpt)
+            } else {
+                last
+            };
+            if addr.is_some_and(|a| line.contains(a)) {
+                return cmd;
+            }
+            first_error.get_or_insert(cmd);
         }
     }
-    false
+    if let Some(c) = first_error {
+        return c;
+    }
+    let text = lower.split_whitespace().collect::<Vec<_>>().join(" ");
+    let data = [
+        "end of data",
+        "after data",
+        "(data)",
+        "data command",
+        "after end of data",
+    ]
+    .iter()
+    .any(|p| text.contains(p));
+    let rcpt = [
+        "rcpt to command",
+        "after rcpt to",
+        "in reply to rcpt",
+        "rcpt to:<",
+        "(rcpt)",
+        "our rcpt to",
+    ]
+    .iter()
+    .any(|p| text.contains(p));
+    let mail = [
+        "mail from command",
+        "after mail from",
+        "in reply to mail from",
+    ]
+    .iter()
+    .any(|p| text.contains(p));
+    match (data, rcpt, mail) {
+        (true, false, _) => Some(Command::Data),
+        (false, true, _) => Some(Command::Rcpt),
+        (false, false, true) => Some(Command::Mail),
+        _ => None,
+    }
+}
+
+/// "No such user" is a dead address when it answered RCPT, or when the status says so (x.1.1)
+/// and no later command is named; the same words after DATA, or with neither a RCPT nor a
+/// x.1.1 status (a 5.7.1, a bare 550 from a filtering gateway), are a filter speaking — soft,
+/// like sisimai's "filtered".
+fn user_unknown_or_filtered(
+    reason: Reason,
+    status: Option<&str>,
+    command: Option<Command>,
+) -> Reason {
+    if reason != Reason::UserUnknown {
+        return reason;
+    }
+    let from_status = status.and_then(reason_from_status);
+    match command {
+        Some(Command::Rcpt) => Reason::UserUnknown,
+        Some(Command::Data) => Reason::Policy,
+        _ if from_status == Some(Reason::Policy) => Reason::Policy,
+        // "5.2.1 User unknown" with no command named: the mailbox exists but is disabled.
+        None if from_status == Some(Reason::Suspended) => Reason::Suspended,
+        _ => Reason::UserUnknown,
+    }
 }
 
 pub fn reason_from_text(text: &str) -> Option<Reason> {
@@ -1354,9 +1455,10 @@ fn ses_notification(text: &str) -> Option<Classification> {
                             reason = Reason::UserUnknown;
                         }
                         let temp = !permanent;
+                        // SES reports a bounce only once it stopped trying: never a warning.
                         Some(mk(
                             s(r, "emailAddress")?,
-                            if temp { "delayed" } else { "failed" },
+                            "failed",
                             status,
                             diag,
                             reason,
@@ -1638,6 +1740,20 @@ fn text_recipients(msg: &mail_parser::Message<'_>, parts: &Parts) -> Vec<Bounced
     .iter()
     .any(|w| lower.contains(w))
         && !lower.contains("permanent");
+    // A warning (the MTA is still trying), not a final bounce: never suppresses.
+    let still_trying = [
+        "will be retried",
+        "still trying",
+        "will keep trying",
+        "has been delayed",
+        "delivery delayed",
+        "not yet been delivered",
+    ]
+    .iter()
+    .any(|w| lower.contains(w))
+        && !["permanent", "giving up", "gave up", "given up"]
+            .iter()
+            .any(|w| lower.contains(w));
     cands
         .into_iter()
         .map(|address| {
@@ -1650,6 +1766,9 @@ fn text_recipients(msg: &mail_parser::Message<'_>, parts: &Parts) -> Vec<Bounced
                 reply_code = reply_code.or_else(|| find_reply_code(text));
                 reason = decide_reason(text, status.as_deref());
             }
+            let command = smtp_command(&para.to_lowercase(), Some(&address))
+                .or_else(|| smtp_command(&lower, Some(&address)));
+            reason = user_unknown_or_filtered(reason, status.as_deref(), command);
             let temporary = status.as_deref().is_some_and(|s| s.starts_with('4'))
                 || reply_code.is_some_and(|c| c / 100 == 4)
                 || (status.is_none() && reply_code.is_none() && temporary_text);
@@ -1660,7 +1779,7 @@ fn text_recipients(msg: &mail_parser::Message<'_>, parts: &Parts) -> Vec<Bounced
             };
             BouncedRecipient {
                 hard: is_hard(reason, temporary),
-                action: if temporary { "delayed" } else { "failed" }.into(),
+                action: if still_trying { "delayed" } else { "failed" }.into(),
                 address,
                 status,
                 reply_code,
@@ -1754,6 +1873,57 @@ Diagnostic-Code: smtp; 452 4.2.2 Mailbox full\r\n\
         assert_eq!(classify(b"\x00\x01 binary").kind, Kind::Unparseable);
         let c = classify(b"From: a@b.example\r\nSubject: hello\r\n\r\nhi there\r\n");
         assert_eq!(c.kind, Kind::NotBounce);
+    }
+
+    #[test]
+    fn user_unknown_after_data_or_with_5_7_is_a_filter() {
+        let rcpt = "550 5.1.1 <a@b.example>: User unknown (in reply to RCPT TO command)";
+        let data = "550 Unknown user a@b.example (in reply to end of DATA\n    command)";
+        assert_eq!(
+            smtp_command(&rcpt.to_lowercase(), None),
+            Some(Command::Rcpt)
+        );
+        assert_eq!(
+            smtp_command(&data.to_lowercase(), None),
+            Some(Command::Data)
+        );
+        let r = |t: &str, st: Option<&str>| {
+            let cmd = smtp_command(&t.to_lowercase(), Some("a@b.example"));
+            user_unknown_or_filtered(decide_reason(t, st), st, cmd)
+        };
+        assert_eq!(r(rcpt, Some("5.1.1")), Reason::UserUnknown);
+        assert_eq!(r(data, None), Reason::Policy);
+        assert_eq!(
+            r("550 5.7.1 550 User Unknown: a@b.example", Some("5.7.1")),
+            Reason::Policy
+        );
+        assert_eq!(
+            r("550 5.1.6 recipient no longer on server", Some("5.1.6")),
+            Reason::Moved
+        );
+        assert_eq!(
+            r("550 5.2.1 <a@b.example>... User Unknown", Some("5.2.1")),
+            Reason::Suspended
+        );
+        // Sendmail with PIPELINING: the RCPT replies show up after `>>> DATA`.
+        let t = ">>> DATA\n<<< 550 5.1.1 <a@b.example>... User Unknown\n<<< 503 5.0.0 Need RCPT\n";
+        assert_eq!(
+            smtp_command(&t.to_lowercase(), Some("a@b.example")),
+            Some(Command::Rcpt)
+        );
+        let t = ">>> DATA\n<<< 550 Unknown user a@b.example\n554 5.0.0 Service unavailable\n";
+        assert_eq!(
+            smtp_command(&t.to_lowercase(), Some("a@b.example")),
+            Some(Command::Data)
+        );
+    }
+
+    #[test]
+    fn a_returned_message_mentioned_in_the_preamble_does_not_cut_the_text() {
+        let t = "This is the mail system.\nYou can delete your own text from the attached returned message.\n\n<a@b.example>: 550 Unknown user (in reply to end of DATA command)\n\n--- Below this line is a copy of the message.\nSubject: x\n";
+        let cut = cut_original(t);
+        assert!(cut.contains("end of DATA"), "{cut}");
+        assert!(!cut.contains("Subject: x"), "{cut}");
     }
 
     #[test]

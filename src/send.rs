@@ -424,23 +424,17 @@ async fn run_async(
             &campaign.suppression.path,
         )?)
     };
+    let mut source = source;
+    if let Some(done) = &skip {
+        source.skip_done(done.clone());
+    }
     let reader = {
         let stop = stop_reading.clone();
         let limit = opts.limit;
         let shard = opts.shard;
         std::thread::Builder::new()
             .name("blast-reader".into())
-            .spawn(move || {
-                read_loop(
-                    source,
-                    batch_tx,
-                    stop,
-                    limit,
-                    skip.as_deref(),
-                    suppressions.as_ref(),
-                    shard,
-                )
-            })
+            .spawn(move || read_loop(source, batch_tx, stop, limit, suppressions.as_ref(), shard))
             .map_err(SendError::Runtime)?
     };
     let renderer = Arc::new(renderer);
@@ -710,12 +704,11 @@ fn read_loop(
     tx: async_channel::Sender<Vec<Recipient>>,
     stop: Arc<AtomicBool>,
     limit: Option<u64>,
-    skip: Option<&RowSet>,
     suppressions: Option<&crate::suppression::Suppressions>,
     shard: Option<crate::shard::Shard>,
 ) -> Result<ReadEnd, crate::source::SourceError> {
     let mut batch = Vec::with_capacity(BATCH);
-    let (mut skipped, mut eof, mut suppressed) = (0u64, false, 0u64);
+    let (mut eof, mut suppressed) = (false, 0u64);
     let mut other_shards = 0u64;
     let is_suppressed = |address: &str| {
         suppressions.is_some_and(|s| {
@@ -733,8 +726,6 @@ fn read_loop(
         match source.next_recipient()? {
             // Another feeder's row (`--shard`): not rendered, not sent, not rejected.
             Some(r) if shard.is_some_and(|s| !s.contains(&r.address)) => other_shards += 1,
-            // Final in an earlier session of the run: not rendered, not sent.
-            Some(r) if skip.is_some_and(|s| s.contains(r.row)) => skipped += 1,
             // On the suppression list: never rendered, never sent.
             Some(r) if is_suppressed(&r.address) => suppressed += 1,
             Some(r) => {
@@ -755,9 +746,11 @@ fn read_loop(
     if !batch.is_empty() && !stop.load(Ordering::Relaxed) && tx.send_blocking(batch).is_err() {
         eof = false;
     }
+    let stats = source.finish()?;
     Ok(ReadEnd {
-        stats: source.finish()?,
-        skipped,
+        // Final in an earlier session of the run: skipped by the source's fast path.
+        skipped: stats.done,
+        stats,
         eof,
         suppressed,
         other_shards,

@@ -29,7 +29,7 @@ use serde_json::json;
 
 use crate::dsn::{Kind, classify};
 use crate::receiver::{Receiver, ReceiverHandle, ReceiverOptions, ReceiverPolicy};
-use crate::suppression::{Entry, Source, Suppressions};
+use crate::suppression::{BounceEvent, Entry, Source, Suppressions};
 use crate::verp::{VerpError, VerpKey};
 
 /// Messages waiting for the worker, at most.
@@ -50,6 +50,8 @@ pub struct SinkOptions {
     /// None: no secret configured; no token can be verified, nothing is suppressed.
     pub key: Option<VerpKey>,
     pub soft_bounce_limit: u32,
+    /// Append one JSON line per acted-on report here (see [`append_bounce_log`]).
+    pub bounce_log: Option<PathBuf>,
 }
 
 impl SinkOptions {
@@ -66,6 +68,7 @@ impl SinkOptions {
             data_timeout: Duration::from_secs(600),
             key: None,
             soft_bounce_limit: 3,
+            bounce_log: None,
         }
     }
 }
@@ -76,6 +79,8 @@ pub struct SinkStats {
     pub messages: u64,
     pub suppressed: u64,
     pub soft: u64,
+    /// Delay warnings (`Action: delayed`): logged, never counted as bounces.
+    pub delayed: u64,
     pub forged: u64,
     pub quarantined: u64,
 }
@@ -248,10 +253,19 @@ fn handle(job: &Job, list: Option<&Suppressions>, opts: &SinkOptions, stats: &mu
         }
         for r in &c.recipients {
             let mut action = "logged";
+            // What the report means for the address (the bounce log's `outcome`).
+            let outcome = match c.kind {
+                Kind::Complaint => Some("complained"),
+                Kind::Bounce if r.action == "delayed" => Some("delayed"),
+                // Hard: suppressed now. A delay warning never suppresses, whatever its reason.
+                Kind::Bounce if c.suppresses(r) => Some("bounced"),
+                Kind::Bounce => Some("soft_bounced"),
+                _ => None,
+            };
             if token_str == "valid"
                 && let Some(list) = list
             {
-                if c.suppresses(r) {
+                if c.suppresses(r) && outcome != Some("delayed") {
                     let mut e = Entry::new(
                         &r.address,
                         if c.kind == Kind::Complaint {
@@ -275,7 +289,11 @@ fn handle(job: &Job, list: Option<&Suppressions>, opts: &SinkOptions, stats: &mu
                             action = "error";
                         }
                     }
-                } else if c.kind == Kind::Bounce && r.action != "delivered" {
+                } else if outcome == Some("delayed") {
+                    // A delay warning: the MTA is still trying. Not a bounce; not counted.
+                    stats.delayed += 1;
+                    action = "delay_warning";
+                } else if outcome == Some("soft_bounced") {
                     stats.soft += 1;
                     action = match list.record_soft(
                         &r.address,
@@ -293,6 +311,25 @@ fn handle(job: &Job, list: Option<&Suppressions>, opts: &SinkOptions, stats: &mu
                         }
                     };
                 }
+                if let (Some(outcome), Some(campaign)) = (outcome, &campaign) {
+                    let suppressed = matches!(action, "suppressed" | "suppressed_soft_limit");
+                    let event = BounceEvent {
+                        campaign: campaign.clone(),
+                        row,
+                        address: r.address.clone(),
+                        outcome: outcome.to_string(),
+                        reason: r.reason.as_str().to_string(),
+                        status: r.status.clone(),
+                        hard: r.hard,
+                        suppressed,
+                    };
+                    if let Err(err) = list.record_event(&event) {
+                        tracing::error!("{err}");
+                    }
+                    if let Some(path) = &opts.bounce_log {
+                        append_bounce_log(path, &event, &r.diagnostic);
+                    }
+                }
             } else if token == Token::Forged {
                 action = "ignored_forged_token";
             }
@@ -303,6 +340,26 @@ fn handle(job: &Job, list: Option<&Suppressions>, opts: &SinkOptions, stats: &mu
                 "diagnostic": r.diagnostic, "action": action,
             }));
         }
+    }
+}
+
+/// Appends one JSON line to the bounce log (`--bounce-log`): the delivery-log shape
+/// (`outcome`, `row`, `address`, `status`, …) for what came back after the send.
+fn append_bounce_log(path: &std::path::Path, e: &BounceEvent, diagnostic: &str) {
+    use std::io::Write;
+    let line = json!({
+        "time": crate::cli::unix_now(), "outcome": e.outcome, "campaign": e.campaign,
+        "row": e.row, "address": e.address, "reason": e.reason, "status": e.status,
+        "hard": e.hard, "suppressed": e.suppressed, "diagnostic": diagnostic,
+    });
+    // One write per line on an O_APPEND file: lines from concurrent writers do not interleave.
+    let r = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .and_then(|mut f| f.write_all(format!("{line}\n").as_bytes()));
+    if let Err(err) = r {
+        tracing::error!("bounce log {}: {err}", path.display());
     }
 }
 
@@ -477,8 +534,8 @@ pub fn cmd_sink(mut opts: SinkOptions, secret_env: &str) -> anyhow::Result<std::
         eprintln!("blast: stopping");
         let stats = handle.shutdown().await;
         eprintln!(
-            "blast: sink stopped: {} messages, {} suppressed, {} soft, {} forged tokens, {} quarantined",
-            stats.messages, stats.suppressed, stats.soft, stats.forged, stats.quarantined
+            "blast: sink stopped: {} messages, {} suppressed, {} soft, {} delay warnings, {} forged tokens, {} quarantined",
+            stats.messages, stats.suppressed, stats.soft, stats.delayed, stats.forged, stats.quarantined
         );
         Ok(std::process::ExitCode::from(code))
     })

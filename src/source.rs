@@ -323,12 +323,14 @@ impl fmt::Display for AddressProblem {
     }
 }
 
-/// Running totals; `rows == accepted + rejected`.
+/// Running totals; `rows == accepted + rejected + done`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SourceStats {
     pub rows: u64,
     pub accepted: u64,
     pub rejected: u64,
+    /// Rows skipped because they were final in an earlier session (see [`Source::skip_done`]).
+    pub done: u64,
     rejected_by_kind: [u64; RejectKind::ALL.len()],
 }
 
@@ -403,6 +405,7 @@ pub struct Source {
     seen: Option<Fingerprints>,
     rejects: Option<(PathBuf, csv::Writer<File>)>,
     stats: SourceStats,
+    done: Option<Arc<crate::journal::RowSet>>,
 }
 
 impl Source {
@@ -499,11 +502,39 @@ impl Source {
             seen: dedupe.then(Fingerprints::default),
             rejects,
             stats: SourceStats::default(),
+            done: None,
         })
     }
 
     pub fn columns(&self) -> &Arc<Columns> {
         &self.columns
+    }
+
+    /// Rows in `done` (final in an earlier session of a resumed run) are skipped on a fast path:
+    /// no control-character scan, no record copy; only the address is normalised and fed to
+    /// dedupe, so a later duplicate of a done row is still rejected as before.
+    pub fn skip_done(&mut self, done: Arc<crate::journal::RowSet>) {
+        self.done = Some(done);
+    }
+
+    /// The fast path of [`Source::skip_done`]: true when the current record was skipped.
+    fn skipped_as_done(&mut self, row: u64) -> bool {
+        if !self.done.as_ref().is_some_and(|d| d.contains(row)) {
+            return false;
+        }
+        let raw = self
+            .record
+            .get(self.columns.address)
+            .and_then(|f| std::str::from_utf8(f).ok());
+        let Some(Ok(address)) = raw.map(check_address) else {
+            // Not the row it was (the list fingerprint makes this unlikely): full check.
+            return false;
+        };
+        if let Some(seen) = &mut self.seen {
+            seen.insert(&address);
+        }
+        self.stats.done += 1;
+        true
     }
 
     /// Next valid recipient; bad rows are counted, written to the rejects file
@@ -523,6 +554,9 @@ impl Source {
             }
             self.stats.rows += 1;
             let row = self.stats.rows;
+            if self.skipped_as_done(row) {
+                continue;
+            }
             match self.check() {
                 Ok((address, record)) => {
                     self.stats.accepted += 1;

@@ -135,7 +135,58 @@ CREATE TABLE IF NOT EXISTS soft_bounce (
     reason     TEXT NOT NULL,
     last_at    INTEGER NOT NULL
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS bounce_event (
+    at         INTEGER NOT NULL,
+    campaign   TEXT NOT NULL,
+    row        INTEGER,
+    address    TEXT NOT NULL,
+    outcome    TEXT NOT NULL,
+    reason     TEXT NOT NULL,
+    status     TEXT,
+    hard       INTEGER NOT NULL,
+    suppressed INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS bounce_event_campaign ON bounce_event (campaign, outcome, reason);
 ";
+
+/// One report the sink acted on (a row of `bounce_event`), for `blast status`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct BounceEvent {
+    pub campaign: String,
+    pub row: Option<u64>,
+    pub address: String,
+    /// `bounced` (hard), `soft_bounced`, `delayed` (a delay warning), `complained`.
+    pub outcome: String,
+    pub reason: String,
+    pub status: Option<String>,
+    pub hard: bool,
+    pub suppressed: bool,
+}
+
+/// Bounces of one campaign, per reason: what `blast status` shows.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct BounceReport {
+    /// Addresses on the list because of this campaign (entries naming it).
+    pub suppressed: u64,
+    /// reason → outcome (`hard`, `soft`, `delayed`, `complaint`) → count of reports.
+    pub by_reason: std::collections::BTreeMap<String, std::collections::BTreeMap<String, u64>>,
+}
+
+impl BounceReport {
+    /// Text lines for `blast status`; empty if there is nothing to say.
+    pub fn text(&self) -> String {
+        use std::fmt::Write;
+        if self.by_reason.is_empty() && self.suppressed == 0 {
+            return String::new();
+        }
+        let mut s = format!("bounces    {} addresses suppressed\n", self.suppressed);
+        for (reason, counts) in &self.by_reason {
+            let parts: Vec<String> = counts.iter().map(|(k, n)| format!("{n} {k}")).collect();
+            let _ = writeln!(s, "  {reason:<16} {}", parts.join(", "));
+        }
+        s
+    }
+}
 
 impl Suppressions {
     /// Opens (creating if needed) the list at `path`.
@@ -260,6 +311,77 @@ impl Suppressions {
             return Ok(true);
         }
         Ok(false)
+    }
+
+    /// Records a report the sink acted on (see [`BounceEvent`]).
+    pub fn record_event(&self, e: &BounceEvent) -> Result<(), SuppressionError> {
+        self.conn
+            .prepare_cached(
+                "INSERT INTO bounce_event (at, campaign, row, address, outcome, reason, status, hard, suppressed)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            )
+            .and_then(|mut s| {
+                s.execute(params![
+                    crate::cli::unix_now(),
+                    e.campaign,
+                    e.row.map(|r| r as i64),
+                    normalize(&e.address),
+                    e.outcome,
+                    e.reason,
+                    e.status,
+                    e.hard,
+                    e.suppressed
+                ])
+            })
+            .map(|_| ())
+            .map_err(|x| self.err(x))
+    }
+
+    /// The bounces of `campaign`, per reason and outcome.
+    pub fn bounce_report(&self, campaign: &str) -> Result<BounceReport, SuppressionError> {
+        let mut report = BounceReport {
+            suppressed: self
+                .conn
+                .query_row(
+                    "SELECT COUNT(*) FROM suppression WHERE campaign = ?1",
+                    [campaign],
+                    |r| r.get::<_, i64>(0),
+                )
+                .map_err(|x| self.err(x))? as u64,
+            ..BounceReport::default()
+        };
+        let mut s = self
+            .conn
+            .prepare(
+                "SELECT reason, outcome, COUNT(*) FROM bounce_event WHERE campaign = ?1
+                 GROUP BY reason, outcome ORDER BY reason, outcome",
+            )
+            .map_err(|x| self.err(x))?;
+        let rows = s
+            .query_map([campaign], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, i64>(2)?,
+                ))
+            })
+            .map_err(|x| self.err(x))?;
+        for r in rows {
+            let (reason, outcome, n) = r.map_err(|x| self.err(x))?;
+            let key = match outcome.as_str() {
+                "bounced" => "hard",
+                "soft_bounced" => "soft",
+                "complained" => "complaint",
+                other => other,
+            };
+            *report
+                .by_reason
+                .entry(reason)
+                .or_default()
+                .entry(key.to_string())
+                .or_default() += n as u64;
+        }
+        Ok(report)
     }
 
     pub fn soft_count(&self, address: &str) -> Result<u32, SuppressionError> {

@@ -370,7 +370,11 @@ fn journal_matches_the_log_and_a_finished_run_is_a_no_op() {
     // 550 5.1.1 in run 1: they are on the suppression list now, so nothing fails.
     let o = blast(&s.toml, &["send", "-q", "--new-run"]);
     assert_eq!(code(&o), 0, "{}", text(&o));
-    assert!(text(&o).contains("suppressed 20 rows skipped"), "{}", text(&o));
+    assert!(
+        text(&o).contains("suppressed 20 rows skipped"),
+        "{}",
+        text(&o)
+    );
     assert_eq!(s.rx.stats().accepted, 360);
     assert_eq!(
         runs(&j),
