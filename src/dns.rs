@@ -769,31 +769,6 @@ impl Prevalidator {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn servers_parse() {
-        assert_eq!(
-            parse_server("127.0.0.53:5353"),
-            Some("127.0.0.53:5353".parse().unwrap())
-        );
-        assert_eq!(
-            parse_server("127.0.0.1"),
-            Some("127.0.0.1:53".parse().unwrap())
-        );
-        assert_eq!(parse_server("[::1]:53"), Some("[::1]:53".parse().unwrap()));
-        assert_eq!(parse_server("dns.example"), None);
-    }
-
-    #[test]
-    fn domains() {
-        assert_eq!(domain_of("a@b.example"), "b.example");
-        assert_eq!(domain_of("nodomain"), "");
-    }
-}
-
 // ---------------------------------------------------------------------------------------------
 // `blast check`: the sending domain's DNS.
 // ---------------------------------------------------------------------------------------------
@@ -878,4 +853,29 @@ pub fn sender_checks(campaign: &crate::campaign::Campaign) -> Vec<String> {
         }
         out
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn servers_parse() {
+        assert_eq!(
+            parse_server("127.0.0.53:5353"),
+            Some("127.0.0.53:5353".parse().unwrap())
+        );
+        assert_eq!(
+            parse_server("127.0.0.1"),
+            Some("127.0.0.1:53".parse().unwrap())
+        );
+        assert_eq!(parse_server("[::1]:53"), Some("[::1]:53".parse().unwrap()));
+        assert_eq!(parse_server("dns.example"), None);
+    }
+
+    #[test]
+    fn domains() {
+        assert_eq!(domain_of("a@b.example"), "b.example");
+        assert_eq!(domain_of("nodomain"), "");
+    }
 }
