@@ -192,6 +192,13 @@ pub enum Command {
         /// "campaign", "row", "address", "reason", "status", "hard", "suppressed", …}`.
         #[arg(long, value_name = "PATH")]
         bounce_log: Option<PathBuf>,
+        /// The campaign journal: the bounced address is the one the VERP token's row was sent
+        /// to (its outcome there), else the address the report names.
+        #[arg(long, value_name = "PATH")]
+        journal: Option<PathBuf>,
+        /// Take the journal path from this campaign file (`[output] journal`).
+        #[arg(long, value_name = "FILE", conflicts_with = "journal")]
+        campaign: Option<PathBuf>,
         #[arg(long, default_value = "5m", value_parser = parse_duration)]
         command_timeout: std::time::Duration,
         #[arg(long, default_value = "10m", value_parser = parse_duration)]
@@ -298,10 +305,22 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             secret_env,
             soft_bounce_limit,
             bounce_log,
+            journal,
+            campaign,
             command_timeout,
             data_timeout,
         } => {
             init_tracing();
+            let journal = match (journal, campaign) {
+                (Some(j), _) => Some(j),
+                (None, Some(c)) => Some(
+                    crate::campaign::Campaign::load(&c)
+                        .map_err(|e| BadInput(e.to_string()))?
+                        .output
+                        .journal,
+                ),
+                (None, None) => None,
+            };
             let mut o = crate::sink::SinkOptions::new(listen, domains, db);
             o.discard = discard;
             o.quarantine = quarantine;
@@ -309,6 +328,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             o.max_size = max_size;
             o.soft_bounce_limit = soft_bounce_limit;
             o.bounce_log = bounce_log;
+            o.journal = journal;
             o.command_timeout = command_timeout;
             o.data_timeout = data_timeout;
             crate::sink::cmd_sink(o, &secret_env)
@@ -825,6 +845,11 @@ fn send(
         RunState::Stopped
     };
     journal.end_run(run_id, state)?;
+    if let Some(d) = &report.dns
+        && let Err(e) = journal.record_dns(run_id, d)
+    {
+        tracing::warn!("{e}: the DNS counters of this session are not in the journal");
+    }
     println!("{}", report.summary());
     println!(
         "run        {run_id} {}{}",

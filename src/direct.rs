@@ -27,12 +27,11 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::num::NonZeroU32;
 use std::ops::Range;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+use governor::{DefaultKeyedRateLimiter, RateLimiter};
 use serde::Deserialize;
 use toml::Spanned;
 
@@ -192,13 +191,7 @@ pub fn validate(s: &DirectSection) -> Result<DirectConfig, Vec<(Range<usize>, St
 }
 
 fn keyed(rate: Rate) -> DefaultKeyedRateLimiter<Box<str>> {
-    let per_sec = rate.per_second();
-    let period = rate.per / rate.count;
-    let burst = ((per_sec / 20.0).ceil() as u32).max(1);
-    let quota = Quota::with_period(period.max(Duration::from_nanos(1)))
-        .expect("non-zero period")
-        .allow_burst(NonZeroU32::new(burst).expect("at least 1"));
-    RateLimiter::keyed(quota)
+    RateLimiter::keyed(crate::dispatch::quota(rate))
 }
 
 /// What the router did with a job.

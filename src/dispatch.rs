@@ -334,16 +334,20 @@ impl Ord for Entry {
     }
 }
 
-/// Builds a governor limiter for a rate, with a burst of 1/20 s worth of messages (at least 1)
-/// so the limiter reaches the nominal rate without letting a whole second through at once.
-pub fn limiter(rate: Rate) -> DefaultDirectRateLimiter {
+/// The governor quota of a rate, with a burst of 1/20 s worth of messages (at least 1) so the
+/// limiter reaches the nominal rate without letting a whole second through at once.
+pub fn quota(rate: Rate) -> Quota {
     let per_sec = rate.per_second();
     let period = rate.per / rate.count;
     let burst = ((per_sec / 20.0).ceil() as u32).max(1);
-    let quota = Quota::with_period(period.max(Duration::from_nanos(1)))
+    Quota::with_period(period.max(Duration::from_nanos(1)))
         .expect("non-zero period")
-        .allow_burst(NonZeroU32::new(burst).expect("at least 1"));
-    RateLimiter::direct(quota)
+        .allow_burst(NonZeroU32::new(burst).expect("at least 1"))
+}
+
+/// A direct (unkeyed) limiter for a rate; see [`quota`].
+pub fn limiter(rate: Rate) -> DefaultDirectRateLimiter {
+    RateLimiter::direct(quota(rate))
 }
 
 pub struct Dispatcher {

@@ -1,4 +1,5 @@
-//! DKIM signing (RFC 6376): rsa-sha256 and ed25519-sha256 (RFC 8463), relaxed/relaxed, on ring.
+//! DKIM signing (RFC 6376): rsa-sha256 and ed25519-sha256 (RFC 8463), relaxed/relaxed, on ring
+//! (keys, hashes, RSA) and ed25519-dalek (the Ed25519 signature itself: see [`Ed25519Key`]).
 //!
 //! Messages are signed in the feeder, on the render threads (`Renderer::render` calls
 //! [`Dkim::sign`]), so relays need no milter and signing scales with the render threads.
@@ -142,7 +143,45 @@ impl fmt::Display for Algorithm {
 /// A loaded private key.
 pub enum PrivateKey {
     Rsa(RsaKeyPair),
-    Ed25519(Ed25519KeyPair),
+    Ed25519(Ed25519Key),
+}
+
+/// An Ed25519 key: parsed and checked by ring, used for signing through ed25519-dalek, which
+/// takes about a fifth less CPU per signature than ring on x86-64 (AVX2 backend; measured
+/// 11.9 vs 15.3 µs). Ed25519 is deterministic: both give the same signature bytes.
+pub struct Ed25519Key {
+    signing: ed25519_dalek::SigningKey,
+    public: [u8; 32],
+}
+
+impl Ed25519Key {
+    /// From a PKCS#8 document (v1 or v2) that ring has accepted as `pair`.
+    fn new(der: &[u8], pair: &Ed25519KeyPair) -> Result<Ed25519Key, String> {
+        // Both versions hold the seed as OCTET STRING { OCTET STRING (32 bytes) }.
+        const SEED: &[u8] = &[0x04, 0x22, 0x04, 0x20];
+        let seed = der
+            .windows(SEED.len())
+            .position(|w| w == SEED)
+            .and_then(|i| der.get(i + SEED.len()..i + SEED.len() + 32))
+            .and_then(|s| <[u8; 32]>::try_from(s).ok())
+            .ok_or("invalid Ed25519 key: no 32-byte seed in the PKCS#8 document")?;
+        let signing = ed25519_dalek::SigningKey::from_bytes(&seed);
+        let public = signing.verifying_key().to_bytes();
+        if public.as_slice() != pair.public_key().as_ref() {
+            return Err("invalid Ed25519 key: the seed does not match the public key".to_string());
+        }
+        Ok(Ed25519Key { signing, public })
+    }
+
+    /// The raw 32-byte public key.
+    pub fn public_key(&self) -> &[u8] {
+        &self.public
+    }
+
+    fn sign(&self, msg: &[u8]) -> [u8; 64] {
+        use ed25519_dalek::Signer as _;
+        self.signing.sign(msg).to_bytes()
+    }
 }
 
 impl PrivateKey {
@@ -167,7 +206,7 @@ impl PrivateKey {
         let mut s = String::new();
         match self {
             PrivateKey::Rsa(k) => base64(&rsa_spki(k.public().as_ref()), &mut s),
-            PrivateKey::Ed25519(k) => base64(k.public_key().as_ref(), &mut s),
+            PrivateKey::Ed25519(k) => base64(k.public_key(), &mut s),
         }
         s
     }
@@ -199,8 +238,9 @@ impl PrivateKey {
                     let der = k.secret_pkcs8_der();
                     if contains(der, OID_ED25519) {
                         return Ed25519KeyPair::from_pkcs8_maybe_unchecked(der)
-                            .map(PrivateKey::Ed25519)
-                            .map_err(|e| format!("invalid Ed25519 key: {e}"));
+                            .map_err(|e| format!("invalid Ed25519 key: {e}"))
+                            .and_then(|pair| Ed25519Key::new(der, &pair))
+                            .map(PrivateKey::Ed25519);
                     }
                     if contains(der, OID_RSA) {
                         return RsaKeyPair::from_pkcs8(der)
@@ -664,10 +704,8 @@ fn sign_one(
             PrivateKey::Ed25519(k) => {
                 // RFC 8463: Ed25519 signs the SHA-256 hash of the data.
                 let hash = digest::digest(&digest::SHA256, data);
-                let signed = k.sign(hash.as_ref());
-                let n = signed.as_ref().len();
-                sig[..n].copy_from_slice(signed.as_ref());
-                &sig[..n]
+                sig[..64].copy_from_slice(&k.sign(hash.as_ref()));
+                &sig[..64]
             }
         };
         let mut b = String::with_capacity(sig.len() * 4 / 3 + 4);
@@ -721,6 +759,25 @@ fn relaxed_header(field: &[u8], out: &mut Vec<u8>) {
 /// non-empty body ending in CRLF. Fed to the hash in slices, without a copy of the body.
 pub fn body_hash(body: &[u8]) -> digest::Digest {
     let mut ctx = digest::Context::new(&digest::SHA256);
+    if !needs_relaxing(body) {
+        // No tab, no white-space run, no white space at a line end: canonicalising only drops
+        // the empty lines at the end and ends a non-empty body with CRLF. Hashed in one piece
+        // (a rendered, quoted-printable body is like this).
+        let mut end = body.len();
+        while end >= 2 && &body[end - 2..end] == b"\r\n" {
+            end -= 2;
+        }
+        if end > 0 {
+            ctx.update(&body[..end]);
+            ctx.update(b"\r\n");
+        }
+        return ctx.finish();
+    }
+    relaxed_body_hash(body, ctx)
+}
+
+/// [`body_hash`] line by line, relaxing white space.
+fn relaxed_body_hash(body: &[u8], mut ctx: digest::Context) -> digest::Digest {
     let mut pending_crlf = 0usize;
     let mut wrote = false;
     let mut rest = body;
@@ -774,6 +831,26 @@ pub fn body_hash(body: &[u8]) -> digest::Digest {
     ctx.finish()
 }
 
+/// Whether relaxed body canonicalisation changes anything inside the lines of `body`: a tab, a
+/// space followed by a space, a tab or CR (a run, or white space at a line end), or white space
+/// at the very end. Branch-free over 64-byte blocks, so it vectorises.
+fn needs_relaxing(body: &[u8]) -> bool {
+    let Some((&last, _)) = body.split_last() else {
+        return false;
+    };
+    let (cur, next) = (&body[..body.len() - 1], &body[1..]);
+    for (c, n) in cur.chunks(64).zip(next.chunks(64)) {
+        let mut bad = false;
+        for (&x, &y) in c.iter().zip(n) {
+            bad |= (x == b'\t') | ((x == b' ') & ((y == b' ') | (y == b'\t') | (y == b'\r')));
+        }
+        if bad {
+            return true;
+        }
+    }
+    matches!(last, b' ' | b'\t')
+}
+
 fn trim_wsp_end(mut s: &[u8]) -> &[u8] {
     while let [rest @ .., b' ' | b'\t'] = s {
         s = rest;
@@ -784,7 +861,7 @@ fn trim_wsp_end(mut s: &[u8]) -> &[u8] {
 /// First occurrence of `needle` (non-empty): scan for its first byte, then compare.
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     let mut from = 0;
-    while let Some(i) = hay[from..].iter().position(|&b| b == needle[0]) {
+    while let Some(i) = memchr::memchr(needle[0], &hay[from..]) {
         let at = from + i;
         if hay[at..].starts_with(needle) {
             return Some(at);
@@ -1009,6 +1086,37 @@ mod tests {
     }
 
     #[test]
+    fn relaxed_body_fast_path_matches() {
+        // The one-piece hash (no white space to relax) against the line-by-line path.
+        for body in [
+            &b""[..],
+            b"\r\n",
+            b"a",
+            b"a\r\n",
+            b"a\r\n\r\n\r\n",
+            b"a\r\n\r\nb",
+            b"a\r\n\n",
+            b"a \nb\r\n",
+            b"a b=20\r\n\r\nc d\r\n\r\n",
+            b"a  b\r\n",
+            b"a\tb\r\n",
+            b"a \r\n",
+            b"a ",
+            b" \r\n\r\n",
+            b"x\r\n \t \r\ny\r\n",
+        ] {
+            let line_by_line = relaxed_body_hash(body, digest::Context::new(&digest::SHA256));
+            assert_eq!(
+                hex(body_hash(body).as_ref()),
+                hex(line_by_line.as_ref()),
+                "{body:?}"
+            );
+        }
+        assert!(!needs_relaxing(b"a b\r\nc d\r\n"));
+        assert!(needs_relaxing(b"a  b\r\n"));
+    }
+
+    #[test]
     fn relaxed_headers() {
         let mut out = Vec::new();
         relaxed_header(b"SubJect :  Hello \r\n\t  world  ", &mut out);
@@ -1028,7 +1136,7 @@ mod tests {
         let pem = pem_encode("PRIVATE KEY", doc.as_ref());
         let key = PrivateKey::from_pem(pem.as_bytes()).unwrap();
         let public = match &key {
-            PrivateKey::Ed25519(k) => k.public_key().as_ref().to_vec(),
+            PrivateKey::Ed25519(k) => k.public_key().to_vec(),
             PrivateKey::Rsa(_) => unreachable!(),
         };
         let dkim = Dkim {
@@ -1057,6 +1165,25 @@ mod tests {
         let sig = decode_b64(&sig_b64);
         assert!(verify_ed25519(&public, hash.as_ref(), &sig));
         assert!(!verify_ed25519(&public, b"other", &sig));
+    }
+
+    #[test]
+    fn ed25519_dalek_signs_like_ring() {
+        for _ in 0..4 {
+            let doc = Ed25519KeyPair::generate_pkcs8(rng()).unwrap();
+            let ring_pair = Ed25519KeyPair::from_pkcs8(doc.as_ref()).unwrap();
+            let v1 = ed25519_pkcs8_v1(doc.as_ref()).unwrap();
+            for der in [doc.as_ref(), v1.as_slice()] {
+                let key = match PrivateKey::from_pem(pem_encode("PRIVATE KEY", der).as_bytes()) {
+                    Ok(PrivateKey::Ed25519(k)) => k,
+                    _ => panic!("not an Ed25519 key"),
+                };
+                assert_eq!(key.public_key(), ring_pair.public_key().as_ref());
+                for msg in [&b""[..], b"abc", &[7u8; 32]] {
+                    assert_eq!(key.sign(msg).as_slice(), ring_pair.sign(msg).as_ref());
+                }
+            }
+        }
     }
 
     fn decode_b64(s: &str) -> Vec<u8> {

@@ -683,6 +683,9 @@ impl Prevalidator {
     ) {
         let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel::<(Box<str>, Route)>();
         let permits = Arc::new(tokio::sync::Semaphore::new(self.parallelism));
+        // The routes this stage knows: its own map, read for every row without a lock (the
+        // shared `Domains` map, which direct delivery reads, is written once per domain).
+        let mut known: HashMap<Box<str>, Arc<Route>> = HashMap::new();
         let mut pending: HashMap<Box<str>, Vec<Message>> = HashMap::new();
         let mut held = 0usize;
         let mut out: Vec<Message> = Vec::with_capacity(OUT_BATCH);
@@ -698,7 +701,13 @@ impl Prevalidator {
                 Some((domain, route)) = done_rx.recv() => {
                     let route = Arc::new(route);
                     match &*route {
-                        Route::NoMail(_) => { stats.negative.fetch_add(1, Ordering::Relaxed); }
+                        Route::NoMail(why) => {
+                            stats.negative.fetch_add(1, Ordering::Relaxed);
+                            if !self.enforce {
+                                // warn: logged once per domain; its rows are counted.
+                                tracing::warn!(%domain, "{}; its rows are sent anyway", why.reply_line());
+                            }
+                        }
                         Route::Unknown(_) => { stats.temporary.fetch_add(1, Ordering::Relaxed); }
                         Route::Hosts(_) => {}
                     }
@@ -706,36 +715,45 @@ impl Prevalidator {
                     // answer fails a row); direct delivery looks such a domain up again when
                     // it places one of them (see `crate::direct`).
                     self.domains.insert(&domain, route.clone());
-                    for msg in pending.remove(&domain).unwrap_or_default() {
-                        held -= 1;
+                    let rows = pending.remove(&domain).unwrap_or_default();
+                    held -= rows.len();
+                    for msg in rows {
                         self.pass(msg, &route, &shared, &mut out);
                     }
+                    known.insert(domain, route);
                 }
                 batch = input.recv(), if take => match batch {
-                    Ok(batch) => for msg in batch {
-                        let domain = domain_of(&msg.rcpt);
-                        if let Some(route) = self.domains.get(domain) {
-                            stats.cache_hits.fetch_add(1, Ordering::Relaxed);
-                            self.pass(msg, &route, &shared, &mut out);
-                        } else if let Some(list) = pending.get_mut(domain) {
-                            stats.cache_hits.fetch_add(1, Ordering::Relaxed);
-                            list.push(msg);
-                            held += 1;
-                        } else {
-                            stats.domain_lookups.fetch_add(1, Ordering::Relaxed);
-                            let domain: Box<str> = domain.into();
-                            let (dns, permits, tx, addresses) =
-                                (self.dns.clone(), permits.clone(), done_tx.clone(), self.addresses);
-                            let d = domain.clone();
-                            tokio::spawn(async move {
-                                let _permit = permits.acquire_owned().await;
-                                let route = dns.mail_route(&d, addresses).await;
-                                let _ = tx.send((d, route));
-                            });
-                            pending.insert(domain, vec![msg]);
-                            held += 1;
+                    Ok(batch) => {
+                        // Counted once per batch, not per row.
+                        let mut hits = 0u64;
+                        for msg in batch {
+                            let domain = domain_of(&msg.rcpt);
+                            if let Some(route) = known.get(domain) {
+                                hits += 1;
+                                self.pass(msg, route, &shared, &mut out);
+                            } else if let Some(list) = pending.get_mut(domain) {
+                                hits += 1;
+                                list.push(msg);
+                                held += 1;
+                            } else {
+                                stats.domain_lookups.fetch_add(1, Ordering::Relaxed);
+                                let domain: Box<str> = domain.into();
+                                let (dns, permits, tx, addresses) =
+                                    (self.dns.clone(), permits.clone(), done_tx.clone(), self.addresses);
+                                let d = domain.clone();
+                                tokio::spawn(async move {
+                                    let _permit = permits.acquire_owned().await;
+                                    let route = dns.mail_route(&d, addresses).await;
+                                    let _ = tx.send((d, route));
+                                });
+                                pending.insert(domain, vec![msg]);
+                                held += 1;
+                            }
                         }
-                    },
+                        if hits > 0 {
+                            stats.cache_hits.fetch_add(hits, Ordering::Relaxed);
+                        }
+                    }
                     Err(_) => input_done = true,
                 },
             }
@@ -761,7 +779,7 @@ impl Prevalidator {
             }
             Route::NoMail(why) => {
                 self.dns.stats.rows_warned.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(row = msg.row, rcpt = %msg.rcpt, "{}", why.reply_line());
+                tracing::debug!(row = msg.row, rcpt = %msg.rcpt, "{}", why.reply_line());
                 out.push(msg);
             }
             _ => out.push(msg),

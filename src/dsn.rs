@@ -202,27 +202,34 @@ impl Classification {
 /// valid VERP token (looked up by the caller); when given it replaces the address the report
 /// names if the report is about a single recipient (VERP messages have exactly one).
 pub fn classify_with(raw: &[u8], verp_address: Option<&str>) -> Classification {
-    let mut c = classify(raw);
-    if let Some(addr) = verp_address {
-        let addr = addr.trim().to_ascii_lowercase();
-        match c.kind {
-            Kind::Bounce | Kind::Complaint | Kind::Delivered if c.recipients.len() <= 1 => {
-                if let Some(r) = c.recipients.first_mut() {
-                    r.address = addr;
-                } else if c.kind == Kind::Bounce {
-                    c.recipients.push(BouncedRecipient {
-                        address: addr,
-                        action: "failed".into(),
-                        status: None,
-                        reply_code: None,
-                        diagnostic: String::new(),
-                        reason: Reason::Other,
-                        hard: false,
-                    });
-                }
+    let c = classify(raw);
+    match verp_address {
+        Some(addr) => with_verp_address(c, addr),
+        None => c,
+    }
+}
+
+/// [`classify_with`] on an existing classification: the report's single recipient (or a
+/// recipient-less bounce) is about `addr`.
+pub fn with_verp_address(mut c: Classification, addr: &str) -> Classification {
+    let addr = addr.trim().to_ascii_lowercase();
+    match c.kind {
+        Kind::Bounce | Kind::Complaint | Kind::Delivered if c.recipients.len() <= 1 => {
+            if let Some(r) = c.recipients.first_mut() {
+                r.address = addr;
+            } else if c.kind == Kind::Bounce {
+                c.recipients.push(BouncedRecipient {
+                    address: addr,
+                    action: "failed".into(),
+                    status: None,
+                    reply_code: None,
+                    diagnostic: String::new(),
+                    reason: Reason::Other,
+                    hard: false,
+                });
             }
-            _ => {}
         }
+        _ => {}
     }
     c
 }
@@ -249,6 +256,12 @@ pub fn classify(raw: &[u8]) -> Classification {
         if body.to_ascii_lowercase().contains("final-recipient:") {
             parts.delivery_status.push(body.into_owned());
         }
+    }
+    if parts.text.trim().is_empty() && parts.delivery_status.is_empty() {
+        // A multipart whose boundary parameter was not folded into its Content-Type (Apache
+        // James, Verizon): the parser finds no parts; read the raw body as text.
+        let body = String::from_utf8_lossy(&raw[msg.root_part().offset_body as usize..]);
+        parts.text = cut_original(&body).replace("\r\n", "\n");
     }
     if let Some(c) = ses_notification(&parts.text) {
         return c;
@@ -301,7 +314,11 @@ pub fn classify(raw: &[u8]) -> Classification {
             recipients,
         };
     }
-    // 4. Non-standard bounces.
+    // 4. A mailing-list manager (fml) refusing a post: the list is the recipient.
+    if let Some(c) = list_manager_error(&msg, &parts) {
+        return c;
+    }
+    // 5. Non-standard bounces.
     if looks_like_bounce(&msg, &parts) {
         let recipients = cap(text_recipients(&msg, &parts));
         return Classification {
@@ -627,7 +644,7 @@ fn dsn_recipient(f: &[(String, String)], parts: &Parts) -> Option<BouncedRecipie
         let context = format!("{diagnostic}\n{about}").to_lowercase();
         let command = smtp_command(&context, Some(&addr))
             .or_else(|| smtp_command(&parts.text.to_lowercase(), Some(&addr)));
-        reason = user_unknown_or_filtered(reason, status.as_deref(), command);
+        reason = user_unknown_or_filtered(reason, status.as_deref(), command, &context);
         let temp = status.as_deref().is_some_and(|s| s.starts_with('4'))
             || reply_code.is_some_and(|c| c / 100 == 4);
         (reason, is_hard(reason, temp))
@@ -755,6 +772,7 @@ const RULES: &[(Reason, &[&str])] = &[
         &[
             "domain of sender",
             "unroutable sender",
+            "permission to post",
             "sender address rejected",
             "sender domain",
             "spamhaus",
@@ -1144,7 +1162,28 @@ fn decide_reason(text: &str, status: Option<&str>) -> Reason {
         (None, Some(t)) => t,
         (None, None) => Reason::Other,
     };
-    if r == Reason::UserUnknown && after_data {
+    // A local delivery agent failing (procmail, maildrop) is a mailer error, whatever the
+    // status says and whatever it says about the user.
+    let local_agent = ["procmail:", "maildrop:", "couldn't create \"/var/"]
+        .iter()
+        .any(|w| lower.contains(w));
+    // A DNS lookup that failed with a temporary status is a network problem, not a domain
+    // known not to exist.
+    let dns_temporary = r == Reason::HostUnknown
+        && status.is_some_and(|s| s.starts_with('4'))
+        && ["name server", "dns error", "lookup"]
+            .iter()
+            .any(|w| lower.contains(w));
+    // Exchange Online's directory-based edge blocking: "550 5.4.1 Recipient address rejected:
+    // Access denied" is its answer for a recipient not in the tenant's directory.
+    let dbeb = lower.contains("recipient address rejected: access denied");
+    if local_agent {
+        Reason::System
+    } else if dbeb {
+        Reason::UserUnknown
+    } else if dns_temporary {
+        Reason::Network
+    } else if r == Reason::UserUnknown && after_data {
         Reason::Policy
     } else {
         r
@@ -1221,6 +1260,8 @@ fn smtp_command(lower: &str, addr: Option<&str>) -> Option<Command> {
         "rcpt to:<",
         "(rcpt)",
         "our rcpt to",
+        "rcpt to response",
+        "smtp:rcpt",
     ]
     .iter()
     .any(|p| text.contains(p));
@@ -1247,6 +1288,7 @@ fn user_unknown_or_filtered(
     reason: Reason,
     status: Option<&str>,
     command: Option<Command>,
+    text: &str,
 ) -> Reason {
     if reason != Reason::UserUnknown {
         return reason;
@@ -1256,10 +1298,57 @@ fn user_unknown_or_filtered(
         Some(Command::Rcpt) => Reason::UserUnknown,
         Some(Command::Data) => Reason::Policy,
         _ if from_status == Some(Reason::Policy) => Reason::Policy,
+        // A remote reply quoted in the text with an x.7.x code ("550-'5.7.1 … Access denied'")
+        // is an access verdict, whatever the local summary calls it.
+        _ if mentions_security_status(text) => Reason::Policy,
         // "5.2.1 User unknown" with no command named: the mailbox exists but is disabled.
         None if from_status == Some(Reason::Suspended) => Reason::Suspended,
+        // Like sisimai: without an x.1.1 code, the bare "user unknown" / "no such user" that
+        // filtering gateways also answer is a dead address only when it answered RCPT.
+        None if from_status != Some(Reason::UserUnknown) && only_generic_unknown(text) => {
+            Reason::Policy
+        }
         _ => Reason::UserUnknown,
     }
+}
+
+/// Words every "no such mailbox" filter also uses; the other user-unknown wordings ("not
+/// recognized", "does not exist", "RecipientNotFound", …) come from the mailbox's own server.
+const GENERIC_UNKNOWN: &[&str] = &[
+    "user unknown",
+    "unknown user",
+    "no such user",
+    "mailbox unavailable",
+    "user doesn't",
+    "doesn't have a",
+];
+
+/// `text` quotes an RFC 3463 code of the security/policy class (`5.7.1`, `4.7.0`).
+fn mentions_security_status(text: &str) -> bool {
+    let b = text.as_bytes();
+    text.match_indices(".7.").any(|(i, _)| {
+        i > 0
+            && matches!(b[i - 1], b'4' | b'5')
+            && (i < 2 || !(b[i - 2].is_ascii_alphanumeric() || b[i - 2] == b'.'))
+            && b.get(i + 3).is_some_and(u8::is_ascii_digit)
+    })
+}
+
+/// `text` says "user unknown" only in the generic words, with no x.1.1 code anywhere.
+fn only_generic_unknown(text: &str) -> bool {
+    let lower = text.to_lowercase();
+    let words = RULES
+        .iter()
+        .find(|(r, _)| *r == Reason::UserUnknown)
+        .map_or(&[][..], |(_, w)| *w);
+    // Yahoo's own "554 delivery error: dd This user doesn't have a yahoo.com account".
+    let yahoo_dd = lower.contains("delivery error: dd ");
+    !yahoo_dd
+        && GENERIC_UNKNOWN.iter().any(|w| lower.contains(w))
+        && !words
+            .iter()
+            .any(|w| !GENERIC_UNKNOWN.contains(w) && lower.contains(w))
+        && !lower.contains(".1.1")
 }
 
 pub fn reason_from_text(text: &str) -> Option<Reason> {
@@ -1626,6 +1715,8 @@ const BOUNCE_BODY: &[&str] = &[
     "couldn't be delivered",
     "failed to deliver",
     "message you sent",
+    // Apache James (Verizon's gateways too): "Error message below: … Message details: …".
+    "error message below:",
 ];
 
 fn looks_like_bounce(msg: &mail_parser::Message<'_>, parts: &Parts) -> bool {
@@ -1654,6 +1745,53 @@ fn looks_like_bounce(msg: &mail_parser::Message<'_>, parts: &Parts) -> bool {
     let text = parts.text.to_lowercase();
     let body_says = BOUNCE_BODY.iter().any(|s| text.contains(s));
     from_daemon || subject_says || body_says
+}
+
+/// fml's error notices (`X-MLServer: fml`): "You are not a member of this mailing list
+/// <list@…>", "Duplicated Message-ID in <list@…>" (a loop alert). The list address is the first
+/// `<address>` in the notice; the verdict is always soft (the list refused the post; nothing
+/// says an address is dead).
+fn list_manager_error(msg: &mail_parser::Message<'_>, parts: &Parts) -> Option<Classification> {
+    let server = msg
+        .header_raw("X-MLServer")
+        .or_else(|| msg.header_raw("X-ML-Server"))?
+        .to_ascii_lowercase();
+    if !server.contains("fml") {
+        return None;
+    }
+    let text = &parts.text;
+    let lower = text.to_lowercase();
+    let reason = if lower.contains("not a member") || lower.contains("not member") {
+        Reason::Policy
+    } else if lower.contains("loop") || lower.contains("duplicated message-id") {
+        Reason::System
+    } else {
+        let subject = msg.subject().unwrap_or("").to_lowercase();
+        if !(subject.contains("loop alert") || subject.contains("error")) {
+            return None;
+        }
+        Reason::System
+    };
+    let notice = lower.split("original mail as follows").next().unwrap_or("");
+    let start = notice.find('<')?;
+    let end = notice[start..].find('>')? + start;
+    let address = first_address(&notice[start + 1..end])?;
+    let line = text
+        .lines()
+        .find(|l| l.to_lowercase().contains(&address))
+        .unwrap_or("");
+    Some(Classification {
+        kind: Kind::Bounce,
+        recipients: vec![BouncedRecipient {
+            address,
+            action: "failed".into(),
+            status: None,
+            reply_code: None,
+            diagnostic: fold(line),
+            reason,
+            hard: false,
+        }],
+    })
 }
 
 fn text_recipients(msg: &mail_parser::Message<'_>, parts: &Parts) -> Vec<BouncedRecipient> {
@@ -1768,7 +1906,7 @@ fn text_recipients(msg: &mail_parser::Message<'_>, parts: &Parts) -> Vec<Bounced
             }
             let command = smtp_command(&para.to_lowercase(), Some(&address))
                 .or_else(|| smtp_command(&lower, Some(&address)));
-            reason = user_unknown_or_filtered(reason, status.as_deref(), command);
+            reason = user_unknown_or_filtered(reason, status.as_deref(), command, &para);
             let temporary = status.as_deref().is_some_and(|s| s.starts_with('4'))
                 || reply_code.is_some_and(|c| c / 100 == 4)
                 || (status.is_none() && reply_code.is_none() && temporary_text);
@@ -1889,7 +2027,7 @@ Diagnostic-Code: smtp; 452 4.2.2 Mailbox full\r\n\
         );
         let r = |t: &str, st: Option<&str>| {
             let cmd = smtp_command(&t.to_lowercase(), Some("a@b.example"));
-            user_unknown_or_filtered(decide_reason(t, st), st, cmd)
+            user_unknown_or_filtered(decide_reason(t, st), st, cmd, t)
         };
         assert_eq!(r(rcpt, Some("5.1.1")), Reason::UserUnknown);
         assert_eq!(r(data, None), Reason::Policy);
@@ -1916,6 +2054,80 @@ Diagnostic-Code: smtp; 452 4.2.2 Mailbox full\r\n\
             smtp_command(&t.to_lowercase(), Some("a@b.example")),
             Some(Command::Data)
         );
+    }
+
+    #[test]
+    fn generic_user_unknown_without_rcpt_or_x_1_1_is_a_filter() {
+        let r = |t: &str, st: Option<&str>| {
+            let cmd = smtp_command(&t.to_lowercase(), Some("a@b.example"));
+            let reason = user_unknown_or_filtered(decide_reason(t, st), st, cmd, t);
+            (reason, is_hard(reason, false))
+        };
+        // The words filtering gateways use, with nothing saying RCPT: soft.
+        assert_eq!(
+            r("550 <a@b.example> No such user here", None).0,
+            Reason::Policy
+        );
+        assert_eq!(
+            r("550 Unknown user a@b.example", Some("5.0.0")).0,
+            Reason::Policy
+        );
+        // … but hard with an x.1.1 code, or when the reply answered RCPT.
+        assert_eq!(
+            r("550 5.1.1 <a@b.example>... User Unknown", None),
+            (Reason::UserUnknown, true)
+        );
+        let t =
+            "most progress was RCPT TO response; remote host said: 550 Unknown user a@b.example";
+        assert_eq!(r(t, Some("5.5.0")), (Reason::UserUnknown, true));
+        // The mailbox's own server wording stays hard.
+        assert_eq!(
+            r("The recipient name is not recognized", None),
+            (Reason::UserUnknown, true)
+        );
+        // Exchange Online's edge blocking and Yahoo's "dd" wording name a missing mailbox.
+        assert_eq!(
+            r(
+                "550 5.4.1 [a@b.example]: Recipient address rejected: Access denied",
+                Some("5.4.1")
+            ),
+            (Reason::UserUnknown, true)
+        );
+        let t =
+            "554 delivery error: dd This user doesn't have a b.example account (a@b.example) [0]";
+        assert_eq!(r(t, Some("5.0.0")), (Reason::UserUnknown, true));
+        // A quoted 5.7.x reply is an access verdict.
+        let t = "5.1.0 - Unknown address error 550-'5.7.1 <x@y.example>... Access denied'";
+        assert_eq!(r(t, Some("5.1.0")).0, Reason::Policy);
+    }
+
+    #[test]
+    fn temporary_dns_failures_and_local_agents() {
+        let t = "Deferred: Name server: example.jp.: host name lookup failure";
+        assert_eq!(decide_reason(t, Some("4.4.7")), Reason::Network);
+        assert_eq!(
+            decide_reason("Host or domain name not found", Some("5.4.4")),
+            Reason::HostUnknown
+        );
+        let t = "procmail: Couldn't create \"/var/spool/mail/neko\" id: No such user";
+        assert_eq!(decide_reason(t, Some("5.1.1")), Reason::System);
+    }
+
+    #[test]
+    fn fml_notice_and_unfolded_boundary() {
+        let fml = "From: list-admin@example.org\nTo: me@example.net\nSubject: You are not member (list ML)\nX-MLServer: fml [fml 4.0.3]\n\nYou are not a member of this mailing list <list@example.org>.\n";
+        let c = classify(fml.as_bytes());
+        assert_eq!(c.kind, Kind::Bounce);
+        assert_eq!(c.recipients[0].address, "list@example.org");
+        assert_eq!(
+            (c.recipients[0].reason, c.recipients[0].hard),
+            (Reason::Policy, false)
+        );
+        // Apache James: the boundary parameter on a line of its own.
+        let james = "From: post_master@example.com\nTo: me@example.net\nSubject: Re:Test\nMIME-Version: 1.0\nContent-Type: multipart/mixed; boundary=\"b1\"\n\n--b1\nContent-Type: multipart/alternative;\nboundary=\"b2\"\n\n--b2\nContent-Type: text/plain\n\nError: Invalid user address\n\nError message below:\n550 - Requested action not taken: no such user here\n\nMessage details:\n  MAIL FROM: me@example.net\n  RCPT TO: gone@example.com\n\n--b2--\n\n--b1--\n";
+        let c = classify(james.as_bytes());
+        assert_eq!(c.kind, Kind::Bounce);
+        assert_eq!(c.recipients[0].address, "gone@example.com");
     }
 
     #[test]

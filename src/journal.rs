@@ -3,7 +3,7 @@
 //! a recipient and without sending twice by our own fault. This module is the one place that
 //! knows the schema.
 //!
-//! # Schema (version 2)
+//! # Schema (version 3)
 //! - `meta(key, value)`: `schema_version`. [`MIGRATIONS`] are applied in order at open, each in
 //!   its own transaction; a journal newer than this blast is refused.
 //! - `runs`: one row per run, identified by the campaign id plus the SHA-256 of the recipient
@@ -16,35 +16,57 @@
 //! - `node_events(run_id, node, event, reason, accepted, time)` (v2): a node's health history,
 //!   one row when a node goes `down` (with the reason) or comes back `up`; `accepted` is the
 //!   node's accepted count in that session at that moment. Shown by `blast status`.
+//! - `dns_counts(run_id, domain_lookups, cache_hits, negative, temporary, rows_warned, time)`
+//!   (v3): the resolver's counters of one session, written once at its end (not by the writer
+//!   thread); `blast status` sums them over the sessions of a run. Rows failed by DNS come from
+//!   `outcomes` (node `dns`), so they are right even for a session that crashed.
 //!
 //! # Writer
-//! Only one thread writes during a send ([`JournalWriter`]), fed by a bounded channel:
-//! transactions of at most [`BATCH`] records, committed when the batch is full, [`FLUSH_EVERY`]
-//! after its first record, or at once when a connection waits for its attempt mark (see below).
-//! WAL mode with `synchronous = NORMAL`: a commit survives the process being killed (it is in
-//! the OS page cache); after a power loss the last commits may be lost, which resume handles
-//! like a crash before them. SQLite does ~750k inserts/s at 1,000 rows per transaction (design
-//! figure); in a 1.2M-recipient send into the embedded receiver (~26k msg/s) the writer took
-//! 2.4M records (outcomes + marks) in ~220k group commits with no measurable loss of
-//! throughput. On close: commit, then `wal_checkpoint(TRUNCATE)`. `blast status` reads concurrently (WAL).
+//! Only one thread writes during a send ([`JournalWriter`]), fed by a bounded channel. Records
+//! reach SQLite in transactions of at most [`BATCH`] records, committed when the batch is full
+//! or [`FLUSH_EVERY`] after its first record. WAL mode with `synchronous = NORMAL`: a commit
+//! survives the process being killed (it is in the OS page cache); after a power loss the last
+//! commits may be lost, which resume handles like a crash before them. On close: commit, then
+//! `wal_checkpoint(TRUNCATE)`. `blast status` reads concurrently (WAL).
+//!
+//! A connection that waits for its attempt mark (see below) does not wait for a SQLite commit:
+//! the writer appends the records that arrived since its last write (outcomes, marks, node
+//! events, in channel order) to the **log**, `<journal>-log` ([`log_path`]), with one write(2)
+//! per group, and then tells the waiters. Same durability as a WAL commit with
+//! `synchronous = NORMAL`: it survives kill -9, not a power loss. The log holds one
+//! *generation*: a header (magic, run id, generation number), then groups (u32 length + the
+//! records, each a tag and the column values after `run_id`). The SQLite transaction of a batch
+//! is built from the same bytes and stores the generation in `meta` (`log_generation`); then
+//! the log is emptied and the next generation starts. A writer that did not close (crash,
+//! kill -9) leaves its log behind: [`Journal::open`] (under the campaign lock) folds it into
+//! SQLite in one transaction unless `meta` already has its generation (killed between the
+//! commit and the next header), and removes it; a torn last group (killed inside the write) is
+//! ignored, as nobody was told it was durable. So `blast status` of a killed run may miss up to
+//! one batch until the next `blast send`. Why: with one SQLite commit per group, a 1.2M-row
+//! send into smtp-sink did 2.4M records in ~320k commits (~7 records each, each rewriting the
+//! outcomes, index and attempts pages in the WAL) and cost ~14 % of the throughput (issue 4);
+//! with the log, ~2,400 commits. The writer's connection sets `ignore_check_constraints` (the
+//! `status IN (…)` CHECK built an ephemeral b-tree per outcome insert, ~half the writer's
+//! instructions); it writes only `Status::as_str()`, and records read back from a log are
+//! checked by `apply_log` instead.
 //!
 //! # Resume and the at-least-once window
 //! At resume the rows with a final outcome are loaded into a [`RowSet`] bitmap (one bit per row:
-//! 10M rows = 1.25 MB) and skipped by the reader before rendering. Rows with an attempt mark
-//! but no outcome are re-sent and counted as "possibly duplicated (resumed)"; deferred rows are
-//! simply re-sent. A connection waits until its attempt mark is committed before it starts the
-//! transaction (group commit: the writer commits as soon as its queue is drained), so every
-//! message a relay may have received has a durable mark. A connection queues the outcome of
-//! its transaction before it asks for its next mark (a retry, already marked, asks for a
-//! [`JournalSender::barrier`]) on the same FIFO channel, and that commit carries both: so each
-//! connection has at most **one** row with a mark and no committed outcome at any moment —
-//! the one in flight, or the one it just finished. The window in which a recipient can get a
-//! message twice is therefore at most the sum of `max_connections` of the nodes per crash
-//! (plus jobs waiting to be re-sent after a connection was lost mid-transaction, which are
-//! flagged possibly duplicated anyway), every one of them counted as possibly duplicated; the
+//! 10M rows = 1.25 MB) and skipped by the reader before rendering. Rows with an attempt mark but no
+//! outcome are re-sent and counted as "possibly duplicated (resumed)"; deferred rows are simply
+//! re-sent. A connection waits until its attempt mark is durable (in the log, see "Writer") before
+//! it starts the transaction (group write: as soon as the writer's queue is drained), so every
+//! message a relay may have received has a durable mark. A connection queues the outcome of its
+//! transaction before it asks for its next mark (a retry, already marked, asks for a
+//! [`JournalSender::barrier`]) on the same FIFO channel, and that group write carries both (or an
+//! earlier one, the outcome): so each connection has at most **one** row with a mark and no durable
+//! outcome at any moment — the one in flight, or the one it just finished. The window in which a
+//! recipient can get a message twice is therefore at most the sum of `max_connections` of the nodes
+//! per crash (plus jobs waiting to be re-sent after a connection was lost mid-transaction, which
+//! are flagged possibly duplicated anyway), every one of them counted as possibly duplicated; the
 //! deterministic Message-ID lets downstream systems de-duplicate. `tests/crash.rs` checks this
-//! against Postfix's smtp-sink with 5 `kill -9`s. (Had the marks themselves been batched
-//! lazily, uncommitted marks — up to 100 ms of sends — would widen the window silently.)
+//! against Postfix's smtp-sink with 5 `kill -9`s. (Had the marks themselves been batched lazily,
+//! uncommitted marks — up to 100 ms of sends — would widen the window silently.)
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -65,7 +87,7 @@ pub const BATCH: usize = 1000;
 /// A batch is committed at the latest this long after its first record.
 pub const FLUSH_EVERY: Duration = Duration::from_millis(100);
 /// The schema version this blast writes.
-pub const SCHEMA_VERSION: i64 = 2;
+pub const SCHEMA_VERSION: i64 = 3;
 
 /// Migrations, in order: `MIGRATIONS[i]` takes the schema from version `i` to `i + 1`.
 const MIGRATIONS: &[&str] = &[
@@ -113,6 +135,16 @@ const MIGRATIONS: &[&str] = &[
         event TEXT NOT NULL CHECK (event IN ('down', 'up')),
         reason TEXT NOT NULL,
         accepted INTEGER NOT NULL,
+        time TEXT NOT NULL
+     );",
+    // v3: DNS counters, one row per session (pre-validation / direct delivery)
+    "CREATE TABLE dns_counts (
+        run_id INTEGER NOT NULL REFERENCES runs (id),
+        domain_lookups INTEGER NOT NULL,
+        cache_hits INTEGER NOT NULL,
+        negative INTEGER NOT NULL,
+        temporary INTEGER NOT NULL,
+        rows_warned INTEGER NOT NULL,
         time TEXT NOT NULL
      );",
 ];
@@ -340,6 +372,7 @@ impl Journal {
         };
         j.configure()?;
         j.migrate()?;
+        fold_log(&mut j.conn, path)?;
         Ok(j)
     }
 
@@ -556,6 +589,88 @@ impl Journal {
         Ok(())
     }
 
+    /// Records the DNS counters of a session (at its end).
+    pub fn record_dns(&self, id: i64, d: &crate::dns::DnsReport) -> Result<()> {
+        let n = |v: u64| v as i64;
+        self.conn
+            .execute(
+                "INSERT INTO dns_counts (run_id, domain_lookups, cache_hits, negative, temporary,
+                 rows_warned, time) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                params![
+                    id,
+                    n(d.domain_lookups),
+                    n(d.cache_hits),
+                    n(d.negative),
+                    n(d.temporary),
+                    n(d.rows_warned),
+                    rfc3339(SystemTime::now())
+                ],
+            )
+            .map_err(sql(&self.path))?;
+        Ok(())
+    }
+
+    /// The DNS counters of a run (summed over its sessions); `rows_failed` from the outcomes
+    /// of node `dns`. None when no session recorded any and no row failed by DNS.
+    fn dns_status(&self, run: i64, rows_failed: u64) -> Result<Option<DnsStatus>> {
+        let e = sql(&self.path);
+        // A journal written by an older blast (read-only: not migrated) has no such table.
+        let has_table: bool = self
+            .conn
+            .query_row(
+                "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'dns_counts')",
+                [],
+                |r| r.get(0),
+            )
+            .map_err(&e)?;
+        let mut d = DnsStatus {
+            rows_failed,
+            ..DnsStatus::default()
+        };
+        if has_table {
+            let (sessions, lookups, hits, negative, temporary, warned): (
+                i64,
+                i64,
+                i64,
+                i64,
+                i64,
+                i64,
+            ) = self
+                .conn
+                .query_row(
+                    "SELECT COUNT(*), COALESCE(SUM(domain_lookups), 0), COALESCE(SUM(cache_hits), 0),
+                     COALESCE(SUM(negative), 0), COALESCE(SUM(temporary), 0),
+                     COALESCE(SUM(rows_warned), 0) FROM dns_counts WHERE run_id = ?1",
+                    [run],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?)),
+                )
+                .map_err(&e)?;
+            d.sessions = sessions as u64;
+            d.domain_lookups = lookups as u64;
+            d.cache_hits = hits as u64;
+            d.negative = negative as u64;
+            d.temporary = temporary as u64;
+            d.rows_warned = warned as u64;
+        }
+        Ok((d.sessions > 0 || d.rows_failed > 0).then_some(d))
+    }
+
+    /// The address that row `row` of `campaign` was sent to, from its latest final outcome in
+    /// any run of that campaign (read-only; for the bounce sink, which knows campaign and row
+    /// from a VERP token). None if no run of `campaign` has an outcome for that row (yet:
+    /// outcomes still in the writer's log are not seen).
+    pub fn row_address(&self, campaign: &str, row: u64) -> Result<Option<String>> {
+        self.conn
+            .query_row(
+                "SELECT o.address FROM outcomes o JOIN runs r ON r.id = o.run_id
+                 WHERE r.campaign = ?1 AND o.row = ?2 ORDER BY o.run_id DESC LIMIT 1",
+                params![campaign, row as i64],
+                |r| r.get::<_, String>(0),
+            )
+            .optional()
+            .map_err(sql(&self.path))
+    }
+
     /// Rows of a run that have a final outcome.
     pub fn final_rows(&self, run: i64) -> Result<RowSet> {
         self.row_set("SELECT row FROM outcomes WHERE run_id = ?1", run, None)
@@ -730,6 +845,11 @@ impl Journal {
                 node_events.push(r.map_err(&e)?);
             }
         }
+        let dns_failed = nodes
+            .iter()
+            .find(|n| n.name == "dns")
+            .map_or(0, |n| n.counts.failed);
+        let dns = self.dns_status(run.id, dns_failed)?;
         let finals = by_status.total();
         let end = run.ended_unix.filter(|_| run.state != RunState::Running);
         let elapsed = (end.unwrap_or_else(unix_now) - run.started_unix).max(1);
@@ -747,6 +867,7 @@ impl Journal {
             domains,
             failure_reasons,
             node_events,
+            dns,
         })
     }
 }
@@ -807,6 +928,25 @@ pub struct NodeEventRow {
     pub time: String,
 }
 
+/// DNS counters of a run (table `dns_counts`, summed over sessions).
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct DnsStatus {
+    /// Sessions that recorded counters.
+    pub sessions: u64,
+    /// Distinct recipient domains looked up.
+    pub domain_lookups: u64,
+    /// Rows whose domain was already known or being looked up.
+    pub cache_hits: u64,
+    /// Domains that do not accept mail (NXDOMAIN, null MX, neither MX nor address).
+    pub negative: u64,
+    /// Domain lookups that failed temporarily (SERVFAIL, timeout).
+    pub temporary: u64,
+    /// Rows final `failed` because their domain does not accept mail (outcomes of node `dns`).
+    pub rows_failed: u64,
+    /// Rows sent although their domain does not accept mail (`prevalidate = "warn"`).
+    pub rows_warned: u64,
+}
+
 /// What `blast status` reports.
 #[derive(Debug, Clone, Serialize)]
 pub struct StatusReport {
@@ -830,6 +970,8 @@ pub struct StatusReport {
     pub failure_reasons: Vec<FailureReason>,
     /// Node health history (down/up events), oldest first.
     pub node_events: Vec<NodeEventRow>,
+    /// DNS counters (pre-validation, direct delivery); None without any.
+    pub dns: Option<DnsStatus>,
 }
 
 impl StatusReport {
@@ -905,6 +1047,18 @@ impl StatusReport {
                 }
             );
         }
+        if let Some(d) = &self.dns {
+            let _ = writeln!(
+                s,
+                "dns        {} domain lookups, {} cache hits, {} negative (do not accept mail), {} temporary failures; {} rows failed by DNS, {} sent despite a warning",
+                d.domain_lookups,
+                d.cache_hits,
+                d.negative,
+                d.temporary,
+                d.rows_failed,
+                d.rows_warned
+            );
+        }
         for d in &self.domains {
             let c = &d.counts;
             let _ = writeln!(
@@ -934,7 +1088,8 @@ impl StatusReport {
 
 enum Record {
     Outcome(Outcome),
-    /// An attempt mark (`None`: a barrier, no mark); `done` is told once it is committed.
+    /// An attempt mark (`None`: a barrier, no mark); `done` is told once it is durable
+    /// (written to the log, or committed).
     Attempt {
         row: Option<u64>,
         done: tokio::sync::oneshot::Sender<()>,
@@ -958,7 +1113,10 @@ pub struct JournalWriter {
 pub struct WriterStats {
     pub outcomes: u64,
     pub attempts: u64,
+    /// SQLite transactions.
     pub transactions: u64,
+    /// Group writes to the log (`<journal>-log`) for attempt marks and barriers.
+    pub log_writes: u64,
 }
 
 /// Where the pipeline puts outcomes and attempt marks. Cloneable.
@@ -975,13 +1133,14 @@ impl JournalSender {
         self.send(Record::Outcome(outcome))
     }
 
-    /// Writes an attempt mark for `row` and waits until it is committed. Returns false if the
-    /// writer is gone: the caller must not send then.
+    /// Writes an attempt mark for `row` and waits until it is durable (in the log or committed,
+    /// see "Writer" in the module doc). Returns false if the writer is gone: the caller must not
+    /// send then.
     pub async fn mark_attempt(&self, row: u64) -> bool {
         self.commit_with(Some(row)).await
     }
 
-    /// Waits until everything this sender queued so far (its last outcome) is committed,
+    /// Waits until everything this sender queued so far (its last outcome) is durable,
     /// writing no mark: before re-sending a job that already has its mark (a retry), so that a
     /// connection never has more than one row in doubt. False if the writer is gone.
     pub async fn barrier(&self) -> bool {
@@ -1054,28 +1213,360 @@ impl JournalWriter {
     }
 }
 
-/// The open batch of the writer.
-struct Batch {
-    pending: Vec<Record>,
-    /// When the first record of `pending` arrived.
-    first_at: Instant,
-    closing: bool,
-    /// Someone waits for a commit (an attempt mark): commit as soon as the queue is drained.
-    urgent: bool,
+/// `<journal>-log`: the writer's log of the records not yet committed to SQLite (see
+/// "Writer" in the module doc). Folded into SQLite by [`Journal::open`] after a crash.
+pub fn log_path(journal: &Path) -> PathBuf {
+    let mut p = journal.as_os_str().to_owned();
+    p.push("-log");
+    PathBuf::from(p)
 }
 
-impl Batch {
-    fn take(&mut self, r: Record) {
-        match r {
-            Record::Close => self.closing = true,
-            r => {
-                if self.pending.is_empty() {
-                    self.first_at = Instant::now();
+/// The log file's header: magic, run id (i64 LE), generation (i64 LE).
+const LOG_MAGIC: &[u8; 8] = b"blastlg1";
+const LOG_HEADER: usize = 24;
+/// `meta` key: the last log generation whose records are in SQLite.
+const LOG_GENERATION_KEY: &str = "log_generation";
+
+// Log records: a tag, then a fixed number of values (a type byte, then i64 LE, or u32 LE
+// length + UTF-8 bytes). The values are the table's columns after `run_id`, in order.
+const TAG_OUTCOME: u8 = b'o';
+const TAG_ATTEMPT: u8 = b'a';
+const TAG_NODE_EVENT: u8 = b'n';
+const V_NULL: u8 = 0;
+const V_INT: u8 = 1;
+const V_TEXT: u8 = 2;
+
+fn put_int(b: &mut Vec<u8>, v: i64) {
+    b.push(V_INT);
+    b.extend_from_slice(&v.to_le_bytes());
+}
+
+fn put_text(b: &mut Vec<u8>, s: &str) {
+    b.push(V_TEXT);
+    b.extend_from_slice(&(s.len() as u32).to_le_bytes());
+    b.extend_from_slice(s.as_bytes());
+}
+
+fn put_opt_text(b: &mut Vec<u8>, s: Option<&str>) {
+    match s {
+        Some(s) => put_text(b, s),
+        None => b.push(V_NULL),
+    }
+}
+
+/// Appends one record's encoding to `b` (`time`: the group's time, for outcomes).
+fn encode(b: &mut Vec<u8>, r: &Record, time: &str) {
+    match r {
+        Record::Outcome(o) => {
+            b.push(TAG_OUTCOME);
+            put_int(b, o.row as i64);
+            put_text(b, o.status.as_str());
+            put_text(b, &o.rcpt);
+            put_text(b, &o.node);
+            put_opt_text(b, o.stage.map(stage_name));
+            match o.code() {
+                Some(c) => put_int(b, i64::from(c)),
+                None => b.push(V_NULL),
+            }
+            put_opt_text(b, o.enhanced().map(|x| x.to_string()).as_deref());
+            put_opt_text(b, o.reply.as_ref().map(|r| r.text.as_str()));
+            put_opt_text(b, o.queue_id());
+            put_text(b, &o.message_id);
+            put_int(b, i64::from(o.attempts));
+            put_int(b, i64::from(o.possibly_duplicated));
+            put_text(b, time);
+        }
+        Record::NodeEvent { node, event } => {
+            b.push(TAG_NODE_EVENT);
+            put_text(b, node);
+            put_text(b, if event.up { "up" } else { "down" });
+            put_text(b, &event.reason);
+            put_int(b, event.accepted as i64);
+            put_text(b, &rfc3339(event.time));
+        }
+        Record::Attempt { .. } | Record::Close => {} // see Log::push_attempt
+    }
+}
+
+/// Reads log values back (borrowed from the buffer); None at a truncated or malformed value.
+struct Decoder<'a> {
+    b: &'a [u8],
+}
+
+impl<'a> Decoder<'a> {
+    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+        if self.b.len() < n {
+            return None;
+        }
+        let (h, t) = self.b.split_at(n);
+        self.b = t;
+        Some(h)
+    }
+
+    fn value(&mut self) -> Option<rusqlite::types::ValueRef<'a>> {
+        use rusqlite::types::ValueRef;
+        match self.take(1)?[0] {
+            V_NULL => Some(ValueRef::Null),
+            V_INT => Some(ValueRef::Integer(i64::from_le_bytes(
+                self.take(8)?.try_into().ok()?,
+            ))),
+            V_TEXT => {
+                let n = u32::from_le_bytes(self.take(4)?.try_into().ok()?) as usize;
+                let s = self.take(n)?;
+                std::str::from_utf8(s).ok()?;
+                Some(ValueRef::Text(s))
+            }
+            _ => None,
+        }
+    }
+}
+
+/// What [`apply_log`] inserted.
+#[derive(Debug, Default, Clone, Copy)]
+struct Applied {
+    outcomes: u64,
+    attempts: u64,
+    node_events: u64,
+}
+
+/// Inserts the records of the log groups in `groups` (each a u32 LE length + records) into
+/// the tables, for `run`. A truncated last group (the process was killed in its write(2)) is
+/// ignored: nobody was told it was durable. A malformed group ends the log, with a warning.
+fn apply_log(tx: &rusqlite::Transaction<'_>, run: i64, groups: &[u8]) -> rusqlite::Result<Applied> {
+    use rusqlite::types::{ToSqlOutput, ValueRef};
+    let mut outcome = tx.prepare_cached(
+        "INSERT INTO outcomes (run_id, row, status, address, node, stage, code, enhanced, text, queue_id, message_id, attempts, possibly_duplicated, time)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+    )?;
+    let mut attempt = tx.prepare_cached("INSERT INTO attempts (run_id, row) VALUES (?1, ?2)")?;
+    let mut node_event = tx.prepare_cached(
+        "INSERT INTO node_events (run_id, node, event, reason, accepted, time)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    )?;
+    let mut applied = Applied::default();
+    let mut vals: Vec<ValueRef<'_>> = Vec::with_capacity(14);
+    let mut rest = groups;
+    while rest.len() >= 4 {
+        let n = u32::from_le_bytes(rest[..4].try_into().expect("4 bytes")) as usize;
+        let Some(group) = rest.get(4..4 + n) else {
+            break; // torn by a kill in the write
+        };
+        rest = &rest[4 + n..];
+        let mut d = Decoder { b: group };
+        while let Some(&tag) = d.b.first() {
+            d.b = &d.b[1..];
+            let arity = match tag {
+                TAG_OUTCOME => 13,
+                TAG_ATTEMPT => 1,
+                TAG_NODE_EVENT => 5,
+                _ => 0,
+            };
+            vals.clear();
+            vals.push(ValueRef::Integer(run));
+            for _ in 0..arity {
+                match d.value() {
+                    Some(v) => vals.push(v),
+                    None => break,
                 }
-                self.urgent |= matches!(r, Record::Attempt { .. });
-                self.pending.push(r);
+            }
+            let valid = match tag {
+                TAG_OUTCOME => matches!(
+                    vals.get(2),
+                    Some(ValueRef::Text(b"accepted" | b"failed" | b"expired"))
+                ),
+                TAG_NODE_EVENT => matches!(vals.get(2), Some(ValueRef::Text(b"up" | b"down"))),
+                _ => true,
+            };
+            if arity == 0 || vals.len() != arity + 1 || !valid {
+                tracing::warn!("journal log: malformed record, the rest of the log is ignored");
+                return Ok(applied);
+            }
+            let p = rusqlite::params_from_iter(vals.iter().map(|v| ToSqlOutput::Borrowed(*v)));
+            match tag {
+                TAG_OUTCOME => {
+                    outcome.execute(p)?;
+                    applied.outcomes += 1;
+                }
+                TAG_ATTEMPT => {
+                    attempt.execute(p)?;
+                    applied.attempts += 1;
+                }
+                _ => {
+                    node_event.execute(p)?;
+                    applied.node_events += 1;
+                }
             }
         }
+    }
+    Ok(applied)
+}
+
+fn log_generation(conn: &Connection) -> rusqlite::Result<i64> {
+    let v: Option<String> = conn
+        .query_row(
+            "SELECT value FROM meta WHERE key = ?1",
+            [LOG_GENERATION_KEY],
+            |r| r.get(0),
+        )
+        .optional()?;
+    Ok(v.and_then(|v| v.parse().ok()).unwrap_or(0))
+}
+
+fn set_log_generation(tx: &rusqlite::Transaction<'_>, generation: i64) -> rusqlite::Result<()> {
+    tx.prepare_cached("INSERT OR REPLACE INTO meta (key, value) VALUES (?1, ?2)")?
+        .execute(params![LOG_GENERATION_KEY, generation.to_string()])?;
+    Ok(())
+}
+
+/// Folds a log left by a writer that did not close (crash, kill -9) into SQLite and removes
+/// it. A log whose generation is already in SQLite (killed between the commit and the next
+/// generation) is just removed. Needs the campaign lock (no writer may be running).
+fn fold_log(conn: &mut Connection, path: &Path) -> Result<()> {
+    let lp = log_path(path);
+    let io = |source| JournalError::Io {
+        path: lp.clone(),
+        source,
+    };
+    let bytes = match std::fs::read(&lp) {
+        Ok(b) => b,
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(err) => return Err(io(err)),
+    };
+    if bytes.len() >= LOG_HEADER {
+        if &bytes[..8] != LOG_MAGIC {
+            return Err(io(std::io::Error::other(
+                "not a blast journal log (remove it only if no blast wrote it)",
+            )));
+        }
+        let run = i64::from_le_bytes(bytes[8..16].try_into().expect("8 bytes"));
+        let generation = i64::from_le_bytes(bytes[16..24].try_into().expect("8 bytes"));
+        let e = sql(path);
+        if generation > log_generation(conn).map_err(&e)? {
+            let tx = conn.transaction().map_err(&e)?;
+            let applied = apply_log(&tx, run, &bytes[LOG_HEADER..]).map_err(&e)?;
+            set_log_generation(&tx, generation).map_err(&e)?;
+            tx.commit().map_err(&e)?;
+            tracing::info!(
+                run,
+                outcomes = applied.outcomes,
+                attempts = applied.attempts,
+                node_events = applied.node_events,
+                "journal log folded in"
+            );
+        }
+    }
+    std::fs::remove_file(&lp).map_err(io)
+}
+
+/// The writer's current log generation: `buf` holds its groups (what is in the file after the
+/// header, plus the group being built from `group_start`).
+struct Log {
+    file: std::fs::File,
+    path: PathBuf,
+    run: i64,
+    generation: i64,
+    buf: Vec<u8>,
+    /// Bytes of `buf` already in the file.
+    written: usize,
+    /// Where the open group's length prefix is.
+    group_start: usize,
+    records: usize,
+    /// When the first record of the generation arrived.
+    first_at: Instant,
+}
+
+impl Log {
+    fn create(journal: &Path, run: i64, generation: i64) -> std::io::Result<Log> {
+        let path = log_path(journal);
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)?;
+        let mut log = Log {
+            file,
+            path,
+            run,
+            generation,
+            buf: Vec::with_capacity(BATCH * 256),
+            written: 0,
+            group_start: 0,
+            records: 0,
+            first_at: Instant::now(),
+        };
+        log.start_generation(generation)?;
+        Ok(log)
+    }
+
+    /// Empties the file and writes the header of `generation`.
+    fn start_generation(&mut self, generation: i64) -> std::io::Result<()> {
+        use std::io::Write;
+        self.file.set_len(0)?;
+        let mut h = [0u8; LOG_HEADER];
+        h[..8].copy_from_slice(LOG_MAGIC);
+        h[8..16].copy_from_slice(&self.run.to_le_bytes());
+        h[16..24].copy_from_slice(&generation.to_le_bytes());
+        self.file.write_all(&h)?;
+        self.generation = generation;
+        self.buf.clear();
+        self.written = 0;
+        self.group_start = 0;
+        self.buf.extend_from_slice(&[0; 4]);
+        self.records = 0;
+        Ok(())
+    }
+
+    fn push_attempt(&mut self, row: u64) {
+        if self.records == 0 {
+            self.first_at = Instant::now();
+        }
+        self.buf.push(TAG_ATTEMPT);
+        put_int(&mut self.buf, row as i64);
+        self.records += 1;
+    }
+
+    fn push(&mut self, r: &Record, time: &str) {
+        if self.records == 0 {
+            self.first_at = Instant::now();
+        }
+        encode(&mut self.buf, r, time);
+        self.records += 1;
+    }
+
+    /// Closes the open group (its length) and opens the next one.
+    fn close_group(&mut self) {
+        let n = self.buf.len() - self.group_start - 4;
+        self.buf[self.group_start..self.group_start + 4].copy_from_slice(&(n as u32).to_le_bytes());
+        self.group_start = self.buf.len();
+        self.buf.extend_from_slice(&[0; 4]);
+    }
+
+    /// Writes the records pushed since the last write as one group, with one write(2).
+    fn write_group(&mut self) -> std::io::Result<()> {
+        use std::io::Write;
+        if self.buf.len() == self.group_start + 4 {
+            return Ok(()); // nothing new
+        }
+        self.close_group();
+        self.file
+            .write_all(&self.buf[self.written..self.group_start])?;
+        self.written = self.group_start;
+        Ok(())
+    }
+
+    /// Commits the generation's records to SQLite in one transaction (with the generation in
+    /// `meta`), then starts the next generation.
+    fn commit(&mut self, conn: &mut Connection, journal: &Path) -> Result<()> {
+        let e = sql(journal);
+        self.close_group();
+        let tx = conn.transaction().map_err(&e)?;
+        apply_log(&tx, self.run, &self.buf[..self.group_start]).map_err(&e)?;
+        set_log_generation(&tx, self.generation).map_err(&e)?;
+        tx.commit().map_err(&e)?;
+        self.start_generation(self.generation + 1)
+            .map_err(|source| JournalError::Io {
+                path: self.path.clone(),
+                source,
+            })
     }
 }
 
@@ -1086,130 +1577,85 @@ fn write_loop(
     rx: Receiver<Record>,
 ) -> Result<WriterStats> {
     let mut stats = WriterStats::default();
-    let mut b = Batch {
-        pending: Vec::with_capacity(BATCH),
-        first_at: Instant::now(),
-        closing: false,
-        urgent: false,
+    // `status IN ('accepted', 'failed', 'expired')` costs SQLite an ephemeral b-tree per row
+    // (opened, filled, probed, closed: ~2/3 of an outcome insert's instructions). The writer
+    // only writes `Status::as_str()`, and `apply_log` checks it for records read back.
+    conn.pragma_update(None, "ignore_check_constraints", true)
+        .map_err(sql(path))?;
+    let generation = log_generation(&conn).map_err(sql(path))? + 1;
+    let io = |source| JournalError::Io {
+        path: log_path(path),
+        source,
     };
+    let mut log = Log::create(path, run, generation).map_err(io)?;
+    let mut waiters = Vec::new();
+    let mut closing = false;
     loop {
-        let got = if b.pending.is_empty() {
+        let got = if log.records == 0 {
             rx.recv().ok()
         } else {
-            let wait = (b.first_at + FLUSH_EVERY).saturating_duration_since(Instant::now());
+            let wait = (log.first_at + FLUSH_EVERY).saturating_duration_since(Instant::now());
             match rx.recv_timeout(wait) {
                 Ok(r) => Some(r),
                 Err(RecvTimeoutError::Timeout) => None,
                 Err(RecvTimeoutError::Disconnected) => {
-                    b.closing = true;
+                    closing = true;
                     None
                 }
             }
         };
+        // The group's time (outcomes' `time`), formatted once per group.
+        let mut time = None;
+        let mut take = |r: Record, log: &mut Log, closing: &mut bool| match r {
+            Record::Close => *closing = true,
+            Record::Attempt { row, done } => {
+                if let Some(row) = row {
+                    log.push_attempt(row);
+                    stats.attempts += 1;
+                }
+                waiters.push(done);
+            }
+            r => {
+                let t = time.get_or_insert_with(|| rfc3339(SystemTime::now()));
+                log.push(&r, t);
+                if matches!(r, Record::Outcome(_)) {
+                    stats.outcomes += 1;
+                }
+            }
+        };
         match got {
-            Some(r) => b.take(r),
-            None if b.pending.is_empty() => b.closing = true, // every sender is gone
+            Some(r) => take(r, &mut log, &mut closing),
+            None if log.records == 0 => closing = true, // every sender is gone
             None => {}
         }
-        while b.pending.len() < BATCH && !b.closing {
+        while log.records < BATCH && !closing {
             match rx.try_recv() {
-                Ok(r) => b.take(r),
+                Ok(r) => take(r, &mut log, &mut closing),
                 Err(_) => break,
             }
         }
-        let due = b.pending.len() >= BATCH
-            || b.urgent
-            || b.closing
-            || b.first_at.elapsed() >= FLUSH_EVERY;
-        if due && !b.pending.is_empty() {
-            commit(&mut conn, path, run, &mut b.pending, &mut stats)?;
-            b.urgent = false;
+        let due = log.records >= BATCH
+            || closing
+            || (log.records > 0 && log.first_at.elapsed() >= FLUSH_EVERY);
+        if due && log.records > 0 {
+            // SQLite has them all once committed: no need to write them to the log first.
+            log.commit(&mut conn, path)?;
+            stats.transactions += 1;
+        } else if !waiters.is_empty() {
+            log.write_group().map_err(io)?;
+            stats.log_writes += 1;
         }
-        if b.closing {
+        for w in waiters.drain(..) {
+            let _ = w.send(());
+        }
+        if closing {
             break;
         }
     }
+    std::fs::remove_file(&log.path).map_err(io)?;
     conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
         .map_err(sql(path))?;
     Ok(stats)
-}
-
-fn commit(
-    conn: &mut Connection,
-    path: &Path,
-    run: i64,
-    pending: &mut Vec<Record>,
-    stats: &mut WriterStats,
-) -> Result<()> {
-    let e = sql(path);
-    let time = rfc3339(SystemTime::now());
-    let mut waiters = Vec::new();
-    let tx = conn.transaction().map_err(&e)?;
-    {
-        let mut outcome = tx
-            .prepare_cached(
-                "INSERT INTO outcomes (run_id, row, status, address, node, stage, code, enhanced, text, queue_id, message_id, attempts, possibly_duplicated, time)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
-            )
-            .map_err(&e)?;
-        let mut attempt = tx
-            .prepare_cached("INSERT INTO attempts (run_id, row) VALUES (?1, ?2)")
-            .map_err(&e)?;
-        for r in pending.drain(..) {
-            match r {
-                Record::Outcome(o) => {
-                    outcome
-                        .execute(params![
-                            run,
-                            o.row as i64,
-                            o.status.as_str(),
-                            o.rcpt,
-                            &*o.node,
-                            o.stage.map(stage_name),
-                            o.code(),
-                            o.enhanced().map(|x| x.to_string()),
-                            o.reply.as_ref().map(|r| r.text.as_str()),
-                            o.queue_id(),
-                            o.message_id,
-                            o.attempts,
-                            o.possibly_duplicated,
-                            time,
-                        ])
-                        .map_err(&e)?;
-                    stats.outcomes += 1;
-                }
-                Record::Attempt { row, done } => {
-                    if let Some(row) = row {
-                        attempt.execute(params![run, row as i64]).map_err(&e)?;
-                        stats.attempts += 1;
-                    }
-                    waiters.push(done);
-                }
-                Record::NodeEvent { node, event } => {
-                    tx.execute(
-                        "INSERT INTO node_events (run_id, node, event, reason, accepted, time)
-                         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                        params![
-                            run,
-                            node,
-                            if event.up { "up" } else { "down" },
-                            event.reason,
-                            event.accepted as i64,
-                            rfc3339(event.time),
-                        ],
-                    )
-                    .map_err(&e)?;
-                }
-                Record::Close => {}
-            }
-        }
-    }
-    tx.commit().map_err(&e)?;
-    stats.transactions += 1;
-    for w in waiters {
-        let _ = w.send(());
-    }
-    Ok(())
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1413,6 +1859,118 @@ mod tests {
             .query_row("PRAGMA integrity_check", [], |r| r.get(0))
             .unwrap();
         assert_eq!(ok, "ok");
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn log_of_a_killed_writer_is_folded_once() {
+        use std::io::Write;
+        let d = dir("log-fold");
+        let p = d.join("j.sqlite");
+        let j = Journal::open(&p).unwrap();
+        let run = j.create_run("c", "l", "t", Path::new("x.csv")).unwrap();
+        // A writer killed after two group writes, with no SQLite commit.
+        let generation = log_generation(&j.conn).unwrap() + 1;
+        let mut log = Log::create(&p, run, generation).unwrap();
+        log.push_attempt(1);
+        log.push(
+            &Record::Outcome(outcome(1, Status::Accepted)),
+            "2026-01-01T00:00:00Z",
+        );
+        log.push_attempt(2);
+        log.write_group().unwrap();
+        log.push_attempt(3);
+        log.write_group().unwrap();
+        // Pushed but never written (nobody was told): lost, like an uncommitted transaction.
+        log.push_attempt(4);
+        drop(log);
+        // Killed in the middle of a write(2): a torn last group, ignored.
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(log_path(&p))
+            .unwrap();
+        f.write_all(&[10, 0, 0, 0, TAG_ATTEMPT, V_INT]).unwrap();
+        drop(f);
+        let left = std::fs::read(log_path(&p)).unwrap();
+        drop(j);
+        let j = Journal::open(&p).unwrap();
+        assert!(!log_path(&p).exists());
+        let finals = j.final_rows(run).unwrap();
+        assert_eq!(finals.len(), 1);
+        let unconfirmed = j.unconfirmed_rows(run, &finals).unwrap();
+        assert_eq!(unconfirmed.len(), 2);
+        assert!(unconfirmed.contains(2) && unconfirmed.contains(3));
+        // Killed after the commit, before the next generation started: not applied twice.
+        std::fs::write(log_path(&p), &left).unwrap();
+        drop(j);
+        let j = Journal::open(&p).unwrap();
+        assert!(!log_path(&p).exists());
+        let n: i64 = j
+            .conn
+            .query_row("SELECT COUNT(*) FROM attempts", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(n, 3);
+        // The next writer continues with the next generation.
+        let w = j.writer(run, 4).unwrap();
+        let tx = w.sender();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        assert!(rt.block_on(tx.mark_attempt(5)));
+        assert!(tx.record(outcome(5, Status::Accepted)));
+        w.close().unwrap();
+        assert!(!log_path(&p).exists());
+        assert_eq!(j.final_rows(run).unwrap().len(), 2);
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn dns_counts_in_status() {
+        let d = dir("dns-counts");
+        let p = d.join("j.sqlite");
+        let j = Journal::open(&p).unwrap();
+        let run = j.create_run("c", "l", "t", Path::new("x.csv")).unwrap();
+        let info = j.latest_run("c", "l").unwrap().unwrap();
+        assert_eq!(j.status(&info, None).unwrap().dns, None);
+        let w = j.writer(run, 16).unwrap();
+        let tx = w.sender();
+        for row in 1..=4 {
+            let mut o = outcome(row, Status::Failed);
+            o.node = "dns".into();
+            assert!(tx.record(o));
+        }
+        assert!(tx.record(outcome(5, Status::Accepted)));
+        w.close().unwrap();
+        let counts = |lookups, hits| crate::dns::DnsReport {
+            domain_lookups: lookups,
+            cache_hits: hits,
+            negative: 1,
+            temporary: 2,
+            rows_warned: 3,
+            ..Default::default()
+        };
+        j.record_dns(run, &counts(10, 90)).unwrap();
+        j.record_dns(run, &counts(5, 20)).unwrap(); // a resumed session
+        let st = Journal::open_read_only(&p)
+            .unwrap()
+            .status(&info, None)
+            .unwrap();
+        let dns = st.dns.clone().unwrap();
+        assert_eq!(
+            dns,
+            DnsStatus {
+                sessions: 2,
+                domain_lookups: 15,
+                cache_hits: 110,
+                negative: 2,
+                temporary: 4,
+                rows_failed: 4,
+                rows_warned: 6,
+            }
+        );
+        assert!(st.text().contains("dns        15 domain lookups, 110 cache hits, 2 negative (do not accept mail), 4 temporary failures; 4 rows failed by DNS, 6 sent despite a warning"), "{}", st.text());
+        let json = serde_json::to_value(&st).unwrap();
+        assert_eq!(json["dns"]["rows_failed"], 4);
         let _ = std::fs::remove_dir_all(&d);
     }
 

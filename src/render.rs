@@ -19,7 +19,7 @@ use mail_builder::headers::message_id::MessageId;
 use mail_builder::headers::raw::Raw;
 use mail_builder::headers::url::URL;
 use minijinja::value::{Object, Value};
-use minijinja::{AutoEscape, Environment};
+use minijinja::{AutoEscape, Environment, Template};
 
 use crate::campaign::{Campaign, Mailbox, TemplateSource};
 use crate::dkim::Dkim;
@@ -77,7 +77,8 @@ pub struct Message {
 
 /// Compiled templates plus everything constant across rows.
 pub struct Renderer {
-    env: Environment<'static>,
+    /// The compiled templates, looked up once here rather than by name for every message.
+    templates: Compiled,
     sources: Vec<TemplateSource>,
     campaign: String,
     from: Mailbox,
@@ -89,14 +90,37 @@ pub struct Renderer {
     message_id_domain: String,
     key: VerpKey,
     columns: Arc<Columns>,
-    has_to_name: bool,
-    has_text: bool,
-    has_html: bool,
     has_mailto: bool,
     has_url: bool,
     one_click: bool,
     /// DKIM signer(s) and Feedback-ID: messages are signed here, on the render threads.
     dkim: Option<Arc<Dkim>>,
+}
+
+/// The campaign's compiled templates. They borrow the [`Environment`], which is therefore leaked
+/// (`Box::leak`): one per loaded campaign, a few KB, and a process loads a campaign once.
+struct Compiled {
+    subject: Template<'static, 'static>,
+    to_name: Option<Template<'static, 'static>>,
+    text: Option<Template<'static, 'static>>,
+    html: Option<Template<'static, 'static>>,
+    mailto: Option<Template<'static, 'static>>,
+    url: Option<Template<'static, 'static>>,
+}
+
+impl Compiled {
+    fn new(env: Environment<'static>) -> Compiled {
+        let env: &'static Environment<'static> = Box::leak(Box::new(env));
+        let get = |name: &str| env.get_template(name).ok();
+        Compiled {
+            subject: get("subject.txt").expect("the subject template is always added"),
+            to_name: get("to_name.txt"),
+            text: get("body.txt"),
+            html: get("body.html"),
+            mailto: get("unsubscribe_mailto.txt"),
+            url: get("unsubscribe_url.txt"),
+        }
+    }
 }
 
 impl std::fmt::Debug for Renderer {
@@ -180,7 +204,7 @@ impl Renderer {
             .map_or("localhost", |(_, d)| d)
             .to_string();
         Ok(Renderer {
-            env,
+            templates: Compiled::new(env),
             sources,
             campaign: campaign.id.clone(),
             from: campaign.from.clone(),
@@ -192,9 +216,6 @@ impl Renderer {
             message_id_domain: from_domain,
             key,
             columns,
-            has_to_name: t.to_name.is_some(),
-            has_text: t.text.is_some(),
-            has_html: t.html.is_some(),
             has_mailto: unsub.is_some_and(|u| u.mailto.is_some()),
             has_url: unsub.is_some_and(|u| u.url.is_some()),
             one_click: unsub.is_some_and(|u| u.one_click),
@@ -221,13 +242,18 @@ impl Renderer {
     /// The deterministic Message-ID of a row: the same campaign, row and address always give the
     /// same id, so a message re-sent after a crash can be de-duplicated downstream.
     pub fn message_id(&self, row: u64, address: &str) -> String {
-        format!(
-            "{}.{:x}.{:016x}@{}",
-            self.campaign,
-            row,
-            fnv1a(address.as_bytes()),
-            self.message_id_domain
-        )
+        // `{campaign}.{row:x}.{fnv:016x}@{domain}`, written without `format!` (per message).
+        let mut s = String::with_capacity(
+            self.campaign.len() + 1 + 16 + 1 + 16 + 1 + self.message_id_domain.len(),
+        );
+        s.push_str(&self.campaign);
+        s.push('.');
+        push_hex(row, 1, &mut s);
+        s.push('.');
+        push_hex(fnv1a(address.as_bytes()), 16, &mut s);
+        s.push('@');
+        s.push_str(&self.message_id_domain);
+        s
     }
 
     /// Renders one recipient. `date` is the Date header as Unix seconds.
@@ -247,30 +273,30 @@ impl Renderer {
             recipient,
         });
         let value = Value::from_dyn_object(ctx.clone());
+        let t = &self.templates;
         // Unsubscribe targets first: bodies may use them.
-        if self.has_url {
-            let url = one_line(self.render_value("unsubscribe_url.txt", &value, row)?);
+        if let Some(tmpl) = &t.url {
+            let url = one_line(self.render_value(tmpl, &value, row)?);
             let _ = ctx.unsubscribe_url.set(url);
         }
-        if self.has_mailto {
-            let mailto = one_line(self.render_value("unsubscribe_mailto.txt", &value, row)?);
+        if let Some(tmpl) = &t.mailto {
+            let mailto = one_line(self.render_value(tmpl, &value, row)?);
             let _ = ctx.unsubscribe_mailto.set(mailto);
         }
-        let subject = one_line(self.render_value("subject.txt", &value, row)?);
-        let to_name = if self.has_to_name {
-            Some(one_line(self.render_value("to_name.txt", &value, row)?)).filter(|n| !n.is_empty())
-        } else {
-            None
+        let subject = one_line(self.render_value(&t.subject, &value, row)?);
+        let to_name = match &t.to_name {
+            Some(tmpl) => {
+                Some(one_line(self.render_value(tmpl, &value, row)?)).filter(|n| !n.is_empty())
+            }
+            None => None,
         };
-        let text = if self.has_text {
-            Some(body_lines(self.render_value("body.txt", &value, row)?))
-        } else {
-            None
+        let text = match &t.text {
+            Some(tmpl) => Some(body_lines(self.render_value(tmpl, &value, row)?)),
+            None => None,
         };
-        let html = if self.has_html {
-            Some(body_lines(self.render_value("body.html", &value, row)?))
-        } else {
-            None
+        let html = match &t.html {
+            Some(tmpl) => Some(body_lines(self.render_value(tmpl, &value, row)?)),
+            None => None,
         };
         drop(value);
         let ctx = Arc::try_unwrap(ctx).unwrap_or_else(|arc| (*arc).clone());
@@ -340,13 +366,14 @@ impl Renderer {
         })
     }
 
-    fn render_value(&self, name: &str, ctx: &Value, row: u64) -> Result<String, RenderError> {
-        let tmpl = self.env.get_template(name).map_err(|e| RenderError::Row {
-            row,
-            template: name.to_string(),
-            message: e.to_string(),
-        })?;
+    fn render_value(
+        &self,
+        tmpl: &Template<'static, 'static>,
+        ctx: &Value,
+        row: u64,
+    ) -> Result<String, RenderError> {
         tmpl.render(ctx).map_err(|e| {
+            let name = tmpl.name();
             let src = self.sources.iter().find(|s| s.name == name);
             RenderError::Row {
                 row,
@@ -416,6 +443,8 @@ fn html_formatter(
     value: &Value,
 ) -> Result<(), minijinja::Error> {
     match (state.auto_escape(), value.as_str()) {
+        // What `escape_formatter` writes for a string without escaping, minus `fmt::write`.
+        (AutoEscape::None, Some(s)) => Ok(out.write_str(s)?),
         (AutoEscape::Html, Some(s)) if !value.is_safe() => {
             let mut last = 0;
             for (i, b) in s.bytes().enumerate() {
@@ -460,7 +489,7 @@ fn line_of_variable(text: &str, name: &str) -> usize {
 /// Header values are one line: any control character (a template's own newline included)
 /// becomes a space, and surrounding white space goes.
 fn one_line(s: String) -> String {
-    if s.chars().any(char::is_control) {
+    if has_control(&s) {
         s.chars()
             .map(|c| if c.is_control() { ' ' } else { c })
             .collect::<String>()
@@ -473,14 +502,37 @@ fn one_line(s: String) -> String {
     }
 }
 
+/// `s.chars().any(char::is_control)` on the bytes: the control characters are C0 (below 0x20),
+/// DEL and C1 (U+0080 to U+009F, in UTF-8 0xC2 then 0x80 to 0x9F).
+fn has_control(s: &str) -> bool {
+    let b = s.as_bytes();
+    if b.iter().all(|c| (0x20..0x7f).contains(c)) {
+        return false;
+    }
+    b.iter().enumerate().any(|(i, &c)| {
+        c < 0x20
+            || c == 0x7f
+            || (c == 0xc2 && b.get(i + 1).is_some_and(|n| (0x80..0xa0).contains(n)))
+    })
+}
+
 /// Body text with every line break as `\n`, which mail-builder writes as CRLF. A template
 /// saved with bare CRs (old Mac line endings, a stray `\r`) would otherwise put bare CRs on the
 /// wire: RFC 5322 forbids them and some relays treat them as line ends.
 fn body_lines(s: String) -> String {
-    if s.contains('\r') {
+    if memchr::memchr(b'\r', s.as_bytes()).is_some() {
         s.replace("\r\n", "\n").replace('\r', "\n")
     } else {
         s
+    }
+}
+
+/// Lowercase hex of `n`, zero-padded to at least `width` digits (`{:0width$x}`).
+fn push_hex(n: u64, width: usize, out: &mut String) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let digits = (64 - n.leading_zeros() as usize).div_ceil(4).max(width);
+    for i in (0..digits).rev() {
+        out.push(HEX[((n >> (4 * i)) & 15) as usize] as char);
     }
 }
 
@@ -503,6 +555,37 @@ mod tests {
         assert_eq!(one_line("a\r\nBcc: x".into()), "a  Bcc: x");
         assert_eq!(one_line(" hi \n".into()), "hi");
         assert_eq!(one_line("plain".into()), "plain");
+    }
+
+    #[test]
+    fn control_characters() {
+        for s in [
+            "plain",
+            "",
+            "Ó Súilleabháin",
+            "Москва",
+            "a\tb",
+            "\u{7f}",
+            "x\u{85}",
+            "\u{9f}",
+            "\u{a0}",
+            "\u{100}",
+            "€",
+        ] {
+            assert_eq!(has_control(s), s.chars().any(char::is_control), "{s:?}");
+        }
+    }
+
+    #[test]
+    fn hex_like_format() {
+        for n in [0, 1, 15, 16, 255, 0x1234_5678, u64::MAX] {
+            let mut a = String::new();
+            push_hex(n, 1, &mut a);
+            assert_eq!(a, format!("{n:x}"));
+            let mut b = String::new();
+            push_hex(n, 16, &mut b);
+            assert_eq!(b, format!("{n:016x}"));
+        }
     }
 
     #[test]

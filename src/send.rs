@@ -253,8 +253,8 @@ impl Report {
         if let Some(j) = &self.journal {
             let _ = writeln!(
                 s,
-                "journal    {} outcomes, {} attempt marks, {} transactions",
-                j.outcomes, j.attempts, j.transactions
+                "journal    {} outcomes, {} attempt marks, {} transactions, {} log writes",
+                j.outcomes, j.attempts, j.transactions, j.log_writes
             );
         }
         if let Some(d) = &self.dns {

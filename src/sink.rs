@@ -16,6 +16,10 @@
 //! - A message that is unparseable, not a bounce, or a bounce naming no recipient goes to the
 //!   quarantine directory (if given; else it is logged with its size) — never silently dropped.
 //! - `--discard`: accept and drop (pure sinkhole), nothing classified or stored.
+//! - `--journal PATH` / `--campaign FILE`: the address acted on is the one the token's row was
+//!   sent to, read (read-only) from the campaign journal's outcomes; a row the journal lacks
+//!   (another campaign, not committed yet) falls back to the report's Final-Recipient. The log
+//!   line says which (`"address_source": "journal" | "report"`).
 //!
 //! One JSON log line per reported recipient on stdout.
 
@@ -52,6 +56,10 @@ pub struct SinkOptions {
     pub soft_bounce_limit: u32,
     /// Append one JSON line per acted-on report here (see [`append_bounce_log`]).
     pub bounce_log: Option<PathBuf>,
+    /// The campaign journal: a valid token's (campaign, row) is looked up in its outcomes to
+    /// find the address that row was sent to, which beats the address the report names (a
+    /// forwarded or rewritten recipient). Not found (or no journal): the report's address.
+    pub journal: Option<PathBuf>,
 }
 
 impl SinkOptions {
@@ -69,6 +77,7 @@ impl SinkOptions {
             key: None,
             soft_bounce_limit: 3,
             bounce_log: None,
+            journal: None,
         }
     }
 }
@@ -217,23 +226,76 @@ pub fn check_token(key: Option<&VerpKey>, address: &str) -> Token {
     }
 }
 
+/// Row → address lookups in the campaign journal, opened read-only on first use (and again
+/// after a failure: the journal may not exist yet when the sink starts).
+struct RowAddresses {
+    path: Option<PathBuf>,
+    journal: Option<crate::journal::Journal>,
+}
+
+impl RowAddresses {
+    fn new(path: Option<PathBuf>) -> RowAddresses {
+        RowAddresses {
+            path,
+            journal: None,
+        }
+    }
+
+    fn lookup(&mut self, campaign: &str, row: u64) -> Option<String> {
+        let path = self.path.as_ref()?;
+        if self.journal.is_none() {
+            match crate::journal::Journal::open_read_only(path) {
+                Ok(j) => self.journal = Some(j),
+                Err(err) => {
+                    tracing::warn!("journal {}: {err}", path.display());
+                    return None;
+                }
+            }
+        }
+        match self.journal.as_ref()?.row_address(campaign, row) {
+            Ok(a) => a,
+            Err(err) => {
+                tracing::warn!("journal {}: {err}", path.display());
+                self.journal = None;
+                None
+            }
+        }
+    }
+}
+
 fn work(rx: MpscReceiver<Job>, list: Option<Suppressions>, opts: &SinkOptions) -> SinkStats {
     let mut stats = SinkStats::default();
+    let mut rows = RowAddresses::new(opts.journal.clone());
     while let Ok(job) = rx.recv() {
         stats.messages += 1;
-        handle(&job, list.as_ref(), opts, &mut stats);
+        handle(&job, list.as_ref(), &mut rows, opts, &mut stats);
     }
     stats
 }
 
-fn handle(job: &Job, list: Option<&Suppressions>, opts: &SinkOptions, stats: &mut SinkStats) {
-    let c = classify(&job.data);
+fn handle(
+    job: &Job,
+    list: Option<&Suppressions>,
+    rows: &mut RowAddresses,
+    opts: &SinkOptions,
+    stats: &mut SinkStats,
+) {
+    let reported = classify(&job.data);
     for rcpt in &job.rcpts {
         let token = check_token(opts.key.as_ref(), rcpt);
         let (token_str, campaign, row) = match &token {
             Token::Valid { campaign, row } => ("valid", Some(campaign.clone()), Some(*row)),
             Token::Forged => ("forged", None, None),
             Token::Missing => ("missing", None, None),
+        };
+        // The address the token's row was sent to, if the journal knows it.
+        let sent_to = match (&campaign, row) {
+            (Some(campaign), Some(row)) => rows.lookup(campaign, row),
+            _ => None,
+        };
+        let c = match &sent_to {
+            Some(addr) => crate::dsn::with_verp_address(reported.clone(), addr),
+            None => reported.clone(),
         };
         if token == Token::Forged {
             stats.forged += 1;
@@ -338,6 +400,7 @@ fn handle(job: &Job, list: Option<&Suppressions>, opts: &SinkOptions, stats: &mu
                 "kind": c.kind.as_str(), "recipient": r.address, "action_reported": r.action,
                 "status": r.status, "reason": r.reason.as_str(), "hard": r.hard,
                 "diagnostic": r.diagnostic, "action": action,
+                "address_source": if sent_to.as_deref().is_some_and(|a| a.trim().eq_ignore_ascii_case(&r.address)) { "journal" } else { "report" },
             }));
         }
     }

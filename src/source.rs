@@ -120,6 +120,11 @@ impl Columns {
     }
 
     pub fn index(&self, name: &str) -> Option<usize> {
+        // Templates look columns up on every variable of every message: for the usual handful
+        // of columns comparing names is cheaper than hashing one (SipHash).
+        if self.names.len() <= 16 {
+            return self.names.iter().position(|n| n == name);
+        }
         self.lookup.get(name).copied()
     }
 

@@ -487,6 +487,28 @@ tls = "none"
         "{}",
         run.stdout
     );
+    // The counters are in the journal: `blast status` shows them (text and --json).
+    let status = Command::new(env!("CARGO_BIN_EXE_blast"))
+        .args(["status", "--json"])
+        .arg(&campaign)
+        .output()
+        .unwrap();
+    assert!(status.status.success(), "{status:?}");
+    let v: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    assert_eq!(v["dns"]["domain_lookups"], 3, "{v}");
+    assert_eq!(v["dns"]["cache_hits"], 29, "{v}");
+    assert_eq!(v["dns"]["negative"], 2, "{v}");
+    assert_eq!(v["dns"]["rows_failed"], 12, "{v}");
+    let text = Command::new(env!("CARGO_BIN_EXE_blast"))
+        .arg("status")
+        .arg(&campaign)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(
+        text.contains("dns        3 domain lookups, 29 cache hits, 2 negative (do not accept mail), 0 temporary failures; 12 rows failed by DNS"),
+        "{text}"
+    );
     // Each domain asked once; the node's host name resolved through the same resolver.
     assert_eq!(server.queries("ok.test", "MX"), 1);
     assert_eq!(server.queries("nx.test", "MX"), 1);

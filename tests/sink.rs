@@ -336,3 +336,313 @@ fn smtp_parser_survives_random_bytes() {
         s.shutdown().await;
     });
 }
+
+/// Writes a journal in which row `row` of campaign `campaign` was sent to `address`.
+fn journal_with(path: &std::path::Path, campaign: &str, rows: &[(u64, &str)]) {
+    use blast::journal::Journal;
+    use blast::outcome::{Outcome, Status};
+    let j = Journal::open(path).unwrap();
+    let run = j
+        .create_run(campaign, "l", "t", std::path::Path::new("list.csv"))
+        .unwrap();
+    let w = j.writer(run, 16).unwrap();
+    let tx = w.sender();
+    for &(row, address) in rows {
+        assert!(tx.record(Outcome {
+            row,
+            rcpt: address.into(),
+            message_id: format!("m{row}@x"),
+            status: Status::Accepted,
+            node: "n1".into(),
+            stage: None,
+            reply: None,
+            attempts: 1,
+            possibly_duplicated: false,
+        }));
+    }
+    drop(tx);
+    w.close().unwrap();
+}
+
+async fn send_bounce(c: &mut Client, rcpt: &str, msg: &[u8]) {
+    assert!(c.cmd("MAIL FROM:<>").await.starts_with("250"));
+    assert!(c.cmd(&format!("RCPT TO:<{rcpt}>")).await.starts_with("250"));
+    assert!(c.cmd("DATA").await.starts_with("354"));
+    assert!(c.data(msg).await.starts_with("250"));
+}
+
+#[tokio::test]
+async fn bounced_address_comes_from_the_journal_row_else_the_report() {
+    let dir = tmp("journal-src");
+    let journal = dir.join("spring.journal.sqlite");
+    // Row 7 was sent to an address the DSN does not name (the mail was forwarded, and the
+    // forwarding target bounced).
+    journal_with(&journal, "spring", &[(7, "Sent.To@Example.NET")]);
+    let (s, db) = sink("journal", |o| o.journal = Some(journal.clone())).await;
+    let k = key();
+    let dsn = corpus("rhost-google-02.eml"); // hard: neko-nyaan@example.org does not exist
+    let reported = "neko-nyaan@example.org";
+    let mut c = Client::connect(s.addr()).await;
+    assert!(c.reply().await.starts_with("220"));
+    assert!(c.cmd("EHLO mx.test").await.starts_with("250"));
+    // 1. The row is in the journal: its address is the one suppressed.
+    send_bounce(
+        &mut c,
+        &format!("b-{}@bounce.test", k.encode("spring", 7)),
+        &dsn,
+    )
+    .await;
+    // 2. A row the journal does not have (yet): the report's Final-Recipient.
+    let other = corpus("lhost-postfix-06.eml");
+    send_bounce(
+        &mut c,
+        &format!("b-{}@bounce.test", k.encode("spring", 8)),
+        &other,
+    )
+    .await;
+    // 3. Same row number, another campaign: not this journal's row either.
+    send_bounce(
+        &mut c,
+        &format!("b-{}@bounce.test", k.encode("autumn", 7)),
+        &dsn,
+    )
+    .await;
+    c.cmd("QUIT").await;
+    let stats = s.shutdown().await;
+    assert_eq!(stats.messages, 3);
+    let list = Suppressions::open(&db).unwrap();
+    let e = list
+        .get("sent.to@example.net")
+        .unwrap()
+        .expect("journal address suppressed");
+    assert_eq!((e.campaign.as_deref(), e.row), (Some("spring"), Some(7)));
+    assert_eq!(e.reason, "user_unknown");
+    let fallback = blast::dsn::classify(&other);
+    assert_eq!(fallback.recipients.len(), 1);
+    assert!(fallback.recipients[0].hard, "{fallback:?}");
+    let e = list
+        .get(&fallback.recipients[0].address)
+        .unwrap()
+        .expect("report address suppressed for a row the journal lacks");
+    assert_eq!(e.row, Some(8));
+    let e = list
+        .get(reported)
+        .unwrap()
+        .expect("other campaign: report address");
+    assert_eq!((e.campaign.as_deref(), e.row), (Some("autumn"), Some(7)));
+    assert_eq!(list.len().unwrap(), 3);
+}
+
+#[tokio::test]
+async fn missing_journal_falls_back_to_the_report() {
+    let dir = tmp("journal-missing");
+    let (s, db) = sink("journal-missing-sink", |o| {
+        o.journal = Some(dir.join("not-there.sqlite"))
+    })
+    .await;
+    let mut c = Client::start(s.addr()).await;
+    let rcpt = format!("b-{}@bounce.test", key().encode("spring", 7));
+    assert!(c.cmd(&format!("RCPT TO:<{rcpt}>")).await.starts_with("250"));
+    assert!(c.cmd("DATA").await.starts_with("354"));
+    assert!(
+        c.data(&corpus("rhost-google-02.eml"))
+            .await
+            .starts_with("250")
+    );
+    c.cmd("QUIT").await;
+    s.shutdown().await;
+    let list = Suppressions::open(&db).unwrap();
+    assert!(list.contains("neko-nyaan@example.org").unwrap());
+    assert!(
+        !dir.join("not-there.sqlite").exists(),
+        "the sink never creates the journal"
+    );
+}
+
+fn blast_cmd(args: &[&str], stdin: Option<&[u8]>) -> std::process::Output {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let mut child = Command::new(env!("CARGO_BIN_EXE_blast"))
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut input = child.stdin.take().unwrap();
+    if let Some(bytes) = stdin {
+        input.write_all(bytes).unwrap();
+    }
+    drop(input);
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "blast {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+#[test]
+fn suppress_export_import_round_trip() {
+    use blast::suppression::{Entry, Source};
+    let dir = tmp("suppress-roundtrip");
+    let (a, b) = (dir.join("a.sqlite"), dir.join("b.sqlite"));
+    {
+        let list = Suppressions::open(&a).unwrap();
+        let mut e = Entry::new("Dead@Example.ORG", Source::Bounce, "user_unknown");
+        e.status = Some("5.1.1".into());
+        // Commas, quotes and a newline must survive the CSV.
+        e.diagnostic = Some("550 5.1.1 \"dead\", gone,\nreally".into());
+        e.campaign = Some("spring".into());
+        e.row = Some(42);
+        e.created_at = 1_700_000_000;
+        list.add(&e).unwrap();
+        let mut e = Entry::new("angry@example.net", Source::Complaint, "complaint");
+        e.created_at = 1_700_000_001;
+        list.add(&e).unwrap();
+        let mut e = Entry::new("flaky@example.com", Source::SoftBounces, "mailbox_full");
+        e.diagnostic = Some("3 soft bounces".into());
+        e.created_at = 1_700_000_002;
+        list.add(&e).unwrap();
+        let mut e = Entry::new("asked@example.com", Source::Manual, "unsubscribed by phone");
+        e.created_at = 1_700_000_003;
+        list.add(&e).unwrap();
+    }
+    let (a_s, b_s) = (a.to_str().unwrap(), b.to_str().unwrap());
+    let csv = dir.join("a.csv");
+    blast_cmd(
+        &[
+            "suppress",
+            "--db",
+            a_s,
+            "export",
+            "--out",
+            csv.to_str().unwrap(),
+        ],
+        None,
+    );
+    let exported = std::fs::read_to_string(&csv).unwrap();
+    assert!(
+        exported.starts_with("address,source,reason,status,diagnostic,campaign,row,created_at\n")
+    );
+    assert_eq!(
+        exported.lines().filter(|l| l.contains('@')).count(),
+        4,
+        "{exported}"
+    );
+    // Import into an empty list from a file, then again from stdin: nothing new the second time.
+    blast_cmd(
+        &["suppress", "--db", b_s, "import", csv.to_str().unwrap()],
+        None,
+    );
+    let again = blast_cmd(
+        &["suppress", "--db", b_s, "import", "-"],
+        Some(exported.as_bytes()),
+    );
+    let (ea, eb) = (
+        Suppressions::open(&a).unwrap(),
+        Suppressions::open(&b).unwrap(),
+    );
+    assert_eq!(
+        eb.len().unwrap(),
+        4,
+        "{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
+    for addr in [
+        "dead@example.org",
+        "angry@example.net",
+        "flaky@example.com",
+        "asked@example.com",
+    ] {
+        assert_eq!(
+            eb.get(addr).unwrap(),
+            ea.get(addr).unwrap(),
+            "{addr} changed in the round trip"
+        );
+    }
+    // Byte for byte: exporting the imported list gives the same CSV.
+    let out = blast_cmd(&["suppress", "--db", b_s, "export"], None);
+    assert_eq!(String::from_utf8(out.stdout).unwrap(), exported);
+    // A plain list (header `email`, one address a line, mixed case, blank line) is accepted too:
+    // new addresses get the --reason, known ones are left alone.
+    blast_cmd(
+        &[
+            "suppress",
+            "--db",
+            b_s,
+            "import",
+            "-",
+            "--reason",
+            "legacy-list",
+        ],
+        Some(b"email\nNEW@Example.com\n\nDEAD@example.org\n"),
+    );
+    let eb = Suppressions::open(&b).unwrap();
+    assert_eq!(eb.len().unwrap(), 5);
+    let e = eb.get("new@example.com").unwrap().expect("imported");
+    assert_eq!(
+        (e.source, e.reason.as_str()),
+        (Source::Manual, "legacy-list")
+    );
+    assert_eq!(
+        eb.get("dead@example.org").unwrap().unwrap().reason,
+        "user_unknown"
+    );
+}
+
+#[tokio::test]
+async fn soft_bounces_suppress_at_the_limit() {
+    use blast::suppression::Source;
+    // A policy block (5.7.0, soft) for the same address, five times, limit 3.
+    let soft = corpus("lhost-exim-01.eml");
+    let c = blast::dsn::classify(&soft);
+    assert_eq!(c.recipients.len(), 1);
+    assert!(!c.recipients[0].hard, "{c:?}");
+    let addr = c.recipients[0].address.clone();
+    for (limit, expect_suppressed_at) in [(3u32, Some(3u32)), (0, None)] {
+        let (s, db) = sink(&format!("soft-limit-{limit}"), |o| {
+            o.soft_bounce_limit = limit
+        })
+        .await;
+        let rcpt = format!("b-{}@bounce.test", key().encode("spring", 5));
+        for n in 1..=5u32 {
+            let mut cl = Client::start(s.addr()).await;
+            assert!(
+                cl.cmd(&format!("RCPT TO:<{rcpt}>"))
+                    .await
+                    .starts_with("250")
+            );
+            assert!(cl.cmd("DATA").await.starts_with("354"));
+            assert!(cl.data(&soft).await.starts_with("250"));
+            cl.cmd("QUIT").await;
+            // The worker is asynchronous: wait for it to have counted this one.
+            let list = Suppressions::open(&db).unwrap();
+            let deadline = std::time::Instant::now() + T;
+            while list.soft_count(&addr).unwrap() < n {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "soft bounce {n} not counted"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            let suppressed = list.get(&addr).unwrap();
+            match expect_suppressed_at {
+                Some(at) if n >= at => {
+                    let e = suppressed.expect("suppressed at the limit");
+                    assert_eq!(e.source, Source::SoftBounces);
+                    assert_eq!(
+                        e.diagnostic.as_deref(),
+                        Some("3 soft bounces"),
+                        "set once, at the limit"
+                    );
+                }
+                _ => assert!(suppressed.is_none(), "limit {limit}: suppressed after {n}"),
+            }
+        }
+        let stats = s.shutdown().await;
+        assert_eq!((stats.messages, stats.soft), (5, 5));
+        assert_eq!(stats.suppressed, u64::from(limit == 3));
+    }
+}
