@@ -236,12 +236,17 @@ impl Report {
         } else {
             self.accepted + self.failed + self.expired
         };
+        // The peak is measured on final outcomes, which a dry run has none of.
+        let peak = if self.dry_run {
+            String::new()
+        } else {
+            format!(", {:.0} msg/s peak", self.peak_rate)
+        };
         let _ = writeln!(
             s,
-            "time       {:.1} s, {:.0} msg/s average, {:.0} msg/s peak",
+            "time       {:.1} s, {:.0} msg/s average{peak}",
             secs,
             done as f64 / secs,
-            self.peak_rate
         );
         if !self.dry_run {
             let _ = writeln!(
