@@ -5,7 +5,7 @@
 //! the hard bounces land in the suppression list, the deferrals do not; the next `blast send`
 //! skips the hard-bounced rows; `blast status` and the bounce log report them.
 //!
-//! Postfix's timers are shortened (see /work/shared/postfix-notes.md) so the loop takes about a
+//! Postfix's timers are shortened so the loop takes about a
 //! minute: delay warnings after 10 s, retries every 10 s, deferred mail expires after 30 s.
 //! Needs the `postfix` package (scripts/install-deps) and root, like tests/e2e_postfix.rs.
 
