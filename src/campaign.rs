@@ -1177,19 +1177,31 @@ fn bounded(
     max: u64,
     what: &str,
 ) -> u64 {
+    check_range(v, default, min, max, what).unwrap_or_else(|(span, message)| {
+        ctx.error(span, message);
+        default
+    })
+}
+
+/// A number setting within `min..=max` (`default` when absent), or the problem: its span and a
+/// message naming the key `what`. Shared by every section that validates numbers.
+pub fn check_range(
+    v: Option<&Spanned<u64>>,
+    default: u64,
+    min: u64,
+    max: u64,
+    what: &str,
+) -> Result<u64, (Range<usize>, String)> {
     match v {
-        None => default,
-        Some(v) if (min..=max).contains(v.get_ref()) => *v.get_ref(),
-        Some(v) => {
-            ctx.error(
-                v.span(),
-                format!(
-                    "{what} = {} is out of range: use {min} to {max}",
-                    v.get_ref()
-                ),
-            );
-            default
-        }
+        None => Ok(default),
+        Some(v) if (min..=max).contains(v.get_ref()) => Ok(*v.get_ref()),
+        Some(v) => Err((
+            v.span(),
+            format!(
+                "{what} = {} is out of range: use {min} to {max}",
+                v.get_ref()
+            ),
+        )),
     }
 }
 

@@ -113,19 +113,12 @@ pub struct DirectConfig {
 /// Validates `[direct]`.
 pub fn validate(s: &DirectSection) -> Result<DirectConfig, Vec<(Range<usize>, String)>> {
     let mut problems = Vec::new();
-    let mut num = |v: &Option<Spanned<u64>>, min: u64, max: u64, what: &str, default: u64| match v {
-        None => default,
-        Some(v) if (min..=max).contains(v.get_ref()) => *v.get_ref(),
-        Some(v) => {
-            problems.push((
-                v.span(),
-                format!(
-                    "direct.{what} = {} is out of range: use {min} to {max}",
-                    v.get_ref()
-                ),
-            ));
-            default
-        }
+    let mut num = |v: &Option<Spanned<u64>>, min: u64, max: u64, what: &str, default: u64| {
+        crate::campaign::check_range(v.as_ref(), default, min, max, &format!("direct.{what}"))
+            .unwrap_or_else(|problem| {
+                problems.push(problem);
+                default
+            })
     };
     let port = num(&s.port, 1, 65535, "port", 25) as u16;
     let max_connections = num(&s.max_connections, 1, 1000, "max_connections", 2) as u32;

@@ -178,19 +178,12 @@ pub fn validate(s: &DnsSection) -> Result<DnsConfig, Problems> {
         }
         c.servers = Some(out);
     }
-    let mut num = |v: &Option<Spanned<u64>>, min: u64, max: u64, what: &str, default: u64| match v {
-        None => default,
-        Some(v) if (min..=max).contains(v.get_ref()) => *v.get_ref(),
-        Some(v) => {
-            problems.push((
-                v.span(),
-                format!(
-                    "dns.{what} = {} is out of range: use {min} to {max}",
-                    v.get_ref()
-                ),
-            ));
-            default
-        }
+    let mut num = |v: &Option<Spanned<u64>>, min: u64, max: u64, what: &str, default: u64| {
+        crate::campaign::check_range(v.as_ref(), default, min, max, &format!("dns.{what}"))
+            .unwrap_or_else(|problem| {
+                problems.push(problem);
+                default
+            })
     };
     c.cache_size = num(&s.cache_size, 0, 10_000_000, "cache_size", c.cache_size);
     c.attempts = num(&s.attempts, 1, 10, "attempts", c.attempts as u64) as usize;
