@@ -14,10 +14,12 @@ use std::sync::{Arc, OnceLock};
 
 use mail_builder::MessageBuilder;
 use mail_builder::headers::address::Address;
+use mail_builder::headers::content_type::ContentType;
 use mail_builder::headers::date::Date;
 use mail_builder::headers::message_id::MessageId;
 use mail_builder::headers::raw::Raw;
 use mail_builder::headers::url::URL;
+use mail_builder::mime::{BodyPart, MimePart};
 use minijinja::value::{Object, Value};
 use minijinja::{AutoEscape, Environment, Template};
 
@@ -290,16 +292,6 @@ impl Renderer {
             }
             None => None,
         };
-        let text = match &t.text {
-            Some(tmpl) => Some(body_lines(self.render_value(tmpl, &value, row)?)),
-            None => None,
-        };
-        let html = match &t.html {
-            Some(tmpl) => Some(body_lines(self.render_value(tmpl, &value, row)?)),
-            None => None,
-        };
-        drop(value);
-        let ctx = Arc::try_unwrap(ctx).unwrap_or_else(|arc| (*arc).clone());
 
         let mut b = MessageBuilder::new()
             .from(Address::new_address(
@@ -341,14 +333,29 @@ impl Renderer {
         for (name, value) in &self.headers {
             b = b.header(name.as_str(), Raw::new(value.as_str()));
         }
-        if let Some(text) = text {
-            b = b.text_body(text);
-        }
-        if let Some(html) = html {
-            b = b.html_body(html);
-        }
         let mut bytes = Vec::with_capacity(4096);
-        b.serialize(&mut bytes);
+        BODIES.with_borrow_mut(|bodies| -> Result<(), RenderError> {
+            let Bodies { text, html } = bodies;
+            let text = match &t.text {
+                Some(tmpl) => Some(self.render_body(tmpl, &value, row, text, "text/plain")?),
+                None => None,
+            };
+            let html = match &t.html {
+                Some(tmpl) => Some(self.render_body(tmpl, &value, row, html, "text/html")?),
+                None => None,
+            };
+            let b = match (text, html) {
+                (Some(text), Some(html)) => {
+                    b.body(MimePart::new("multipart/alternative", vec![text, html]))
+                }
+                (Some(part), None) | (None, Some(part)) => b.body(part),
+                (None, None) => b,
+            };
+            b.serialize(&mut bytes);
+            Ok(())
+        })?;
+        drop(value);
+        let ctx = Arc::try_unwrap(ctx).unwrap_or_else(|arc| (*arc).clone());
         // A single-part body can end without a line break (minijinja drops a template's final
         // newline); end the message with CRLF like every other line.
         if !bytes.ends_with(b"\r\n") {
@@ -366,21 +373,64 @@ impl Renderer {
         })
     }
 
+    /// Renders a body template and encodes it into `encoded` (reused from message to message);
+    /// returns the MIME part that borrows it.
+    ///
+    /// The transfer encoding is chosen here rather than by mail-builder, which would scan the
+    /// body, count its quoted-printable length and only then encode it: ASCII text with short
+    /// lines goes as 7bit (CRLF line ends), anything else as quoted-printable in one pass.
+    /// Quoted-printable rather than 8bit keeps the DKIM signature valid through relays that
+    /// downgrade 8bit mail (RFC 6376 §5.3). Bare CRs become line breaks: RFC 5322 forbids them
+    /// and some relays treat them as line ends.
+    fn render_body<'b>(
+        &self,
+        tmpl: &Template<'static, 'static>,
+        ctx: &Value,
+        row: u64,
+        encoded: &'b mut Vec<u8>,
+        content_type: &'static str,
+    ) -> Result<MimePart<'b>, RenderError> {
+        let mut raw = self.render_value(tmpl, ctx, row)?.into_bytes();
+        if memchr::memchr(b'\r', &raw).is_some() {
+            raw = normalise_line_ends(&raw);
+        }
+        encoded.clear();
+        let cte = if seven_bit_ok(&raw) {
+            crlf_lines(&raw, encoded);
+            "7bit"
+        } else {
+            encodify::qp::BODY.encode_append(&raw[..], encoded);
+            "quoted-printable"
+        };
+        Ok(MimePart::new(
+            ContentType::new(content_type).attribute("charset", "utf-8"),
+            BodyPart::Binary(Cow::Borrowed(&encoded[..])),
+        )
+        .transfer_encoding(cte))
+    }
+
+    fn row_error(
+        &self,
+        tmpl: &Template<'static, 'static>,
+        row: u64,
+        e: &minijinja::Error,
+    ) -> RenderError {
+        let name = tmpl.name();
+        let src = self.sources.iter().find(|s| s.name == name);
+        RenderError::Row {
+            row,
+            template: src.map_or(name.to_string(), |s| s.file.display().to_string()),
+            message: e.to_string(),
+        }
+    }
+
     fn render_value(
         &self,
         tmpl: &Template<'static, 'static>,
         ctx: &Value,
         row: u64,
     ) -> Result<String, RenderError> {
-        tmpl.render(ctx).map_err(|e| {
-            let name = tmpl.name();
-            let src = self.sources.iter().find(|s| s.name == name);
-            RenderError::Row {
-                row,
-                template: src.map_or(name.to_string(), |s| s.file.display().to_string()),
-                message: e.to_string(),
-            }
-        })
+        tmpl.render(ctx).map_err(|e| self.row_error(tmpl, row, &e))
     }
 }
 
@@ -516,15 +566,76 @@ fn has_control(s: &str) -> bool {
     })
 }
 
-/// Body text with every line break as `\n`, which mail-builder writes as CRLF. A template
-/// saved with bare CRs (old Mac line endings, a stray `\r`) would otherwise put bare CRs on the
-/// wire: RFC 5322 forbids them and some relays treat them as line ends.
-fn body_lines(s: String) -> String {
-    if memchr::memchr(b'\r', s.as_bytes()).is_some() {
-        s.replace("\r\n", "\n").replace('\r', "\n")
-    } else {
-        s
+/// Encoded bodies of one message, per render thread: the buffers keep their capacity from
+/// message to message.
+#[derive(Default)]
+struct Bodies {
+    text: Vec<u8>,
+    html: Vec<u8>,
+}
+
+thread_local! {
+    static BODIES: std::cell::RefCell<Bodies> = std::cell::RefCell::new(Bodies::default());
+}
+
+/// Longest line sent as 7bit; longer ones go quoted-printable (RFC 5322's 78 with CRLF, the
+/// limit mail-builder uses too).
+const SEVEN_BIT_LINE: usize = 76;
+
+/// Turns CRLF and bare CR into LF (the encoders write every LF as CRLF).
+fn normalise_line_ends(body: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(body.len());
+    let mut i = 0;
+    while i < body.len() {
+        match body[i] {
+            b'\r' => {
+                out.push(b'\n');
+                if body.get(i + 1) == Some(&b'\n') {
+                    i += 1;
+                }
+            }
+            b => out.push(b),
+        }
+        i += 1;
     }
+    out
+}
+
+/// Whether `body` (LF line ends) can go as 7bit unchanged: printable ASCII and tabs only, no
+/// line over [`SEVEN_BIT_LINE`], no white space at a line end (relays may strip it).
+fn seven_bit_ok(body: &[u8]) -> bool {
+    // Branch-free over blocks, so it vectorises; most bodies fail here on their first non-ASCII
+    // byte's block.
+    for block in body.chunks(64) {
+        let mut bad = false;
+        for &b in block {
+            bad |= (b >= 0x7f) | ((b < 0x20) & (b != b'\t') & (b != b'\n'));
+        }
+        if bad {
+            return false;
+        }
+    }
+    let mut start = 0;
+    for end in memchr::memchr_iter(b'\n', body).chain(std::iter::once(body.len())) {
+        let line = &body[start..end];
+        if line.len() > SEVEN_BIT_LINE || matches!(line.last(), Some(b' ' | b'\t')) {
+            return false;
+        }
+        start = end + 1;
+    }
+    true
+}
+
+/// `body` with every LF written as CRLF.
+fn crlf_lines(body: &[u8], out: &mut Vec<u8>) {
+    out.reserve(body.len() + body.len() / 32);
+    let mut start = 0;
+    for end in memchr::memchr_iter(b'\n', body) {
+        out.extend_from_slice(&body[start..end]);
+        out.extend_from_slice(b"\r\n");
+        start = end + 1;
+    }
+    out.extend_from_slice(&body[start..]);
 }
 
 /// Lowercase hex of `n`, zero-padded to at least `width` digits (`{:0width$x}`).
@@ -574,6 +685,26 @@ mod tests {
         ] {
             assert_eq!(has_control(s), s.chars().any(char::is_control), "{s:?}");
         }
+    }
+
+    #[test]
+    fn transfer_encoding_choice() {
+        let line = "x".repeat(SEVEN_BIT_LINE);
+        assert!(seven_bit_ok(
+            format!("Hello,\n\tthere\n{line}\n").as_bytes()
+        ));
+        assert!(seven_bit_ok(b""));
+        // A line too long, white space at a line end or the very end, 8-bit, controls.
+        assert!(!seven_bit_ok(format!("{line}x\nshort").as_bytes()));
+        assert!(!seven_bit_ok(b"trailing \nspace"));
+        assert!(!seven_bit_ok(b"ends with a tab\t"));
+        assert!(!seven_bit_ok("Zo\u{eb}".as_bytes()));
+        assert!(!seven_bit_ok(b"bell\x07"));
+        assert!(!seven_bit_ok(b"del\x7f"));
+        let mut out = Vec::new();
+        crlf_lines(b"a\nb\n\nc", &mut out);
+        assert_eq!(out, b"a\r\nb\r\n\r\nc");
+        assert_eq!(normalise_line_ends(b"a\r\nb\rc\r"), b"a\nb\nc\n");
     }
 
     #[test]

@@ -27,9 +27,9 @@ use crate::smtp::{ClientSettings, Connection, Credentials, TlsMode};
 use crate::source::{Recipient, Source, SourceStats};
 
 /// Recipients per hand-over from the reader to the render threads.
-const BATCH: usize = 64;
+const BATCH: usize = 512;
 /// Rendered messages per hand-over to the dispatcher: one thread wake-up per batch.
-const RENDER_BATCH: usize = 32;
+const RENDER_BATCH: usize = 128;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SendError {
