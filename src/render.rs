@@ -24,6 +24,9 @@ use minijinja::value::{Object, Value};
 use minijinja::{AutoEscape, Environment, Template};
 
 use crate::campaign::{Campaign, Mailbox, TemplateSource};
+use simple::{Field, Simple};
+
+mod simple;
 use crate::dkim::Dkim;
 use crate::source::{Columns, Recipient};
 use crate::verp::VerpKey;
@@ -82,7 +85,8 @@ pub struct Renderer {
     /// The compiled templates, looked up once here rather than by name for every message.
     templates: Compiled,
     sources: Vec<TemplateSource>,
-    campaign: String,
+    /// The campaign id, shared with every row's [`RowContext`].
+    campaign: Arc<str>,
     from: Mailbox,
     reply_to: Option<Mailbox>,
     headers: Vec<(String, String)>,
@@ -102,18 +106,32 @@ pub struct Renderer {
 /// The campaign's compiled templates. They borrow the [`Environment`], which is therefore leaked
 /// (`Box::leak`): one per loaded campaign, a few KB, and a process loads a campaign once.
 struct Compiled {
-    subject: Template<'static, 'static>,
-    to_name: Option<Template<'static, 'static>>,
-    text: Option<Template<'static, 'static>>,
-    html: Option<Template<'static, 'static>>,
-    mailto: Option<Template<'static, 'static>>,
-    url: Option<Template<'static, 'static>>,
+    subject: Tmpl,
+    to_name: Option<Tmpl>,
+    text: Option<Tmpl>,
+    html: Option<Tmpl>,
+    mailto: Option<Tmpl>,
+    url: Option<Tmpl>,
+}
+
+/// One template: compiled by minijinja, plus the engine-free form when it has one.
+struct Tmpl {
+    engine: Template<'static, 'static>,
+    simple: Option<Simple>,
+    html: bool,
 }
 
 impl Compiled {
     fn new(env: Environment<'static>) -> Compiled {
         let env: &'static Environment<'static> = Box::leak(Box::new(env));
-        let get = |name: &str| env.get_template(name).ok();
+        let get = |name: &str| {
+            let engine = env.get_template(name).ok()?;
+            Some(Tmpl {
+                simple: Simple::parse(engine.source()),
+                html: name.ends_with(".html"),
+                engine,
+            })
+        };
         Compiled {
             subject: get("subject.txt").expect("the subject template is always added"),
             to_name: get("to_name.txt"),
@@ -141,16 +159,7 @@ impl Renderer {
         columns: Arc<Columns>,
         key: VerpKey,
     ) -> Result<Renderer, Vec<RenderError>> {
-        let mut env = Environment::new();
-        env.set_auto_escape_callback(|name| {
-            if name.ends_with(".html") {
-                AutoEscape::Html
-            } else {
-                AutoEscape::None
-            }
-        });
-
-        env.set_formatter(html_formatter);
+        let mut env = environment();
 
         let t = &campaign.templates;
         let unsub = campaign.unsubscribe.as_ref();
@@ -208,7 +217,7 @@ impl Renderer {
         Ok(Renderer {
             templates: Compiled::new(env),
             sources,
-            campaign: campaign.id.clone(),
+            campaign: campaign.id.as_str().into(),
             from: campaign.from.clone(),
             reply_to: campaign.reply_to.clone(),
             headers: campaign.headers.clone(),
@@ -273,23 +282,23 @@ impl Renderer {
             unsubscribe_url: OnceLock::new(),
             unsubscribe_mailto: OnceLock::new(),
             recipient,
+            values: Default::default(),
         });
         let value = Value::from_dyn_object(ctx.clone());
         let t = &self.templates;
         // Unsubscribe targets first: bodies may use them.
         if let Some(tmpl) = &t.url {
-            let url = one_line(self.render_value(tmpl, &value, row)?);
+            let url = one_line(self.render_template(tmpl, &ctx, &value, row)?);
             let _ = ctx.unsubscribe_url.set(url);
         }
         if let Some(tmpl) = &t.mailto {
-            let mailto = one_line(self.render_value(tmpl, &value, row)?);
+            let mailto = one_line(self.render_template(tmpl, &ctx, &value, row)?);
             let _ = ctx.unsubscribe_mailto.set(mailto);
         }
-        let subject = one_line(self.render_value(&t.subject, &value, row)?);
+        let subject = one_line(self.render_template(&t.subject, &ctx, &value, row)?);
         let to_name = match &t.to_name {
-            Some(tmpl) => {
-                Some(one_line(self.render_value(tmpl, &value, row)?)).filter(|n| !n.is_empty())
-            }
+            Some(tmpl) => Some(one_line(self.render_template(tmpl, &ctx, &value, row)?))
+                .filter(|n| !n.is_empty()),
             None => None,
         };
 
@@ -337,11 +346,13 @@ impl Renderer {
         BODIES.with_borrow_mut(|bodies| -> Result<(), RenderError> {
             let Bodies { text, html } = bodies;
             let text = match &t.text {
-                Some(tmpl) => Some(self.render_body(tmpl, &value, row, text, "text/plain")?),
+                Some(tmpl) => {
+                    Some(self.render_body(tmpl, &ctx, &value, row, text, "text/plain")?)
+                }
                 None => None,
             };
             let html = match &t.html {
-                Some(tmpl) => Some(self.render_body(tmpl, &value, row, html, "text/html")?),
+                Some(tmpl) => Some(self.render_body(tmpl, &ctx, &value, row, html, "text/html")?),
                 None => None,
             };
             let b = match (text, html) {
@@ -384,13 +395,14 @@ impl Renderer {
     /// and some relays treat them as line ends.
     fn render_body<'b>(
         &self,
-        tmpl: &Template<'static, 'static>,
-        ctx: &Value,
+        tmpl: &Tmpl,
+        ctx: &Arc<RowContext>,
+        value: &Value,
         row: u64,
         encoded: &'b mut Vec<u8>,
         content_type: &'static str,
     ) -> Result<MimePart<'b>, RenderError> {
-        let mut raw = self.render_value(tmpl, ctx, row)?.into_bytes();
+        let mut raw = self.render_template(tmpl, ctx, value, row)?.into_bytes();
         if memchr::memchr(b'\r', &raw).is_some() {
             raw = normalise_line_ends(&raw);
         }
@@ -409,28 +421,27 @@ impl Renderer {
         .transfer_encoding(cte))
     }
 
-    fn row_error(
+    fn render_template(
         &self,
-        tmpl: &Template<'static, 'static>,
-        row: u64,
-        e: &minijinja::Error,
-    ) -> RenderError {
-        let name = tmpl.name();
-        let src = self.sources.iter().find(|s| s.name == name);
-        RenderError::Row {
-            row,
-            template: src.map_or(name.to_string(), |s| s.file.display().to_string()),
-            message: e.to_string(),
-        }
-    }
-
-    fn render_value(
-        &self,
-        tmpl: &Template<'static, 'static>,
-        ctx: &Value,
+        tmpl: &Tmpl,
+        ctx: &Arc<RowContext>,
+        value: &Value,
         row: u64,
     ) -> Result<String, RenderError> {
-        tmpl.render(ctx).map_err(|e| self.row_error(tmpl, row, &e))
+        if let Some(simple) = &tmpl.simple {
+            let mut out = String::with_capacity(tmpl.engine.source().len() + 64);
+            simple.render(tmpl.html, |key| ctx.lookup(key), &mut out);
+            return Ok(out);
+        }
+        tmpl.engine.render(value).map_err(|e| {
+            let name = tmpl.engine.name();
+            let src = self.sources.iter().find(|s| s.name == name);
+            RenderError::Row {
+                row,
+                template: src.map_or(name.to_string(), |s| s.file.display().to_string()),
+                message: e.to_string(),
+            }
+        })
     }
 }
 
@@ -439,35 +450,56 @@ impl Renderer {
 #[derive(Debug, Clone)]
 struct RowContext {
     columns: Arc<Columns>,
-    campaign: String,
+    campaign: Arc<str>,
     token: String,
     unsubscribe_url: OnceLock<String>,
     unsubscribe_mailto: OnceLock<String>,
     recipient: Recipient,
+    /// minijinja values made so far, by variable: a body looks the same name up several
+    /// times, and each lookup would otherwise copy the string into a new value.
+    values: [OnceLock<Option<Value>>; CACHED_VALUES],
 }
+
+impl RowContext {
+    /// The value of template variable `key`, `None` when undefined. The one place that says
+    /// what a name means, for minijinja and for [`Simple`] templates alike.
+    fn lookup(&self, key: &str) -> Option<Field<'_>> {
+        // The normalised address wins over a CSV column of the same name.
+        if key == "email" {
+            return Some(Field::Str(&self.recipient.address));
+        }
+        if let Some(i) = self.columns.index(key) {
+            let v = self.recipient.field(i);
+            return (!v.is_empty()).then_some(Field::Str(v));
+        }
+        match key {
+            "row" => Some(Field::Num(self.recipient.row)),
+            "campaign" => Some(Field::Str(&self.campaign)),
+            "unsubscribe_token" => Some(Field::Str(&self.token)),
+            "unsubscribe_url" => self.unsubscribe_url.get().map(|s| Field::Str(s)),
+            "unsubscribe_mailto" => self.unsubscribe_mailto.get().map(|s| Field::Str(s)),
+            _ => None,
+        }
+    }
+}
+
+/// Columns whose minijinja values a row keeps once made (the first ones of the list).
+const CACHED_VALUES: usize = 16;
 
 impl Object for RowContext {
     fn get_value(self: &Arc<Self>, key: &Value) -> Option<Value> {
         let key = key.as_str()?;
-        // The normalised address wins over a CSV column of the same name.
-        if key == "email" {
-            return Some(Value::from(self.recipient.address.as_str()));
-        }
-        if let Some(i) = self.columns.index(key) {
-            let v = self.recipient.field(i);
-            return (!v.is_empty()).then(|| Value::from(v));
-        }
-        match key {
-            "email" => Some(Value::from(self.recipient.address.as_str())),
-            "row" => Some(Value::from(self.recipient.row)),
-            "campaign" => Some(Value::from(self.campaign.as_str())),
-            "unsubscribe_token" => Some(Value::from(self.token.as_str())),
-            "unsubscribe_url" => self.unsubscribe_url.get().map(|s| Value::from(s.as_str())),
-            "unsubscribe_mailto" => self
-                .unsubscribe_mailto
-                .get()
-                .map(|s| Value::from(s.as_str())),
-            _ => None,
+        let make = || {
+            Some(match self.lookup(key)? {
+                Field::Str(s) => Value::from(s),
+                Field::Num(n) => Value::from(n),
+            })
+        };
+        match self.columns.index(key) {
+            Some(i) if i < CACHED_VALUES && key != "email" => {
+                self.values[i].get_or_init(make).clone()
+            }
+            _ => make(),
         }
     }
 }
@@ -484,6 +516,21 @@ fn template_error(src: &TemplateSource, e: &minijinja::Error) -> RenderError {
     }
 }
 
+/// The template environment: HTML auto-escaping for `.html` templates only, with
+/// [`html_formatter`].
+fn environment() -> Environment<'static> {
+    let mut env = Environment::new();
+    env.set_auto_escape_callback(|name| {
+        if name.ends_with(".html") {
+            AutoEscape::Html
+        } else {
+            AutoEscape::None
+        }
+    });
+    env.set_formatter(html_formatter);
+    env
+}
+
 /// HTML auto-escaping that leaves `/` alone: minijinja's default writes `https:&#x2f;&#x2f;…`,
 /// which is valid but makes every link in a mail look obfuscated to spam filters. `& < > " '`
 /// are what matters in element content and quoted attributes.
@@ -496,25 +543,29 @@ fn html_formatter(
         // What `escape_formatter` writes for a string without escaping, minus `fmt::write`.
         (AutoEscape::None, Some(s)) => Ok(out.write_str(s)?),
         (AutoEscape::Html, Some(s)) if !value.is_safe() => {
-            let mut last = 0;
-            for (i, b) in s.bytes().enumerate() {
-                let rep = match b {
-                    b'&' => "&amp;",
-                    b'<' => "&lt;",
-                    b'>' => "&gt;",
-                    b'"' => "&quot;",
-                    b'\'' => "&#39;",
-                    _ => continue,
-                };
-                out.write_str(&s[last..i])?;
-                out.write_str(rep)?;
-                last = i + 1;
-            }
-            out.write_str(&s[last..])?;
-            Ok(())
+            Ok(escape_html(s, |part| out.write_str(part))?)
         }
         _ => minijinja::escape_formatter(out, state, value),
     }
+}
+
+/// Writes `s` with `& < > " '` escaped, in pieces.
+fn escape_html(s: &str, mut write: impl FnMut(&str) -> std::fmt::Result) -> std::fmt::Result {
+    let mut last = 0;
+    for (i, b) in s.bytes().enumerate() {
+        let rep = match b {
+            b'&' => "&amp;",
+            b'<' => "&lt;",
+            b'>' => "&gt;",
+            b'"' => "&quot;",
+            b'\'' => "&#39;",
+            _ => continue,
+        };
+        write(&s[last..i])?;
+        write(rep)?;
+        last = i + 1;
+    }
+    write(&s[last..])
 }
 
 /// 1-based line of the first use of `name` inside a `{{ }}` or `{% %}` tag (1 if not found).
@@ -684,6 +735,75 @@ mod tests {
             "€",
         ] {
             assert_eq!(has_control(s), s.chars().any(char::is_control), "{s:?}");
+        }
+    }
+
+    /// The engine-free path must give minijinja's output byte for byte.
+    #[test]
+    fn simple_templates_render_like_minijinja() {
+        let names = ["email", "first_name", "city", "row", "plan"];
+        let columns = Arc::new(
+            crate::source::build_columns(
+                std::path::Path::new("t.csv"),
+                names.iter().map(|s| s.to_string()).collect(),
+                "email",
+            )
+            .unwrap(),
+        );
+        let sources = [
+            "Hello {{ first_name }}",
+            "{{first_name}}{{ city }}!",
+            "{{ first_name | default(\"there & <you>\") }}, hi",
+            "{{ first_name|default('x') }} {{ missing | default(\"d\") }} {{ missing }}.",
+            "{{ email }} {{ row }} {{ campaign }} {{ unsubscribe_token }}",
+            "{{ unsubscribe_url }}|{{ unsubscribe_mailto }}|{{ unsubscribe_mailto | default('none') }}",
+            "a }} b { c\n",
+            "ends with CRLF\r\n",
+            "two lines\n\n",
+            "",
+        ];
+        let rows: [[&str; 5]; 4] = [
+            ["a@x.test", "Zoë", "Montréal", "7", "pro"],
+            ["b@x.test", "O'Brien & <Sons> \"q\"", "", "", ""],
+            ["c@x.test", "", "Köln", "12", "free"],
+            ["d@x.test", "&amp;", "<script>", "x", "y"],
+        ];
+        let mut env = environment();
+        for (i, src) in sources.iter().enumerate() {
+            env.add_template_owned(format!("{i}.txt"), src.to_string())
+                .unwrap();
+            env.add_template_owned(format!("{i}.html"), src.to_string())
+                .unwrap();
+        }
+        for (r, fields) in rows.iter().enumerate() {
+            let url = OnceLock::new();
+            if r % 2 == 0 {
+                let _ = url.set("https://u.test/?a=1&b=2".to_string());
+            }
+            let ctx = Arc::new(RowContext {
+                columns: columns.clone(),
+                campaign: "camp".into(),
+                token: "tok-1".into(),
+                unsubscribe_url: url,
+                unsubscribe_mailto: OnceLock::new(),
+                recipient: Recipient {
+                    row: 100 + r as u64,
+                    line: 2,
+                    address: fields[0].to_string(),
+                    record: csv::StringRecord::from(fields.to_vec()),
+                },
+                values: Default::default(),
+            });
+            let value = Value::from_dyn_object(ctx.clone());
+            for (i, src) in sources.iter().enumerate() {
+                let simple = Simple::parse(src).unwrap_or_else(|| panic!("{src:?} is simple"));
+                for (name, html) in [(format!("{i}.txt"), false), (format!("{i}.html"), true)] {
+                    let expected = env.get_template(&name).unwrap().render(&value).unwrap();
+                    let mut got = String::new();
+                    simple.render(html, |k| ctx.lookup(k), &mut got);
+                    assert_eq!(got, expected, "template {src:?} ({name}), row {fields:?}");
+                }
+            }
         }
     }
 

@@ -708,7 +708,7 @@ impl Source {
     }
 }
 
-fn build_columns(
+pub(crate) fn build_columns(
     path: &Path,
     names: Vec<String>,
     address_column: &str,

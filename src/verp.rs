@@ -7,7 +7,7 @@
 //! MTAs fold the case of local parts. The same key also makes the `unsubscribe_token` template
 //! variable, under a different MAC domain so one can never pass for the other.
 
-use ring::hmac;
+use sha2::{Digest, Sha256};
 
 /// Characters of MAC in a token (5 bits each).
 const MAC_CHARS: usize = 10;
@@ -28,9 +28,15 @@ pub enum VerpError {
     BadMac,
 }
 
-/// The HMAC key for VERP and unsubscribe tokens.
+/// The HMAC-SHA256 key for VERP and unsubscribe tokens, kept as the hash states after the
+/// inner and outer padded key blocks (RFC 2104), so a MAC costs two short hashes and no key
+/// set-up. Two MACs per message made ring's general-purpose HMAC (context copies, incremental
+/// buffering) about 8 % of rendering CPU in `scripts/bench-render`; this takes about half that.
 #[derive(Clone)]
-pub struct VerpKey(hmac::Key);
+pub struct VerpKey {
+    inner: Sha256,
+    outer: Sha256,
+}
 
 impl std::fmt::Debug for VerpKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -43,18 +49,35 @@ impl VerpKey {
         if secret.len() < MIN_SECRET_LEN {
             return Err(VerpError::ShortSecret(secret.len()));
         }
-        Ok(VerpKey(hmac::Key::new(hmac::HMAC_SHA256, secret)))
+        let mut block = [0u8; 64];
+        if secret.len() > block.len() {
+            block[..32].copy_from_slice(&Sha256::digest(secret));
+        } else {
+            block[..secret.len()].copy_from_slice(secret);
+        }
+        let pad = |byte: u8| {
+            let mut h = Sha256::new();
+            h.update(block.map(|b| b ^ byte));
+            h
+        };
+        Ok(VerpKey {
+            inner: pad(0x36),
+            outer: pad(0x5c),
+        })
     }
 
     fn mac(&self, domain: u8, campaign: &str, row: u64, extra: &str, out: &mut String) {
-        let mut ctx = hmac::Context::with_key(&self.0);
-        ctx.update(&[domain]);
-        ctx.update(campaign.as_bytes());
-        ctx.update(&[0]);
-        ctx.update(&row.to_be_bytes());
-        ctx.update(extra.as_bytes());
-        let tag = ctx.sign();
-        push_base32(&tag.as_ref()[..8], MAC_CHARS, out);
+        let mut h = self.inner.clone();
+        h.update([domain]);
+        h.update(campaign.as_bytes());
+        h.update([0]);
+        h.update(row.to_be_bytes());
+        h.update(extra.as_bytes());
+        let inner = h.finalize();
+        let mut h = self.outer.clone();
+        h.update(inner);
+        let tag = h.finalize();
+        push_base32(&tag[..8], MAC_CHARS, out);
     }
 
     /// Appends the VERP token for `campaign`/`row` to `out`.
@@ -150,6 +173,37 @@ mod tests {
 
     fn key() -> VerpKey {
         VerpKey::new(b"0123456789abcdef-test").unwrap()
+    }
+
+    /// The precomputed-pad HMAC equals ring's HMAC-SHA256 for every key length class.
+    #[test]
+    fn mac_is_hmac_sha256() {
+        use ring::hmac;
+        for secret in [
+            &b"0123456789abcdef"[..],
+            &[7u8; 64],
+            &[9u8; 65],
+            &[1u8; 200],
+        ] {
+            let ours = VerpKey::new(secret).unwrap();
+            let reference = hmac::Key::new(hmac::HMAC_SHA256, secret);
+            for (campaign, row, extra) in [("c", 0, ""), ("spring-2026", 1_234_567, "a@b.test")] {
+                let mut input = vec![b'u'];
+                input.extend_from_slice(campaign.as_bytes());
+                input.push(0);
+                input.extend_from_slice(&u64::to_be_bytes(row));
+                input.extend_from_slice(extra.as_bytes());
+                let mut expected = String::new();
+                push_base32(
+                    &hmac::sign(&reference, &input).as_ref()[..8],
+                    MAC_CHARS,
+                    &mut expected,
+                );
+                let mut got = String::new();
+                ours.mac(b'u', campaign, row, extra, &mut got);
+                assert_eq!(got, expected, "key of {} bytes", secret.len());
+            }
+        }
     }
 
     #[test]
