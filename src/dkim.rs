@@ -39,6 +39,10 @@ use ring::signature::{Ed25519KeyPair, KeyPair, RSA_PKCS1_SHA256, RsaKeyPair};
 use serde::Deserialize;
 use toml::Spanned;
 
+pub use ed25519::Ed25519Key;
+
+mod ed25519;
+
 /// Headers signed when present, in this order. From, To, Subject, Date, Message-ID, the
 /// unsubscribe pair and Feedback-ID are what mailbox providers look at; MIME-Version and
 /// Content-Type keep the body's interpretation fixed.
@@ -146,42 +150,22 @@ pub enum PrivateKey {
     Ed25519(Ed25519Key),
 }
 
-/// An Ed25519 key: parsed and checked by ring, used for signing through ed25519-dalek, which
-/// takes about a fifth less CPU per signature than ring on x86-64 (AVX2 backend; measured
-/// 11.9 vs 15.3 µs). Ed25519 is deterministic: both give the same signature bytes.
-pub struct Ed25519Key {
-    signing: ed25519_dalek::SigningKey,
-    public: [u8; 32],
-}
-
-impl Ed25519Key {
-    /// From a PKCS#8 document (v1 or v2) that ring has accepted as `pair`.
-    fn new(der: &[u8], pair: &Ed25519KeyPair) -> Result<Ed25519Key, String> {
-        // Both versions hold the seed as OCTET STRING { OCTET STRING (32 bytes) }.
-        const SEED: &[u8] = &[0x04, 0x22, 0x04, 0x20];
-        let seed = der
-            .windows(SEED.len())
-            .position(|w| w == SEED)
-            .and_then(|i| der.get(i + SEED.len()..i + SEED.len() + 32))
-            .and_then(|s| <[u8; 32]>::try_from(s).ok())
-            .ok_or("invalid Ed25519 key: no 32-byte seed in the PKCS#8 document")?;
-        let signing = ed25519_dalek::SigningKey::from_bytes(&seed);
-        let public = signing.verifying_key().to_bytes();
-        if public.as_slice() != pair.public_key().as_ref() {
-            return Err("invalid Ed25519 key: the seed does not match the public key".to_string());
-        }
-        Ok(Ed25519Key { signing, public })
+/// An Ed25519 key from a PKCS#8 document (v1 or v2) that ring has accepted as `pair`; signing
+/// is [`ed25519`]'s, in batches.
+fn ed25519_key(der: &[u8], pair: &Ed25519KeyPair) -> Result<Ed25519Key, String> {
+    // Both versions hold the seed as OCTET STRING { OCTET STRING (32 bytes) }.
+    const SEED: &[u8] = &[0x04, 0x22, 0x04, 0x20];
+    let seed = der
+        .windows(SEED.len())
+        .position(|w| w == SEED)
+        .and_then(|i| der.get(i + SEED.len()..i + SEED.len() + 32))
+        .and_then(|s| <[u8; 32]>::try_from(s).ok())
+        .ok_or("invalid Ed25519 key: no 32-byte seed in the PKCS#8 document")?;
+    let key = Ed25519Key::from_seed(&seed);
+    if key.public_key().as_slice() != pair.public_key().as_ref() {
+        return Err("invalid Ed25519 key: the seed does not match the public key".to_string());
     }
-
-    /// The raw 32-byte public key.
-    pub fn public_key(&self) -> &[u8] {
-        &self.public
-    }
-
-    fn sign(&self, msg: &[u8]) -> [u8; 64] {
-        use ed25519_dalek::Signer as _;
-        self.signing.sign(msg).to_bytes()
-    }
+    Ok(key)
 }
 
 impl PrivateKey {
@@ -239,7 +223,7 @@ impl PrivateKey {
                     if contains(der, OID_ED25519) {
                         return Ed25519KeyPair::from_pkcs8_maybe_unchecked(der)
                             .map_err(|e| format!("invalid Ed25519 key: {e}"))
-                            .and_then(|pair| Ed25519Key::new(der, &pair))
+                            .and_then(|pair| ed25519_key(der, &pair))
                             .map(PrivateKey::Ed25519);
                     }
                     if contains(der, OID_RSA) {
@@ -583,20 +567,147 @@ impl Dkim {
     /// Prepends one DKIM-Signature header per signer to `message` (RFC 5322 bytes with CRLF
     /// line ends: header fields, an empty line, the body). `time` is the `t=` tag (Unix seconds).
     pub fn sign(&self, message: &mut Vec<u8>, time: i64) {
+        self.sign_batch(&mut [message], time);
+    }
+
+    /// [`Dkim::sign`] for several messages at once: Ed25519 signatures of a batch share their
+    /// most expensive step (see [`ed25519`]).
+    pub fn sign_batch(&self, messages: &mut [&mut Vec<u8>], time: i64) {
+        // The signature headers of each message, prepended at the end.
+        let mut heads: Vec<Vec<u8>> = messages
+            .iter()
+            .map(|m| Vec::with_capacity(600 * self.signers.len() + m.len()))
+            .collect();
+        let parts: Vec<Parts> = messages.iter().map(|m| Parts::new(m)).collect();
+        for s in &self.signers {
+            match &s.key {
+                PrivateKey::Rsa(k) => {
+                    for ((m, p), head) in messages.iter().zip(&parts).zip(&mut heads) {
+                        let h = p.header(s, time);
+                        SCRATCH.with_borrow_mut(|data| {
+                            p.canonical(m, &h, data);
+                            let mut sig = vec![0u8; k.public().modulus_len()];
+                            k.sign(&RSA_PKCS1_SHA256, rng(), data, &mut sig)
+                                .expect("RSA signing with a loaded key");
+                            push_signature(head, &h, &sig);
+                        });
+                    }
+                }
+                PrivateKey::Ed25519(k) => {
+                    let mut headers = Vec::with_capacity(messages.len());
+                    let mut hashes = Vec::with_capacity(messages.len());
+                    for (m, p) in messages.iter().zip(&parts) {
+                        let h = p.header(s, time);
+                        // RFC 8463: Ed25519 signs the SHA-256 hash of the data.
+                        hashes.push(SCRATCH.with_borrow_mut(|data| {
+                            p.canonical(m, &h, data);
+                            digest::digest(&digest::SHA256, data)
+                        }));
+                        headers.push(h);
+                    }
+                    let refs: Vec<&[u8]> = hashes.iter().map(|h| h.as_ref()).collect();
+                    let sigs = k.sign_batch(&refs);
+                    for ((head, h), sig) in heads.iter_mut().zip(&headers).zip(&sigs) {
+                        push_signature(head, h, sig);
+                    }
+                }
+            }
+        }
+        for (m, mut head) in messages.iter_mut().zip(heads) {
+            head.extend_from_slice(m);
+            **m = head;
+        }
+    }
+}
+
+/// What signing needs of one message: where the header block ends, the body hash, and where
+/// the signed header fields are.
+struct Parts {
+    /// Length of the header block, its final CRLF included.
+    header_len: usize,
+    bh: String,
+    fields: [Option<(usize, usize)>; SIGNED_HEADERS.len()],
+}
+
+impl Parts {
+    fn new(message: &[u8]) -> Parts {
         let (headers, body) = match find(message, b"\r\n\r\n") {
             Some(i) => (&message[..i + 2], &message[i + 4..]),
-            None => (&message[..], &b""[..]),
+            None => (message, &b""[..]),
         };
         let mut bh = String::with_capacity(44);
         base64(body_hash(body).as_ref(), &mut bh);
-        let fields = signed_fields(headers);
-        let mut out: Vec<u8> = Vec::with_capacity(600 * self.signers.len() + message.len());
-        for s in &self.signers {
-            sign_one(s, headers, &fields, &bh, time, &mut out);
+        Parts {
+            header_len: headers.len(),
+            bh,
+            fields: signed_fields(headers),
         }
-        out.extend_from_slice(message);
-        *message = out;
     }
+
+    /// The DKIM-Signature header for signer `s`, up to and including `b=` (empty while signing),
+    /// folded at tag boundaries.
+    fn header(&self, s: &Signer, time: i64) -> String {
+        let mut h = String::with_capacity(256);
+        h.push_str("DKIM-Signature: v=1; a=");
+        h.push_str(s.key.algorithm().as_str());
+        h.push_str("; c=relaxed/relaxed; d=");
+        h.push_str(&s.domain);
+        h.push_str("; s=");
+        h.push_str(&s.selector);
+        h.push_str(";\r\n\tt=");
+        h.push_str(&time.to_string());
+        h.push_str("; h=");
+        let mut line = 14;
+        let mut first = true;
+        for (name, _) in SIGNED_HEADERS
+            .iter()
+            .zip(&self.fields)
+            .filter(|(_, f)| f.is_some())
+        {
+            if !first {
+                h.push(':');
+                line += 1;
+                if line + name.len() > 74 {
+                    h.push_str("\r\n\t");
+                    line = 1;
+                }
+            }
+            first = false;
+            h.push_str(name);
+            line += name.len();
+        }
+        h.push_str(";\r\n\tbh=");
+        h.push_str(&self.bh);
+        h.push_str(";\r\n\tb=");
+        h
+    }
+
+    /// The data a signature covers (RFC 6376 §3.7): the signed fields, canonicalised, then the
+    /// signature header itself without a final CRLF.
+    fn canonical(&self, message: &[u8], header: &str, data: &mut Vec<u8>) {
+        let headers = &message[..self.header_len];
+        data.clear();
+        for &(a, b) in self.fields.iter().flatten() {
+            relaxed_header(&headers[a..b], data);
+            data.extend_from_slice(b"\r\n");
+        }
+        relaxed_header(header.as_bytes(), data);
+    }
+}
+
+/// Appends a finished DKIM-Signature field: `header` (ending in `b=`) and the signature in
+/// base64, folded every 72 characters (the verifier drops the folding white space).
+fn push_signature(out: &mut Vec<u8>, header: &str, sig: &[u8]) {
+    out.extend_from_slice(header.as_bytes());
+    let mut b = String::with_capacity(sig.len() * 4 / 3 + 4);
+    base64(sig, &mut b);
+    for (i, chunk) in b.as_bytes().chunks(72).enumerate() {
+        if i > 0 {
+            out.extend_from_slice(b"\r\n\t");
+        }
+        out.extend_from_slice(chunk);
+    }
+    out.extend_from_slice(b"\r\n");
 }
 
 /// Where each of [`SIGNED_HEADERS`] is in the header block (the last instance, as verifiers
@@ -642,86 +753,6 @@ fn signed_fields(headers: &[u8]) -> [Option<(usize, usize)>; SIGNED_HEADERS.len(
     found
 }
 
-fn sign_one(
-    s: &Signer,
-    headers: &[u8],
-    fields: &[Option<(usize, usize)>],
-    bh: &str,
-    time: i64,
-    out: &mut Vec<u8>,
-) {
-    let start = out.len();
-    // The header, folded at tag boundaries; b= last and empty while signing.
-    let mut h = String::with_capacity(256);
-    h.push_str("DKIM-Signature: v=1; a=");
-    h.push_str(s.key.algorithm().as_str());
-    h.push_str("; c=relaxed/relaxed; d=");
-    h.push_str(&s.domain);
-    h.push_str("; s=");
-    h.push_str(&s.selector);
-    h.push_str(";\r\n\tt=");
-    h.push_str(&time.to_string());
-    h.push_str("; h=");
-    let mut line = 14;
-    let mut first = true;
-    for (name, _) in SIGNED_HEADERS
-        .iter()
-        .zip(fields)
-        .filter(|(_, f)| f.is_some())
-    {
-        if !first {
-            h.push(':');
-            line += 1;
-            if line + name.len() > 74 {
-                h.push_str("\r\n\t");
-                line = 1;
-            }
-        }
-        first = false;
-        h.push_str(name);
-        line += name.len();
-    }
-    h.push_str(";\r\n\tbh=");
-    h.push_str(bh);
-    h.push_str(";\r\n\tb=");
-    SCRATCH.with_borrow_mut(|data| {
-        data.clear();
-        for &(a, b) in fields.iter().flatten() {
-            relaxed_header(&headers[a..b], data);
-            data.extend_from_slice(b"\r\n");
-        }
-        // The signature header itself, canonicalised, without a final CRLF (§3.7).
-        relaxed_header(h.as_bytes(), data);
-        out.extend_from_slice(h.as_bytes());
-        let mut sig = [0u8; 1024];
-        let sig: &[u8] = match &s.key {
-            PrivateKey::Rsa(k) => {
-                let n = k.public().modulus_len();
-                k.sign(&RSA_PKCS1_SHA256, rng(), data, &mut sig[..n])
-                    .expect("RSA signing with a loaded key");
-                &sig[..n]
-            }
-            PrivateKey::Ed25519(k) => {
-                // RFC 8463: Ed25519 signs the SHA-256 hash of the data.
-                let hash = digest::digest(&digest::SHA256, data);
-                sig[..64].copy_from_slice(&k.sign(hash.as_ref()));
-                &sig[..64]
-            }
-        };
-        let mut b = String::with_capacity(sig.len() * 4 / 3 + 4);
-        base64(sig, &mut b);
-        // Fold b= every 72 characters (the verifier drops the folding white space).
-        for (i, chunk) in b.as_bytes().chunks(72).enumerate() {
-            if i > 0 {
-                out.extend_from_slice(b"\r\n\t");
-            }
-            out.extend_from_slice(chunk);
-        }
-        out.extend_from_slice(b"\r\n");
-    });
-    debug_assert!(out.len() > start);
-}
-
 fn rng() -> &'static SystemRandom {
     static RNG: std::sync::OnceLock<SystemRandom> = std::sync::OnceLock::new();
     RNG.get_or_init(SystemRandom::new)
@@ -736,9 +767,21 @@ fn relaxed_header(field: &[u8], out: &mut Vec<u8>) {
         out.push(b.to_ascii_lowercase());
     }
     out.push(b':');
+    let value = field.get(colon + 1..).unwrap_or_default();
+    // Most fields are one line with single spaces: only the ends change, copy the rest.
+    let trimmed = trim_wsp_end(trim_wsp_start(value));
+    let mut folded_or_runs = false;
+    for (i, &b) in trimmed.iter().enumerate() {
+        folded_or_runs |= matches!(b, b'\r' | b'\n' | b'\t')
+            | ((b == b' ') & (trimmed.get(i + 1) == Some(&b' ')));
+    }
+    if !folded_or_runs {
+        out.extend_from_slice(trimmed);
+        return;
+    }
     let mut space = false;
     let mut started = false;
-    for &b in field.get(colon + 1..).unwrap_or_default() {
+    for &b in value {
         match b {
             b'\r' | b'\n' => {}
             b' ' | b'\t' => space = started,
@@ -752,6 +795,13 @@ fn relaxed_header(field: &[u8], out: &mut Vec<u8>) {
             }
         }
     }
+}
+
+fn trim_wsp_start(mut s: &[u8]) -> &[u8] {
+    while let [b' ' | b'\t', rest @ ..] = s {
+        s = rest;
+    }
+    s
 }
 
 /// SHA-256 of the relaxed-canonicalised body (RFC 6376 §3.4.4): trailing white space of each
@@ -773,10 +823,57 @@ pub fn body_hash(body: &[u8]) -> digest::Digest {
         }
         return ctx.finish();
     }
-    relaxed_body_hash(body, ctx)
+    BODY.with_borrow_mut(|canonical| {
+        relaxed_body(body, canonical);
+        ctx.update(canonical);
+    });
+    ctx.finish()
 }
 
-/// [`body_hash`] line by line, relaxing white space.
+thread_local! {
+    /// The canonical body being hashed: hashing it in one piece is several times faster than
+    /// feeding the hash word by word.
+    static BODY: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Relaxed body canonicalisation into `out`: white-space runs become one space, white space
+/// before a line end goes, empty lines at the end go, and a non-empty body ends with CRLF.
+/// One pass without branches on the common bytes (HTML indentation makes most bodies need it).
+fn relaxed_body(body: &[u8], out: &mut Vec<u8>) {
+    out.clear();
+    out.resize(body.len() + 2, 0);
+    let mut w = 0;
+    let mut prev_wsp = false;
+    for (i, &b) in body.iter().enumerate() {
+        let wsp = b == b' ' || b == b'\t';
+        if wsp && prev_wsp {
+            continue;
+        }
+        if b == b'\r' && prev_wsp && body.get(i + 1) == Some(&b'\n') {
+            // The (single, collapsed) white space ends the line: drop it.
+            w -= 1;
+        }
+        out[w] = if wsp { b' ' } else { b };
+        w += 1;
+        prev_wsp = wsp;
+    }
+    if prev_wsp {
+        w -= 1;
+    }
+    while w >= 2 && &out[w - 2..w] == b"\r\n" {
+        w -= 2;
+    }
+    if w > 0 {
+        out[w] = b'\r';
+        out[w + 1] = b'\n';
+        w += 2;
+    }
+    out.truncate(w);
+}
+
+/// [`body_hash`] line by line, relaxing white space: the reference the fast paths are tested
+/// against.
+#[cfg(test)]
 fn relaxed_body_hash(body: &[u8], mut ctx: digest::Context) -> digest::Digest {
     let mut pending_crlf = 0usize;
     let mut wrote = false;
@@ -1114,6 +1211,23 @@ mod tests {
         }
         assert!(!needs_relaxing(b"a b\r\nc d\r\n"));
         assert!(needs_relaxing(b"a  b\r\n"));
+        // Random bodies over the bytes that matter, against the reference.
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        for _ in 0..5000 {
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            let len = (seed >> 58) as usize;
+            let body: Vec<u8> = (0..len)
+                .map(|i| b"a \t\r\n="[((seed >> (i % 50)) as usize + i * 7) % 6])
+                .collect();
+            let line_by_line = relaxed_body_hash(&body, digest::Context::new(&digest::SHA256));
+            assert_eq!(
+                hex(body_hash(&body).as_ref()),
+                hex(line_by_line.as_ref()),
+                "{body:?}"
+            );
+        }
     }
 
     #[test]
@@ -1121,6 +1235,38 @@ mod tests {
         let mut out = Vec::new();
         relaxed_header(b"SubJect :  Hello \r\n\t  world  ", &mut out);
         assert_eq!(out, b"subject:Hello world");
+        // The one-line fast path against the general rule, on random fields.
+        let reference = |field: &[u8]| {
+            let colon = field.iter().position(|&b| b == b':').unwrap();
+            let mut out: Vec<u8> = trim_wsp_end(&field[..colon])
+                .iter()
+                .map(u8::to_ascii_lowercase)
+                .collect();
+            out.push(b':');
+            let unfolded: Vec<u8> = field[colon + 1..]
+                .iter()
+                .copied()
+                .filter(|&b| b != b'\r' && b != b'\n')
+                .collect();
+            let words: Vec<&[u8]> = unfolded
+                .split(|&b| b == b' ' || b == b'\t')
+                .filter(|w| !w.is_empty())
+                .collect();
+            out.extend_from_slice(&words.join(&b' '));
+            out
+        };
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        for _ in 0..5000 {
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            let len = (seed >> 59) as usize;
+            let mut field = b"To: ".to_vec();
+            field.extend((0..len).map(|i| b"ab \t\r\n"[((seed >> (i * 2)) as usize) % 6]));
+            let mut got = Vec::new();
+            relaxed_header(&field, &mut got);
+            assert_eq!(got, reference(&field), "{field:?}");
+        }
     }
 
     #[test]
@@ -1168,7 +1314,7 @@ mod tests {
     }
 
     #[test]
-    fn ed25519_dalek_signs_like_ring() {
+    fn ed25519_signs_like_ring() {
         for _ in 0..4 {
             let doc = Ed25519KeyPair::generate_pkcs8(rng()).unwrap();
             let ring_pair = Ed25519KeyPair::from_pkcs8(doc.as_ref()).unwrap();
@@ -1179,8 +1325,9 @@ mod tests {
                     _ => panic!("not an Ed25519 key"),
                 };
                 assert_eq!(key.public_key(), ring_pair.public_key().as_ref());
-                for msg in [&b""[..], b"abc", &[7u8; 32]] {
-                    assert_eq!(key.sign(msg).as_slice(), ring_pair.sign(msg).as_ref());
+                let msgs = [&b""[..], b"abc", &[7u8; 32]];
+                for (msg, sig) in msgs.iter().zip(key.sign_batch(&msgs)) {
+                    assert_eq!(sig.as_slice(), ring_pair.sign(msg).as_ref());
                 }
             }
         }
