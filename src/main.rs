@@ -13,6 +13,13 @@ use clap::Parser;
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
+    // 2 MiB pages for mimalloc's memory: the dedupe set (8 bytes per distinct address, tens
+    // of MB) is probed at random once per row, and with 4 KiB pages nearly every probe also
+    // misses the TLB. Measured on scripts/bench-render: about 4 % less CPU with dedupe on.
+    // SAFETY: sets a mimalloc option; valid at any time, affects later OS allocations only.
+    unsafe {
+        libmimalloc_sys::mi_option_set_enabled(libmimalloc_sys::mi_option_large_os_pages, true)
+    };
     let args = blast::cli::Args::parse();
     match blast::cli::run(args) {
         Ok(code) => code,
