@@ -560,7 +560,11 @@ fn bench_sign_cost() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(20_000);
     let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let only = std::env::var("BLAST_BENCH_ALGORITHM").ok();
     for (name, key) in [("rsa-2048", &rsa), ("ed25519", &ed)] {
+        if only.as_deref().is_some_and(|o| o != name) {
+            continue;
+        }
         let path = campaign(
             &dir,
             &format!(
@@ -571,7 +575,9 @@ fn bench_sign_cost() {
         let dkim = Arc::clone(Campaign::load(&path).unwrap().dkim.as_ref().unwrap());
         // In batches, as the render threads sign (a render batch at a time).
         let run = |count: usize| {
-            let mut batch: Vec<Vec<u8>> = vec![Vec::with_capacity(unsigned.len() + 1024); 64];
+            let mut batch: Vec<Vec<u8>> = (0..64)
+                .map(|_| Vec::with_capacity(unsigned.len() + 1024))
+                .collect();
             let mut done = 0;
             while done < count {
                 let n = batch.len().min(count - done);
