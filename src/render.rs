@@ -312,7 +312,6 @@ impl Renderer {
             unsubscribe_url: OnceLock::new(),
             unsubscribe_mailto: OnceLock::new(),
             recipient,
-            values: Default::default(),
         });
         let value = Value::from_dyn_object(ctx.clone());
         let t = &self.templates;
@@ -483,9 +482,6 @@ struct RowContext {
     unsubscribe_url: OnceLock<String>,
     unsubscribe_mailto: OnceLock<String>,
     recipient: Recipient,
-    /// minijinja values made so far, by variable: a body looks the same name up several
-    /// times, and each lookup would otherwise copy the string into a new value.
-    values: [OnceLock<Option<Value>>; CACHED_VALUES],
 }
 
 impl RowContext {
@@ -511,24 +507,12 @@ impl RowContext {
     }
 }
 
-/// Columns whose minijinja values a row keeps once made (the first ones of the list).
-const CACHED_VALUES: usize = 16;
-
 impl Object for RowContext {
     fn get_value(self: &Arc<Self>, key: &Value) -> Option<Value> {
-        let key = key.as_str()?;
-        let make = || {
-            Some(match self.lookup(key)? {
-                Field::Str(s) => Value::from(s),
-                Field::Num(n) => Value::from(n),
-            })
-        };
-        match self.columns.index(key) {
-            Some(i) if i < CACHED_VALUES && key != "email" => {
-                self.values[i].get_or_init(make).clone()
-            }
-            _ => make(),
-        }
+        Some(match self.lookup(key.as_str()?)? {
+            Field::Str(s) => Value::from(s),
+            Field::Num(n) => Value::from(n),
+        })
     }
 }
 
@@ -820,7 +804,6 @@ mod tests {
                     address: fields[0].to_string(),
                     record: csv::StringRecord::from(fields.to_vec()),
                 },
-                values: Default::default(),
             });
             let value = Value::from_dyn_object(ctx.clone());
             for (i, src) in sources.iter().enumerate() {

@@ -515,6 +515,16 @@ impl Source {
         &self.columns
     }
 
+    /// Sizes the dedupe set for about `rows` rows up front, so that it does not grow (rehashing
+    /// everything each time) while the list streams by; it is the size the set reaches anyway.
+    /// A hint only: the set still grows past it.
+    pub fn expect_rows(&mut self, rows: u64) {
+        if let Some(seen) = &mut self.seen {
+            seen.0
+                .reserve(usize::try_from(rows).unwrap_or(usize::MAX).min(1 << 32));
+        }
+    }
+
     /// Rows in `done` (final in an earlier session of a resumed run) are skipped on a fast path:
     /// no control-character scan, no record copy; only the address is normalised and fed to
     /// dedupe, so a later duplicate of a done row is still rejected as before.
