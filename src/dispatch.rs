@@ -2,8 +2,9 @@
 //!
 //! Inputs: rendered messages from the render threads (a bounded queue of `queue_depth`: when
 //! it is full, rendering and the CSV reader wait), and jobs coming back from connections
-//! (lost connection: place again now; deferred: place again after the retry delay). Outputs:
-//! the nodes' small bounded queues.
+//! (lost connection: place again now; deferred: place again after the retry delay), and the rows
+//! the render threads could not render, which it records as final failures (like every final
+//! outcome, through [`Shared::finish_with`]). Outputs: the nodes' small bounded queues.
 //!
 //! Choice of node: smooth weighted round-robin over healthy nodes whose queue has room and
 //! whose rate limit allows a message now. A recipient deferred `fallback_after` times by
@@ -135,7 +136,23 @@ impl Shared {
 
     /// Records a final outcome.
     pub fn finish(&self, job: Job, status: Status, node: &Arc<str>, delivery: Option<Delivery>) {
-        self.finish_with(job, status, node, delivery, true);
+        self.finish_with(job, status, node, delivery, None, true);
+    }
+
+    /// A row whose message could not be rendered (from the render threads, through the
+    /// dispatcher): final `failed`, node `render`, the template error as its reason; not added
+    /// to the suppression list. Recorded like every other outcome, so the run can finish.
+    pub fn fail_unrendered(&self, u: crate::outcome::Unrendered) {
+        self.outstanding.fetch_add(1, Ordering::AcqRel);
+        let job = Job::new(Message {
+            row: u.row,
+            rcpt: u.rcpt,
+            mail_from: String::new(),
+            message_id: u.message_id,
+            bytes: Vec::new(),
+        });
+        let node: Arc<str> = crate::outcome::UNRENDERED_NODE.into();
+        self.finish_with(job, Status::Failed, &node, None, Some(u.reason), false);
     }
 
     /// A rendered message that will never be sent: its domain does not accept mail (see
@@ -158,7 +175,7 @@ impl Shared {
             reply,
         });
         let node: Arc<str> = "dns".into();
-        self.finish_with(job, Status::Failed, &node, delivery, false);
+        self.finish_with(job, Status::Failed, &node, delivery, None, false);
     }
 
     fn finish_with(
@@ -167,6 +184,7 @@ impl Shared {
         status: Status,
         node: &Arc<str>,
         delivery: Option<Delivery>,
+        reason: Option<String>,
         suppress: bool,
     ) {
         if let Some(j) = &self.journal
@@ -204,9 +222,10 @@ impl Shared {
             reply,
             attempts: job.attempts,
             possibly_duplicated: job.possibly_duplicated,
+            reason,
         };
         if let Some(j) = &self.journal
-            && !j.record(outcome.clone())
+            && !j.record(&outcome)
         {
             tracing::error!("the journal writer stopped; stopping the run");
             self.request_stop();
@@ -364,6 +383,8 @@ pub struct Dispatcher {
     all_down_since: Option<Instant>,
     /// Direct-to-MX delivery: routes jobs instead of the node pool (see [`crate::direct`]).
     direct: Option<crate::direct::Router>,
+    /// Rows the render threads could not render: recorded as final failures.
+    unrendered: Option<async_channel::Receiver<crate::outcome::Unrendered>>,
 }
 
 impl Dispatcher {
@@ -407,6 +428,7 @@ impl Dispatcher {
             current: vec![0; n],
             all_down_since: None,
             direct: None,
+            unrendered: None,
         };
         (d, shared)
     }
@@ -414,6 +436,13 @@ impl Dispatcher {
     /// Direct-to-MX delivery: jobs go where `router` says instead of to the node pool.
     pub fn set_direct(&mut self, router: crate::direct::Router) {
         self.direct = Some(router);
+    }
+
+    /// Rows that could not be rendered come from `rx` (closed by the render threads with the
+    /// message input): each becomes a final `failed` outcome ([`Shared::fail_unrendered`]), and
+    /// the run is not done before `rx` is closed and drained.
+    pub fn set_unrendered(&mut self, rx: async_channel::Receiver<crate::outcome::Unrendered>) {
+        self.unrendered = Some(rx);
     }
 
     /// Runs until every message is final, a stop is requested, or no node is reachable.
@@ -431,6 +460,8 @@ impl Dispatcher {
 
     async fn run_inner(&mut self, input: async_channel::Receiver<Vec<Message>>) -> End {
         let mut input_done = false;
+        let unrendered = self.unrendered.take();
+        let mut unrendered_done = unrendered.is_none();
         // Messages arrive in batches (one wake-up per batch, not per message).
         let mut pending: VecDeque<Message> = VecDeque::new();
         loop {
@@ -448,7 +479,7 @@ impl Dispatcher {
                 }
                 continue;
             }
-            if input_done && self.shared.outstanding() == 0 {
+            if input_done && unrendered_done && self.shared.outstanding() == 0 {
                 return End::Done;
             }
             let next_due = self.heap.peek().map(|e| e.at);
@@ -478,6 +509,10 @@ impl Dispatcher {
                 batch = input.recv(), if take_new => match batch {
                     Ok(batch) => pending.extend(batch),
                     Err(_) => input_done = true,
+                },
+                u = recv_unrendered(unrendered.as_ref()), if !unrendered_done => match u {
+                    Some(u) => self.shared.fail_unrendered(u),
+                    None => unrendered_done = true,
                 },
                 _ = self.shared.idle.notified(), if input_done => {}
             }
@@ -608,6 +643,15 @@ impl Dispatcher {
         }
         self.current[best] -= total;
         best
+    }
+}
+
+async fn recv_unrendered(
+    rx: Option<&async_channel::Receiver<crate::outcome::Unrendered>>,
+) -> Option<crate::outcome::Unrendered> {
+    match rx {
+        Some(rx) => rx.recv().await.ok(),
+        None => None,
     }
 }
 

@@ -22,44 +22,52 @@
 //!   `outcomes` (node `dns`), so they are right even for a session that crashed.
 //!
 //! # Writer
-//! Only one thread writes during a send ([`JournalWriter`]), fed by a bounded channel. Records
-//! reach SQLite in transactions of at most [`BATCH`] records, committed when the batch is full
-//! or [`FLUSH_EVERY`] after its first record. WAL mode with `synchronous = NORMAL`: a commit
+//! Only one thread writes SQLite during a send ([`JournalWriter`]). Records reach it in
+//! transactions of at most [`BATCH`] records, committed when the batch is full or
+//! [`FLUSH_EVERY`] after its first record. WAL mode with `synchronous = NORMAL`: a commit
 //! survives the process being killed (it is in the OS page cache); after a power loss the last
 //! commits may be lost, which resume handles like a crash before them. On close: commit, then
 //! `wal_checkpoint(TRUNCATE)`. `blast status` reads concurrently (WAL).
 //!
-//! A connection that waits for its attempt mark (see below) does not wait for a SQLite commit:
-//! the writer appends the records that arrived since its last write (outcomes, marks, node
-//! events, in channel order) to the **log**, `<journal>-log` ([`log_path`]), with one write(2)
-//! per group, and then tells the waiters. Same durability as a WAL commit with
-//! `synchronous = NORMAL`: it survives kill -9, not a power loss. The log holds one
-//! *generation*: a header (magic, run id, generation number), then groups (u32 length + the
-//! records, each a tag and the column values after `run_id`). The SQLite transaction of a batch
-//! is built from the same bytes and stores the generation in `meta` (`log_generation`); then
-//! the log is emptied and the next generation starts. A writer that did not close (crash,
-//! kill -9) leaves its log behind: [`Journal::open`] (under the campaign lock) folds it into
-//! SQLite in one transaction unless `meta` already has its generation (killed between the
-//! commit and the next header), and removes it; a torn last group (killed inside the write) is
+//! Records (outcomes, attempt marks, node events) are encoded by the pipeline's threads into the
+//! **log**'s buffer, under a lock ([`JournalSender`]). A connection that needs its attempt mark
+//! durable (see below) does not wait for a SQLite commit, nor for the writer thread: it writes
+//! the buffer's unwritten records (its mark, and everything queued before it) to the log file
+//! itself, with one write(2), before it returns. Same durability as a WAL commit with
+//! `synchronous = NORMAL`: it survives kill -9, not a power loss. The log holds *generations*,
+//! each in a file of its own, alternately `<journal>-log` ([`log_path`]) and `<journal>-log2`: a
+//! header (magic, run id, generation number), then groups (u32 length + the records, each a tag
+//! and the column values after `run_id`). When a batch is due, the writer thread (under the
+//! lock) writes what is unwritten, takes the generation's bytes and starts the next generation
+//! in the other file (emptied: its generation is committed), then builds the SQLite transaction
+//! from those bytes, outside the lock, storing the generation in `meta` (`log_generation`). A
+//! writer that did not close (crash, kill -9) leaves its logs behind: [`Journal::open`] (under
+//! the campaign lock) folds the generations that `meta` does not have yet into SQLite, in order,
+//! in one transaction, and removes the files; a torn last group (killed inside a write) is
 //! ignored, as nobody was told it was durable. So `blast status` of a killed run may miss up to
-//! one batch until the next `blast send`. Why: with one SQLite commit per group, a 1.2M-row
-//! send into smtp-sink did 2.4M records in ~320k commits (~7 records each, each rewriting the
-//! outcomes, index and attempts pages in the WAL) and cost ~14 % of the throughput (issue 4);
-//! with the log, ~2,400 commits. The writer's connection sets `ignore_check_constraints` (the
-//! `status IN (…)` CHECK built an ephemeral b-tree per outcome insert, ~half the writer's
-//! instructions); it writes only `Status::as_str()`, and records read back from a log are
-//! checked by `apply_log` instead.
+//! two batches until the next `blast send`.
+//!
+//! Why: with one SQLite commit per group, a 1.2M-row send into smtp-sink did 2.4M records in
+//! ~320k commits (~7 records each, each rewriting the outcomes, index and attempts pages in the
+//! WAL) and cost ~14 % of the throughput (issue 4); with the log, ~2,400 commits. With the marks
+//! written by the writer thread (each waiting connection woke it, then was woken by it), a
+//! send into the embedded receiver spent ~7 µs of writer CPU per outcome, ~5 µs of it in those
+//! wake-ups and context switches (one per ~2 marks); with the connections writing their own
+//! marks, ~2 µs (the SQLite inserts), plus one write(2) per mark on the connection's thread.
+//! Outcomes are encoded from a reference (no copy of the outcome for the journal), their time
+//! formatted once per millisecond. The writer's connection sets `ignore_check_constraints`
+//! (the `status IN (…)` CHECK built an ephemeral b-tree per outcome insert, ~half the SQLite
+//! instructions); the log holds only `Status::as_str()`, and `apply_log` checks it.
 //!
 //! # Resume and the at-least-once window
 //! At resume the rows with a final outcome are loaded into a [`RowSet`] bitmap (one bit per row:
 //! 10M rows = 1.25 MB) and skipped by the reader before rendering. Rows with an attempt mark but no
 //! outcome are re-sent and counted as "possibly duplicated (resumed)"; deferred rows are simply
-//! re-sent. A connection waits until its attempt mark is durable (in the log, see "Writer") before
-//! it starts the transaction (group write: as soon as the writer's queue is drained), so every
-//! message a relay may have received has a durable mark. A connection queues the outcome of its
-//! transaction before it asks for its next mark (a retry, already marked, asks for a
-//! [`JournalSender::barrier`]) on the same FIFO channel, and that group write carries both (or an
-//! earlier one, the outcome): so each connection has at most **one** row with a mark and no durable
+//! re-sent. A connection writes its attempt mark to the log (see "Writer") before it starts the
+//! transaction, so every message a relay may have received has a durable mark. A connection queues
+//! the outcome of its transaction before it writes its next mark (a retry, already marked, asks
+//! for a [`JournalSender::barrier`]), and that write carries both (or an earlier one, by another
+//! connection or a batch hand-over, the outcome): so each connection has at most **one** row with a mark and no durable
 //! outcome at any moment — the one in flight, or the one it just finished. The window in which a
 //! recipient can get a message twice is therefore at most the sum of `max_connections` of the nodes
 //! per crash (plus jobs waiting to be re-sent after a connection was lost mid-transaction, which
@@ -71,7 +79,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError, sync_channel};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, sync_channel};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -513,6 +521,34 @@ impl Journal {
             .map_err(sql(&self.path))
     }
 
+    /// Every run of `campaign` over the list with this fingerprint, oldest first, each with its
+    /// number of rows with a final outcome (for the resharding guard: runs of the list in the
+    /// journal of another sharding). Empty for a journal with no schema yet.
+    pub fn runs_of_list(
+        &self,
+        campaign: &str,
+        list_fingerprint: &str,
+    ) -> Result<Vec<(RunInfo, u64)>> {
+        if self.schema_version()? == 0 {
+            return Ok(Vec::new());
+        }
+        let e = sql(&self.path);
+        let mut st = self
+            .conn
+            .prepare(&format!(
+                "SELECT {}, (SELECT COUNT(*) FROM outcomes o WHERE o.run_id = runs.id)
+                 FROM runs WHERE campaign = ?1 AND list_fingerprint = ?2 ORDER BY id",
+                Self::RUN_COLUMNS
+            ))
+            .map_err(&e)?;
+        let rows = st
+            .query_map(params![campaign, list_fingerprint], |r| {
+                Ok((Self::run_from_row(r)?, r.get::<_, i64>(12)? as u64))
+            })
+            .map_err(&e)?;
+        rows.collect::<rusqlite::Result<_>>().map_err(&e)
+    }
+
     /// The latest run of `campaign`, whatever its list.
     pub fn last_run(&self, campaign: &str) -> Result<Option<RunInfo>> {
         self.conn
@@ -702,20 +738,43 @@ impl Journal {
     }
 
     /// Starts the writer thread for `run` on a connection of its own.
+    /// Starts the writer thread for `run` on a connection of its own. `capacity` bounds the
+    /// records waiting for a SQLite transaction (at least one batch): senders wait beyond it.
     pub fn writer(&self, run: i64, capacity: usize) -> Result<JournalWriter> {
         let w = Journal::open(&self.path)?;
-        let (tx, rx) = sync_channel(capacity.max(1));
+        let generation = log_generation(&w.conn).map_err(sql(&self.path))? + 1;
+        let log = Log::create(&self.path, run, generation).map_err(|source| JournalError::Io {
+            path: log_path(&self.path),
+            source,
+        })?;
+        let shared = Arc::new(WriterShared {
+            state: std::sync::Mutex::new(LogState {
+                log,
+                max_pending: capacity.max(BATCH),
+                closed: false,
+                error: None,
+                outcomes: 0,
+                attempts: 0,
+                log_writes: 0,
+                time_ms: 0,
+                time: String::new(),
+            }),
+            room: std::sync::Condvar::new(),
+        });
+        let (kick, kicks) = sync_channel(4);
         let path = self.path.clone();
+        let writer_shared = shared.clone();
         let thread = std::thread::Builder::new()
             .name("journal".into())
-            .spawn(move || write_loop(w.conn, &path, run, rx))
+            .spawn(move || write_loop(w.conn, &path, run, writer_shared, kicks))
             .map_err(|source| JournalError::Io {
                 path: self.path.clone(),
                 source,
             })?;
         Ok(JournalWriter {
             tx: JournalSender {
-                tx,
+                shared,
+                kick,
                 waits: Arc::new(AtomicU64::new(0)),
                 unconfirmed: None,
             },
@@ -1086,22 +1145,6 @@ impl StatusReport {
 // The writer thread
 // ---------------------------------------------------------------------------------------------
 
-enum Record {
-    Outcome(Outcome),
-    /// An attempt mark (`None`: a barrier, no mark); `done` is told once it is durable
-    /// (written to the log, or committed).
-    Attempt {
-        row: Option<u64>,
-        done: tokio::sync::oneshot::Sender<()>,
-    },
-    /// A node went down or came back up.
-    NodeEvent {
-        node: String,
-        event: crate::node::HealthEvent,
-    },
-    Close,
-}
-
 /// Handle to the writer thread; see [`Journal::writer`].
 pub struct JournalWriter {
     tx: JournalSender,
@@ -1115,52 +1158,117 @@ pub struct WriterStats {
     pub attempts: u64,
     /// SQLite transactions.
     pub transactions: u64,
-    /// Group writes to the log (`<journal>-log`) for attempt marks and barriers.
+    /// Group writes to the log (`<journal>-log`, `-log2`) for attempt marks and barriers, and
+    /// when a batch is handed to SQLite.
     pub log_writes: u64,
+    /// CPU time of the writer thread (Linux: `/proc/thread-self/schedstat`), final commit and
+    /// checkpoint included. The log writes of marks run on the connections' threads.
+    pub cpu: Option<Duration>,
+}
+
+/// CPU time of the calling thread so far (Linux; None elsewhere).
+fn thread_cpu() -> Option<Duration> {
+    let s = std::fs::read_to_string("/proc/thread-self/schedstat").ok()?;
+    let ns: u64 = s.split_whitespace().next()?.parse().ok()?;
+    Some(Duration::from_nanos(ns))
+}
+
+/// Why the writer thread is woken.
+enum Kick {
+    /// A batch got its first record, or is full.
+    Batch,
+    Close,
+}
+
+/// The log and its counters, shared by the senders and the writer thread.
+struct LogState {
+    log: Log,
+    /// Records waiting for a transaction, at most: a sender waits (counted) beyond that.
+    max_pending: usize,
+    /// The writer closed (or failed): records are refused.
+    closed: bool,
+    /// A log write of a sender failed: the writer stops with it.
+    error: Option<std::io::Error>,
+    outcomes: u64,
+    attempts: u64,
+    log_writes: u64,
+    /// The outcomes' `time`, formatted once per millisecond.
+    time_ms: u128,
+    time: String,
+}
+
+impl LogState {
+    /// `time` of the outcomes recorded now.
+    fn refresh_time(&mut self) {
+        let now = SystemTime::now();
+        let ms = now
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis());
+        if ms != self.time_ms || self.time.is_empty() {
+            self.time_ms = ms;
+            self.time = rfc3339(now);
+        }
+    }
+}
+
+struct WriterShared {
+    state: std::sync::Mutex<LogState>,
+    /// Signalled when the writer took a batch (for senders waiting for room).
+    room: std::sync::Condvar,
+}
+
+impl WriterShared {
+    fn lock(&self) -> std::sync::MutexGuard<'_, LogState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
 }
 
 /// Where the pipeline puts outcomes and attempt marks. Cloneable.
+///
+/// No round trip to the writer thread: a record is encoded into the log's buffer under a lock,
+/// and a mark (or barrier) writes the buffer's unwritten records to the log itself, with one
+/// write(2), before it returns. (With marks made durable by the writer thread, each mark cost a
+/// wake-up of the writer, a context switch and a wake-up of the waiting task: ~5 µs of the
+/// writer's ~7 µs per outcome, plus the senders' side.)
 #[derive(Clone)]
 pub struct JournalSender {
-    tx: SyncSender<Record>,
+    shared: Arc<WriterShared>,
+    kick: SyncSender<Kick>,
     waits: Arc<AtomicU64>,
     unconfirmed: Option<Arc<RowSet>>,
 }
 
 impl JournalSender {
-    /// Queues a final outcome. Returns false if the writer is gone (it failed, or was closed).
-    pub fn record(&self, outcome: Outcome) -> bool {
-        self.send(Record::Outcome(outcome))
-    }
-
-    /// Writes an attempt mark for `row` and waits until it is durable (in the log or committed,
-    /// see "Writer" in the module doc). Returns false if the writer is gone: the caller must not
-    /// send then.
-    pub async fn mark_attempt(&self, row: u64) -> bool {
-        self.commit_with(Some(row)).await
-    }
-
-    /// Waits until everything this sender queued so far (its last outcome) is durable,
-    /// writing no mark: before re-sending a job that already has its mark (a retry), so that a
-    /// connection never has more than one row in doubt. False if the writer is gone.
-    pub async fn barrier(&self) -> bool {
-        self.commit_with(None).await
-    }
-
-    async fn commit_with(&self, row: Option<u64>) -> bool {
-        let (done, wait) = tokio::sync::oneshot::channel();
-        if !self.send(Record::Attempt { row, done }) {
-            return false;
-        }
-        wait.await.is_ok()
-    }
-
-    /// Records a node's down/up event (rare: blocks only if the writer's queue is full).
-    pub fn node_event(&self, node: &str, event: &crate::node::HealthEvent) -> bool {
-        self.send(Record::NodeEvent {
-            node: node.to_string(),
-            event: event.clone(),
+    /// Queues a final outcome (encoded at once: nothing is kept of `outcome`). Returns false if
+    /// the writer is gone (it failed, or was closed).
+    pub fn record(&self, outcome: &Outcome) -> bool {
+        self.push(false, |st| {
+            st.refresh_time();
+            st.log.push_outcome(outcome, &st.time);
+            st.outcomes += 1;
         })
+    }
+
+    /// Writes an attempt mark for `row` and makes it durable (written to the log, with every
+    /// record queued before it; see "Writer" in the module doc). Returns false if the writer is
+    /// gone or the write failed: the caller must not send then.
+    pub async fn mark_attempt(&self, row: u64) -> bool {
+        self.push(true, |st| {
+            st.log.push_attempt(row);
+            st.attempts += 1;
+        })
+    }
+
+    /// Makes everything queued so far (this connection's last outcome) durable, writing no
+    /// mark: before re-sending a job that already has its mark (a retry), so that a connection
+    /// never has more than one row in doubt. False if the writer is gone.
+    pub async fn barrier(&self) -> bool {
+        self.push(true, |_| {})
+    }
+
+    /// Records a node's down/up event.
+    pub fn node_event(&self, node: &str, event: &crate::node::HealthEvent) -> bool {
+        self.push(false, |st| st.log.push_node_event(node, event))
     }
 
     /// Was this row attempted, with no final outcome, by an earlier session of the run?
@@ -1168,26 +1276,58 @@ impl JournalSender {
         self.unconfirmed.as_ref().is_some_and(|s| s.contains(row))
     }
 
-    /// How many times a sender had to wait for the writer (channel full).
+    /// How many times a sender had to wait for the writer (too many records pending).
     pub fn waits(&self) -> u64 {
         self.waits.load(Ordering::Relaxed)
     }
 
-    fn send(&self, r: Record) -> bool {
-        match self.tx.try_send(r) {
-            Ok(()) => true,
-            Err(TrySendError::Full(r)) => {
-                self.waits.fetch_add(1, Ordering::Relaxed);
-                let send = || self.tx.send(r).is_ok();
-                match tokio::runtime::Handle::try_current() {
-                    Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
-                        tokio::task::block_in_place(send)
-                    }
-                    _ => send(),
+    /// Adds records with `add` and, if `durable`, writes what is unwritten to the log.
+    fn push(&self, durable: bool, add: impl FnOnce(&mut LogState)) -> bool {
+        let mut st = self.shared.lock();
+        if st.log.records >= st.max_pending && !st.closed {
+            self.waits.fetch_add(1, Ordering::Relaxed);
+            let wait = || {
+                let mut st = self.shared.lock();
+                while st.log.records >= st.max_pending && !st.closed {
+                    st = self.shared.room.wait(st).unwrap_or_else(|p| p.into_inner());
+                }
+            };
+            drop(st);
+            // Inside a multi-threaded runtime, let tokio move other tasks off this thread.
+            match tokio::runtime::Handle::try_current() {
+                Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+                    tokio::task::block_in_place(wait)
+                }
+                _ => wait(),
+            }
+            st = self.shared.lock();
+        }
+        if st.closed {
+            return false;
+        }
+        let before = st.log.records;
+        add(&mut st);
+        let after = st.log.records;
+        if durable {
+            match st.log.write_group() {
+                Ok(true) => st.log_writes += 1,
+                Ok(false) => {}
+                Err(e) => {
+                    st.error = Some(e);
+                    st.closed = true;
+                    drop(st);
+                    let _ = self.kick.try_send(Kick::Close);
+                    return false;
                 }
             }
-            Err(TrySendError::Disconnected(_)) => false,
         }
+        drop(st);
+        // Wake the writer when a batch starts (for its deadline) or is full; a full channel
+        // means it has a wake-up coming anyway.
+        if (before == 0 && after > 0) || (before < BATCH && after >= BATCH) {
+            let _ = self.kick.try_send(Kick::Batch);
+        }
+        true
     }
 }
 
@@ -1207,18 +1347,32 @@ impl JournalWriter {
     /// (`record` returns false), so a stop that cannot wait for its connections (second signal)
     /// still leaves a consistent journal.
     pub fn close(self) -> Result<WriterStats> {
-        let _ = self.tx.send(Record::Close);
+        let _ = self.tx.kick.send(Kick::Close);
         drop(self.tx);
         self.thread.join().map_err(|_| JournalError::Panicked)?
     }
 }
 
-/// `<journal>-log`: the writer's log of the records not yet committed to SQLite (see
-/// "Writer" in the module doc). Folded into SQLite by [`Journal::open`] after a crash.
+/// `<journal>-log`: the first of the writer's two log files, which hold the records not yet
+/// committed to SQLite (see "Writer" in the module doc); the second is `<journal>-log2`.
+/// Folded into SQLite by [`Journal::open`] after a crash.
 pub fn log_path(journal: &Path) -> PathBuf {
-    let mut p = journal.as_os_str().to_owned();
-    p.push("-log");
-    PathBuf::from(p)
+    log_paths(journal)[0].clone()
+}
+
+/// The log files: generation `g` is written to `log_paths(journal)[log_index(g)]`.
+fn log_paths(journal: &Path) -> [PathBuf; 2] {
+    ["-log", "-log2"].map(|suffix| {
+        let mut p = journal.as_os_str().to_owned();
+        p.push(suffix);
+        PathBuf::from(p)
+    })
+}
+
+/// Which of the two log files holds generation `g` (the first writer's first generation, 1,
+/// is in `-log`).
+fn log_index(generation: i64) -> usize {
+    (generation - 1).rem_euclid(2) as usize
 }
 
 /// The log file's header: magic, run id (i64 LE), generation (i64 LE).
@@ -1254,45 +1408,55 @@ fn put_opt_text(b: &mut Vec<u8>, s: Option<&str>) {
     }
 }
 
-/// Appends one record's encoding to `b` (`time`: the group's time, for outcomes).
-fn encode(b: &mut Vec<u8>, r: &Record, time: &str) {
-    match r {
-        Record::Outcome(o) => {
-            b.push(TAG_OUTCOME);
-            put_int(b, o.row as i64);
-            put_text(b, o.status.as_str());
-            put_text(b, &o.rcpt);
-            put_text(b, &o.node);
-            put_opt_text(b, o.stage.map(stage_name));
-            match o.code() {
-                Some(c) => put_int(b, i64::from(c)),
-                None => b.push(V_NULL),
-            }
-            put_opt_text(b, o.enhanced().map(|x| x.to_string()).as_deref());
-            put_opt_text(b, o.reply.as_ref().map(|r| r.text.as_str()));
-            put_opt_text(b, o.queue_id());
-            put_text(b, &o.message_id);
-            put_int(b, i64::from(o.attempts));
-            put_int(b, i64::from(o.possibly_duplicated));
-            put_text(b, time);
-        }
-        Record::NodeEvent { node, event } => {
-            b.push(TAG_NODE_EVENT);
-            put_text(b, node);
-            put_text(b, if event.up { "up" } else { "down" });
-            put_text(b, &event.reason);
-            put_int(b, event.accepted as i64);
-            put_text(b, &rfc3339(event.time));
-        }
-        Record::Attempt { .. } | Record::Close => {} // see Log::push_attempt
+/// `class.subject.detail` as text, without an intermediate String.
+fn put_enhanced(b: &mut Vec<u8>, e: Option<crate::smtp::EnhancedStatus>) {
+    use std::io::Write;
+    let Some(e) = e else {
+        b.push(V_NULL);
+        return;
+    };
+    b.push(V_TEXT);
+    let len_at = b.len();
+    b.extend_from_slice(&[0; 4]);
+    let _ = write!(b, "{}.{}.{}", e.class, e.subject, e.detail);
+    let n = (b.len() - len_at - 4) as u32;
+    b[len_at..len_at + 4].copy_from_slice(&n.to_le_bytes());
+}
+
+/// Appends an outcome record (`time`: when it was recorded).
+fn encode_outcome(b: &mut Vec<u8>, o: &Outcome, time: &str) {
+    b.push(TAG_OUTCOME);
+    put_int(b, o.row as i64);
+    put_text(b, o.status.as_str());
+    put_text(b, &o.rcpt);
+    put_text(b, &o.node);
+    put_opt_text(b, o.stage.map(stage_name));
+    match o.code() {
+        Some(c) => put_int(b, i64::from(c)),
+        None => b.push(V_NULL),
     }
+    put_enhanced(b, o.enhanced());
+    put_opt_text(b, o.text());
+    put_opt_text(b, o.queue_id());
+    put_text(b, &o.message_id);
+    put_int(b, i64::from(o.attempts));
+    put_int(b, i64::from(o.possibly_duplicated));
+    put_text(b, time);
+}
+
+fn encode_node_event(b: &mut Vec<u8>, node: &str, event: &crate::node::HealthEvent) {
+    b.push(TAG_NODE_EVENT);
+    put_text(b, node);
+    put_text(b, if event.up { "up" } else { "down" });
+    put_text(b, &event.reason);
+    put_int(b, event.accepted as i64);
+    put_text(b, &rfc3339(event.time));
 }
 
 /// Reads log values back (borrowed from the buffer); None at a truncated or malformed value.
 struct Decoder<'a> {
     b: &'a [u8],
 }
-
 impl<'a> Decoder<'a> {
     fn take(&mut self, n: usize) -> Option<&'a [u8]> {
         if self.b.len() < n {
@@ -1418,51 +1582,71 @@ fn set_log_generation(tx: &rusqlite::Transaction<'_>, generation: i64) -> rusqli
     Ok(())
 }
 
-/// Folds a log left by a writer that did not close (crash, kill -9) into SQLite and removes
-/// it. A log whose generation is already in SQLite (killed between the commit and the next
-/// generation) is just removed. Needs the campaign lock (no writer may be running).
+/// Folds the logs left by a writer that did not close (crash, kill -9) into SQLite, in
+/// generation order, and removes them. A generation already in SQLite (killed between a commit
+/// and the reuse of its file) is skipped. Needs the campaign lock (no writer may be running).
 fn fold_log(conn: &mut Connection, path: &Path) -> Result<()> {
-    let lp = log_path(path);
-    let io = |source| JournalError::Io {
-        path: lp.clone(),
-        source,
-    };
-    let bytes = match std::fs::read(&lp) {
-        Ok(b) => b,
-        Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-        Err(err) => return Err(io(err)),
-    };
-    if bytes.len() >= LOG_HEADER {
-        if &bytes[..8] != LOG_MAGIC {
-            return Err(io(std::io::Error::other(
-                "not a blast journal log (remove it only if no blast wrote it)",
-            )));
+    let mut logs = Vec::new();
+    for lp in log_paths(path) {
+        let io = |source| JournalError::Io {
+            path: lp.clone(),
+            source,
+        };
+        let bytes = match std::fs::read(&lp) {
+            Ok(b) => b,
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(err) => return Err(io(err)),
+        };
+        if bytes.len() >= LOG_HEADER {
+            if &bytes[..8] != LOG_MAGIC {
+                return Err(io(std::io::Error::other(
+                    "not a blast journal log (remove it only if no blast wrote it)",
+                )));
+            }
+            let run = i64::from_le_bytes(bytes[8..16].try_into().expect("8 bytes"));
+            let generation = i64::from_le_bytes(bytes[16..24].try_into().expect("8 bytes"));
+            logs.push((generation, run, bytes));
         }
-        let run = i64::from_le_bytes(bytes[8..16].try_into().expect("8 bytes"));
-        let generation = i64::from_le_bytes(bytes[16..24].try_into().expect("8 bytes"));
-        let e = sql(path);
-        if generation > log_generation(conn).map_err(&e)? {
-            let tx = conn.transaction().map_err(&e)?;
-            let applied = apply_log(&tx, run, &bytes[LOG_HEADER..]).map_err(&e)?;
-            set_log_generation(&tx, generation).map_err(&e)?;
-            tx.commit().map_err(&e)?;
-            tracing::info!(
-                run,
-                outcomes = applied.outcomes,
-                attempts = applied.attempts,
-                node_events = applied.node_events,
-                "journal log folded in"
-            );
+        // Shorter: created, or killed before its header was written: nothing in it.
+    }
+    logs.sort_by_key(|l| l.0);
+    let e = sql(path);
+    let done = log_generation(conn).map_err(&e)?;
+    let pending: Vec<_> = logs.iter().filter(|l| l.0 > done).collect();
+    if let Some(last) = pending.last() {
+        let tx = conn.transaction().map_err(&e)?;
+        let mut applied = Applied::default();
+        for (_, run, bytes) in &pending {
+            let a = apply_log(&tx, *run, &bytes[LOG_HEADER..]).map_err(&e)?;
+            applied.outcomes += a.outcomes;
+            applied.attempts += a.attempts;
+            applied.node_events += a.node_events;
+        }
+        set_log_generation(&tx, last.0).map_err(&e)?;
+        tx.commit().map_err(&e)?;
+        tracing::info!(
+            generations = pending.len(),
+            outcomes = applied.outcomes,
+            attempts = applied.attempts,
+            node_events = applied.node_events,
+            "journal log folded in"
+        );
+    }
+    for lp in log_paths(path) {
+        match std::fs::remove_file(&lp) {
+            Ok(()) => {}
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+            Err(source) => return Err(JournalError::Io { path: lp, source }),
         }
     }
-    std::fs::remove_file(&lp).map_err(io)
+    Ok(())
 }
 
-/// The writer's current log generation: `buf` holds its groups (what is in the file after the
-/// header, plus the group being built from `group_start`).
+/// The log of the records not yet committed to SQLite: the current generation's groups in
+/// `buf` (what is in its file after the header, plus the group being built from
+/// `group_start`). Generation `g` lives in `files[log_index(g)]`.
 struct Log {
-    file: std::fs::File,
-    path: PathBuf,
+    files: [std::fs::File; 2],
     run: i64,
     generation: i64,
     buf: Vec<u8>,
@@ -1477,14 +1661,15 @@ struct Log {
 
 impl Log {
     fn create(journal: &Path, run: i64, generation: i64) -> std::io::Result<Log> {
-        let path = log_path(journal);
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&path)?;
+        let open = |p: &PathBuf| {
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(p)
+        };
+        let [a, b] = log_paths(journal);
         let mut log = Log {
-            file,
-            path,
+            files: [open(&a)?, open(&b)?],
             run,
             generation,
             buf: Vec::with_capacity(BATCH * 256),
@@ -1497,16 +1682,21 @@ impl Log {
         Ok(log)
     }
 
-    /// Empties the file and writes the header of `generation`.
+    fn file(&mut self) -> &mut std::fs::File {
+        &mut self.files[log_index(self.generation)]
+    }
+
+    /// Empties the file of `generation` and writes its header.
     fn start_generation(&mut self, generation: i64) -> std::io::Result<()> {
         use std::io::Write;
-        self.file.set_len(0)?;
+        self.generation = generation;
         let mut h = [0u8; LOG_HEADER];
         h[..8].copy_from_slice(LOG_MAGIC);
         h[8..16].copy_from_slice(&self.run.to_le_bytes());
         h[16..24].copy_from_slice(&generation.to_le_bytes());
-        self.file.write_all(&h)?;
-        self.generation = generation;
+        let file = self.file();
+        file.set_len(0)?;
+        file.write_all(&h)?;
         self.buf.clear();
         self.written = 0;
         self.group_start = 0;
@@ -1515,21 +1705,27 @@ impl Log {
         Ok(())
     }
 
-    fn push_attempt(&mut self, row: u64) {
+    fn counted(&mut self) {
         if self.records == 0 {
             self.first_at = Instant::now();
         }
-        self.buf.push(TAG_ATTEMPT);
-        put_int(&mut self.buf, row as i64);
         self.records += 1;
     }
 
-    fn push(&mut self, r: &Record, time: &str) {
-        if self.records == 0 {
-            self.first_at = Instant::now();
-        }
-        encode(&mut self.buf, r, time);
-        self.records += 1;
+    fn push_attempt(&mut self, row: u64) {
+        self.buf.push(TAG_ATTEMPT);
+        put_int(&mut self.buf, row as i64);
+        self.counted();
+    }
+
+    fn push_outcome(&mut self, o: &Outcome, time: &str) {
+        encode_outcome(&mut self.buf, o, time);
+        self.counted();
+    }
+
+    fn push_node_event(&mut self, node: &str, event: &crate::node::HealthEvent) {
+        encode_node_event(&mut self.buf, node, event);
+        self.counted();
     }
 
     /// Closes the open group (its length) and opens the next one.
@@ -1540,122 +1736,145 @@ impl Log {
         self.buf.extend_from_slice(&[0; 4]);
     }
 
-    /// Writes the records pushed since the last write as one group, with one write(2).
-    fn write_group(&mut self) -> std::io::Result<()> {
+    /// Writes the records pushed since the last write as one group, with one write(2). False
+    /// if there was nothing new to write.
+    fn write_group(&mut self) -> std::io::Result<bool> {
         use std::io::Write;
         if self.buf.len() == self.group_start + 4 {
-            return Ok(()); // nothing new
+            return Ok(false);
         }
         self.close_group();
-        self.file
-            .write_all(&self.buf[self.written..self.group_start])?;
-        self.written = self.group_start;
-        Ok(())
+        let (start, end) = (self.written, self.group_start);
+        self.files[log_index(self.generation)].write_all(&self.buf[start..end])?;
+        self.written = end;
+        Ok(true)
     }
 
-    /// Commits the generation's records to SQLite in one transaction (with the generation in
-    /// `meta`), then starts the next generation.
-    fn commit(&mut self, conn: &mut Connection, journal: &Path) -> Result<()> {
-        let e = sql(journal);
+    /// Hands the generation's records over for a SQLite transaction: writes the unwritten ones
+    /// first (so every record of this generation is durable before any of the next one), then
+    /// starts the next generation in the other file (whose generation is committed). Returns
+    /// the generation and its groups.
+    /// Also whether it wrote.
+    fn rotate(&mut self) -> std::io::Result<(bool, i64, Vec<u8>)> {
+        let wrote = self.write_group()?;
+        let (generation, groups) = self.take();
+        self.start_generation(generation + 1)?;
+        Ok((wrote, generation, groups))
+    }
+
+    /// The generation's groups, without writing them (at close: no record can follow).
+    fn take(&mut self) -> (i64, Vec<u8>) {
         self.close_group();
-        let tx = conn.transaction().map_err(&e)?;
-        apply_log(&tx, self.run, &self.buf[..self.group_start]).map_err(&e)?;
-        set_log_generation(&tx, self.generation).map_err(&e)?;
-        tx.commit().map_err(&e)?;
-        self.start_generation(self.generation + 1)
-            .map_err(|source| JournalError::Io {
-                path: self.path.clone(),
-                source,
-            })
+        let mut groups = std::mem::replace(&mut self.buf, Vec::with_capacity(BATCH * 256));
+        groups.truncate(self.group_start);
+        self.buf.extend_from_slice(&[0; 4]);
+        (self.written, self.group_start, self.records) = (0, 0, 0);
+        (self.generation, groups)
     }
 }
 
+/// The writer thread: hands the log's batches to SQLite, one transaction each, when a batch is
+/// full ([`BATCH`] records) or [`FLUSH_EVERY`] after its first record; at close, the rest.
 fn write_loop(
     mut conn: Connection,
     path: &Path,
     run: i64,
-    rx: Receiver<Record>,
+    shared: Arc<WriterShared>,
+    kicks: Receiver<Kick>,
 ) -> Result<WriterStats> {
-    let mut stats = WriterStats::default();
+    let mut transactions = 0;
+    let result = write_batches(&mut conn, path, run, &shared, &kicks, &mut transactions);
+    // Failed or closed: refuse records from now on, and wake senders waiting for room.
+    let (outcomes, attempts, log_writes) = {
+        let mut st = shared.lock();
+        st.closed = true;
+        (st.outcomes, st.attempts, st.log_writes)
+    };
+    shared.room.notify_all();
+    result?;
+    for lp in log_paths(path) {
+        std::fs::remove_file(&lp).map_err(|source| JournalError::Io { path: lp, source })?;
+    }
+    conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+        .map_err(sql(path))?;
+    Ok(WriterStats {
+        outcomes,
+        attempts,
+        transactions,
+        log_writes,
+        cpu: thread_cpu(),
+    })
+}
+
+fn write_batches(
+    conn: &mut Connection,
+    path: &Path,
+    run: i64,
+    shared: &WriterShared,
+    kicks: &Receiver<Kick>,
+    transactions: &mut u64,
+) -> Result<()> {
+    let e = sql(path);
     // `status IN ('accepted', 'failed', 'expired')` costs SQLite an ephemeral b-tree per row
     // (opened, filled, probed, closed: ~2/3 of an outcome insert's instructions). The writer
     // only writes `Status::as_str()`, and `apply_log` checks it for records read back.
     conn.pragma_update(None, "ignore_check_constraints", true)
-        .map_err(sql(path))?;
-    let generation = log_generation(&conn).map_err(sql(path))? + 1;
+        .map_err(&e)?;
     let io = |source| JournalError::Io {
         path: log_path(path),
         source,
     };
-    let mut log = Log::create(path, run, generation).map_err(io)?;
-    let mut waiters = Vec::new();
     let mut closing = false;
     loop {
-        let got = if log.records == 0 {
-            rx.recv().ok()
-        } else {
-            let wait = (log.first_at + FLUSH_EVERY).saturating_duration_since(Instant::now());
-            match rx.recv_timeout(wait) {
-                Ok(r) => Some(r),
-                Err(RecvTimeoutError::Timeout) => None,
-                Err(RecvTimeoutError::Disconnected) => {
-                    closing = true;
-                    None
-                }
-            }
+        let deadline = {
+            let st = shared.lock();
+            (st.log.records > 0).then(|| st.log.first_at + FLUSH_EVERY)
         };
-        // The group's time (outcomes' `time`), formatted once per group.
-        let mut time = None;
-        let mut take = |r: Record, log: &mut Log, closing: &mut bool| match r {
-            Record::Close => *closing = true,
-            Record::Attempt { row, done } => {
-                if let Some(row) = row {
-                    log.push_attempt(row);
-                    stats.attempts += 1;
-                }
-                waiters.push(done);
-            }
-            r => {
-                let t = time.get_or_insert_with(|| rfc3339(SystemTime::now()));
-                log.push(&r, t);
-                if matches!(r, Record::Outcome(_)) {
-                    stats.outcomes += 1;
-                }
-            }
+        let kick = match deadline {
+            None => kicks.recv().map_err(|_| RecvTimeoutError::Disconnected),
+            Some(d) => kicks.recv_timeout(d.saturating_duration_since(Instant::now())),
         };
-        match got {
-            Some(r) => take(r, &mut log, &mut closing),
-            None if log.records == 0 => closing = true, // every sender is gone
-            None => {}
+        if matches!(kick, Ok(Kick::Close) | Err(RecvTimeoutError::Disconnected)) {
+            closing = true;
         }
-        while log.records < BATCH && !closing {
-            match rx.try_recv() {
-                Ok(r) => take(r, &mut log, &mut closing),
-                Err(_) => break,
+        let (taken, failed) = {
+            let mut st = shared.lock();
+            let failed = st.error.take();
+            closing |= failed.is_some();
+            if closing {
+                st.closed = true;
             }
+            let records = st.log.records;
+            let due = closing
+                || records >= BATCH
+                || (records > 0 && st.log.first_at.elapsed() >= FLUSH_EVERY);
+            let taken = if !due || records == 0 {
+                None
+            } else if closing {
+                // No record can follow: SQLite gets them without a log write.
+                Some(st.log.take())
+            } else {
+                let (wrote, generation, groups) = st.log.rotate().map_err(io)?;
+                st.log_writes += u64::from(wrote);
+                Some((generation, groups))
+            };
+            (taken, failed)
+        };
+        shared.room.notify_all();
+        if let Some((generation, groups)) = taken {
+            let tx = conn.transaction().map_err(&e)?;
+            apply_log(&tx, run, &groups).map_err(&e)?;
+            set_log_generation(&tx, generation).map_err(&e)?;
+            tx.commit().map_err(&e)?;
+            *transactions += 1;
         }
-        let due = log.records >= BATCH
-            || closing
-            || (log.records > 0 && log.first_at.elapsed() >= FLUSH_EVERY);
-        if due && log.records > 0 {
-            // SQLite has them all once committed: no need to write them to the log first.
-            log.commit(&mut conn, path)?;
-            stats.transactions += 1;
-        } else if !waiters.is_empty() {
-            log.write_group().map_err(io)?;
-            stats.log_writes += 1;
-        }
-        for w in waiters.drain(..) {
-            let _ = w.send(());
+        if let Some(source) = failed {
+            return Err(io(source));
         }
         if closing {
-            break;
+            return Ok(());
         }
     }
-    std::fs::remove_file(&log.path).map_err(io)?;
-    conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
-        .map_err(sql(path))?;
-    Ok(stats)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1772,6 +1991,7 @@ mod tests {
             reply: None,
             attempts: 1,
             possibly_duplicated: false,
+            reason: None,
         }
     }
 
@@ -1832,13 +2052,13 @@ mod tests {
                 } else {
                     Status::Accepted
                 };
-                assert!(tx.record(outcome(row, status)));
+                assert!(tx.record(&outcome(row, status)));
             }
         }
         let stats = w.close().unwrap();
         assert_eq!((stats.outcomes, stats.attempts), (2400, 2500));
         // After close, the writer refuses records instead of losing them silently.
-        assert!(!tx.record(outcome(9999, Status::Accepted)));
+        assert!(!tx.record(&outcome(9999, Status::Accepted)));
         let finals = j.final_rows(run).unwrap();
         assert_eq!(finals.len(), 2400);
         let unconfirmed = j.unconfirmed_rows(run, &finals).unwrap();
@@ -1873,10 +2093,7 @@ mod tests {
         let generation = log_generation(&j.conn).unwrap() + 1;
         let mut log = Log::create(&p, run, generation).unwrap();
         log.push_attempt(1);
-        log.push(
-            &Record::Outcome(outcome(1, Status::Accepted)),
-            "2026-01-01T00:00:00Z",
-        );
+        log.push_outcome(&outcome(1, Status::Accepted), "2026-01-01T00:00:00Z");
         log.push_attempt(2);
         log.write_group().unwrap();
         log.push_attempt(3);
@@ -1917,10 +2134,55 @@ mod tests {
             .build()
             .unwrap();
         assert!(rt.block_on(tx.mark_attempt(5)));
-        assert!(tx.record(outcome(5, Status::Accepted)));
+        assert!(tx.record(&outcome(5, Status::Accepted)));
         w.close().unwrap();
         assert!(!log_path(&p).exists());
         assert_eq!(j.final_rows(run).unwrap().len(), 2);
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn rotated_logs_are_folded_in_generation_order() {
+        let d = dir("log-rotate");
+        let p = d.join("j.sqlite");
+        let j = Journal::open(&p).unwrap();
+        let run = j.create_run("c", "l", "t", Path::new("x.csv")).unwrap();
+        let count = |j: &Journal, table: &str| -> i64 {
+            j.conn
+                .query_row(&format!("SELECT COUNT(*) FROM {table}"), [], |r| r.get(0))
+                .unwrap()
+        };
+        // Killed after handing generation 1 to SQLite (rotate), before its commit: both files.
+        let mut log = Log::create(&p, run, log_generation(&j.conn).unwrap() + 1).unwrap();
+        log.push_attempt(1);
+        log.push_outcome(&outcome(1, Status::Accepted), "2026-01-01T00:00:00Z");
+        log.push_attempt(2);
+        // Not written by a mark: the rotation writes it before generation 2 gets anything.
+        log.push_outcome(&outcome(2, Status::Failed), "2026-01-01T00:00:00Z");
+        let (wrote, generation, _) = log.rotate().unwrap();
+        assert!(wrote && generation == 1 && log.generation == 2);
+        log.push_attempt(3);
+        log.write_group().unwrap();
+        drop(log);
+        let [first, second] = log_paths(&p);
+        assert!(first.exists() && second.exists());
+        drop(j);
+        let j = Journal::open(&p).unwrap();
+        assert!(!first.exists() && !second.exists());
+        assert_eq!((count(&j, "outcomes"), count(&j, "attempts")), (2, 3));
+        assert_eq!(log_generation(&j.conn).unwrap(), 2);
+        // Killed after generation 2 was committed, while 3 was being written: 2 is skipped.
+        let mut log = Log::create(&p, run, 2).unwrap();
+        log.push_attempt(3);
+        log.write_group().unwrap();
+        log.rotate().unwrap();
+        log.push_attempt(4);
+        log.write_group().unwrap();
+        drop(log);
+        drop(j);
+        let j = Journal::open(&p).unwrap();
+        assert_eq!((count(&j, "outcomes"), count(&j, "attempts")), (2, 4));
+        assert_eq!(log_generation(&j.conn).unwrap(), 3);
         let _ = std::fs::remove_dir_all(&d);
     }
 
@@ -1937,9 +2199,9 @@ mod tests {
         for row in 1..=4 {
             let mut o = outcome(row, Status::Failed);
             o.node = "dns".into();
-            assert!(tx.record(o));
+            assert!(tx.record(&o));
         }
-        assert!(tx.record(outcome(5, Status::Accepted)));
+        assert!(tx.record(&outcome(5, Status::Accepted)));
         w.close().unwrap();
         let counts = |lookups, hits| crate::dns::DnsReport {
             domain_lookups: lookups,

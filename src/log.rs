@@ -54,9 +54,12 @@ impl LogSender {
             Ok(()) => {}
             Err(TrySendError::Full(outcome)) => {
                 self.waits.fetch_add(1, Ordering::Relaxed);
-                let send = || self.tx.send(outcome);
+                // (Nothing to do if the writer is gone: its error is reported at close.)
+                let send = || {
+                    let _ = self.tx.send(outcome);
+                };
                 // Inside a multi-threaded runtime, let tokio move other tasks off this thread.
-                let _ = match tokio::runtime::Handle::try_current() {
+                match tokio::runtime::Handle::try_current() {
                     Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
                         tokio::task::block_in_place(send)
                     }
@@ -190,7 +193,7 @@ fn write_line(out: &mut impl Write, o: &Outcome) -> io::Result<()> {
         stage: o.stage.map(stage_name),
         code: o.code(),
         enhanced: o.enhanced().map(|e| e.to_string()),
-        text: o.reply.as_ref().map(|r| r.text.as_str()),
+        text: o.text(),
         queue_id: o.queue_id(),
         message_id: &o.message_id,
         attempts: o.attempts,
@@ -262,6 +265,7 @@ mod tests {
                 reply: None,
                 attempts: 1,
                 possibly_duplicated: false,
+                reason: None,
             });
         }
         drop(tx);

@@ -83,6 +83,10 @@ pub struct Outcome {
     /// An earlier attempt lost its connection after the final dot: the recipient may get the
     /// message twice (same Message-ID).
     pub possibly_duplicated: bool,
+    /// Why, when no SMTP reply says it: the template error of a row whose message could not be
+    /// rendered (see [`Unrendered`]). Kept where a reply's text goes (`text` in the journal and
+    /// the delivery log).
+    pub reason: Option<String>,
 }
 
 impl Outcome {
@@ -94,6 +98,14 @@ impl Outcome {
         self.reply.as_ref().and_then(|r| r.enhanced)
     }
 
+    /// The reply's text, or the reason when there is no reply.
+    pub fn text(&self) -> Option<&str> {
+        self.reply
+            .as_ref()
+            .map(|r| r.text.as_str())
+            .or(self.reason.as_deref())
+    }
+
     pub fn queue_id(&self) -> Option<&str> {
         match self.status {
             Status::Accepted => self.reply.as_ref().and_then(|r| r.queue_id()),
@@ -101,6 +113,23 @@ impl Outcome {
         }
     }
 }
+
+/// A row whose message could not be rendered: a template that fails at send time for this
+/// row's values (e.g. a division by a zero column). Rendering is deterministic, so sending again
+/// cannot help: it is a final `failed` outcome (node [`UNRENDERED_NODE`], no stage, no reply, the
+/// error as its reason), recorded like any other one and never rendered again by a resume.
+/// Render threads hand these downstream to the dispatcher (see [`crate::dispatch`]).
+#[derive(Debug, Clone)]
+pub struct Unrendered {
+    pub row: u64,
+    pub rcpt: String,
+    pub message_id: String,
+    /// The template error, without the row number (so that `blast status` groups equal reasons).
+    pub reason: String,
+}
+
+/// The node name of [`Unrendered`] outcomes.
+pub const UNRENDERED_NODE: &str = "render";
 
 pub fn stage_name(stage: Stage) -> &'static str {
     match stage {

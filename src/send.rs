@@ -20,6 +20,7 @@ use crate::dispatch::{Dispatcher, End};
 use crate::journal::{JournalWriter, RowSet, WriterStats};
 use crate::log::DeliveryLog;
 use crate::node::Node;
+use crate::outcome::Unrendered;
 use crate::progress::{Counters, Mode, Progress, get, inc};
 use crate::receiver::{Receiver, ReceiverHandle, ReceiverOptions};
 use crate::render::{Message, Renderer};
@@ -30,6 +31,8 @@ use crate::source::{Recipient, Source, SourceStats};
 const BATCH: usize = 512;
 /// Rendered messages per hand-over to the dispatcher: one thread wake-up per batch.
 const RENDER_BATCH: usize = 128;
+/// Messages rendered (and DKIM-signed) together by a render thread.
+const SIGN_BATCH: usize = 64;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SendError {
@@ -113,6 +116,8 @@ pub struct Report {
     pub dry_run: bool,
     pub source: SourceStats,
     pub rendered: u64,
+    /// Rows whose message could not be rendered. Outside a dry run each is also a final
+    /// `failed` outcome (counted in `failed`, recorded in the journal and the delivery log).
     pub render_errors: u64,
     pub accepted: u64,
     pub failed: u64,
@@ -205,8 +210,16 @@ impl Report {
         } else {
             let _ = writeln!(
                 s,
-                "outcomes   {} accepted, {} failed, {} expired, {} unfinished",
-                self.accepted, self.failed, self.expired, self.unfinished
+                "outcomes   {} accepted, {} failed{}, {} expired, {} unfinished",
+                self.accepted,
+                self.failed,
+                if self.render_errors > 0 {
+                    format!(" ({} render errors)", self.render_errors)
+                } else {
+                    String::new()
+                },
+                self.expired,
+                self.unfinished
             );
             let _ = writeln!(
                 s,
@@ -258,8 +271,19 @@ impl Report {
         if let Some(j) = &self.journal {
             let _ = writeln!(
                 s,
-                "journal    {} outcomes, {} attempt marks, {} transactions, {} log writes",
-                j.outcomes, j.attempts, j.transactions, j.log_writes
+                "journal    {} outcomes, {} attempt marks, {} transactions, {} log writes{}",
+                j.outcomes,
+                j.attempts,
+                j.transactions,
+                j.log_writes,
+                match j.cpu {
+                    Some(cpu) => format!(
+                        ", writer CPU {:.2} s ({:.1} µs per outcome)",
+                        cpu.as_secs_f64(),
+                        cpu.as_secs_f64() * 1e6 / j.outcomes.max(1) as f64
+                    ),
+                    None => String::new(),
+                }
             );
         }
         if let Some(d) = &self.dns {
@@ -371,8 +395,8 @@ async fn run_async(
     };
     let started = Instant::now();
     let counters = Arc::new(Counters::default());
-    let total = estimate_rows(&campaign.recipients.path, opts.limit)
-        / opts.shard.map_or(1, |s| u64::from(s.count()));
+    let rows = estimate_rows(&campaign.recipients.path, opts.limit);
+    let total = rows / opts.shard.map_or(1, |s| u64::from(s.count()));
 
     // The one resolver of the run (node host names, pre-validation, direct delivery).
     let dns = shared_resolver(campaign, opts.dry_run)?;
@@ -421,6 +445,14 @@ async fn run_async(
     );
     let (batch_tx, batch_rx) =
         async_channel::bounded::<Vec<Recipient>>(campaign.limits.render_threads * 2);
+    // Rows that cannot be rendered, to the dispatcher (which records them as failed); a dry
+    // run only counts them.
+    let (failed_tx, failed_rx) = if opts.dry_run {
+        (None, None)
+    } else {
+        let (tx, rx) = async_channel::bounded::<Unrendered>(RENDER_BATCH);
+        (Some(tx), Some(rx))
+    };
     // The suppression list (a dry run only reads an existing one).
     let suppressions = if opts.dry_run && !campaign.suppression.path.exists() {
         None
@@ -430,6 +462,7 @@ async fn run_async(
         )?)
     };
     let mut source = source;
+    source.expect_rows(rows);
     if let Some(done) = &skip {
         source.skip_done(done.clone());
     }
@@ -445,19 +478,20 @@ async fn run_async(
     let renderer = Arc::new(renderer);
     let renderers: Vec<_> = (0..campaign.limits.render_threads)
         .map(|i| {
-            let (r, rx, tx, c) = (
+            let (r, rx, tx, failed, c) = (
                 renderer.clone(),
                 batch_rx.clone(),
                 msg_tx.clone(),
+                failed_tx.clone(),
                 counters.clone(),
             );
             std::thread::Builder::new()
                 .name(format!("blast-render-{i}"))
-                .spawn(move || render_loop(&r, rx, tx, &c))
+                .spawn(move || render_loop(&r, rx, tx, failed, &c))
                 .map_err(SendError::Runtime)
         })
         .collect::<Result<_, _>>()?;
-    drop((msg_tx, batch_rx));
+    drop((msg_tx, batch_rx, failed_tx));
 
     let node_counters = nodes
         .iter()
@@ -488,6 +522,9 @@ async fn run_async(
             Err(e) => tracing::error!("{e}: 5xx user-unknown replies will not be suppressed"),
         }
         let mut dispatcher = dispatcher;
+        if let Some(rx) = failed_rx {
+            dispatcher.set_unrendered(rx);
+        }
         // Direct delivery: MX hosts become nodes as domains route to them.
         let direct_nodes = match (&campaign.direct, &dns) {
             (Some(cfg), Some(dns)) => {
@@ -618,18 +655,20 @@ async fn run_async(
     }
 
     let signal = *signal.lock().expect("not poisoned");
-    let (rendered, accepted, failed, expired) = (
+    let (rendered, render_errors, accepted, failed, expired) = (
         get(&counters.rendered),
+        get(&counters.render_errors),
         get(&counters.accepted),
         get(&counters.failed),
         get(&counters.expired),
     );
-    // Everything rendered that did not reach a final outcome: held by the dispatcher or a
-    // connection, and also still waiting in the render queue when the run stopped.
+    // Everything rendered (or failed to render) that did not reach a final outcome: held by
+    // the dispatcher or a connection, and also still waiting in the render queue when the run
+    // stopped. Render errors are final `failed` outcomes once the dispatcher recorded them.
     let unfinished = if opts.dry_run {
         0
     } else {
-        rendered.saturating_sub(accepted + failed + expired)
+        (rendered + render_errors).saturating_sub(accepted + failed + expired)
     };
     Ok(Report {
         end,
@@ -637,7 +676,7 @@ async fn run_async(
         dry_run: opts.dry_run,
         source: read.stats,
         rendered,
-        render_errors: get(&counters.render_errors),
+        render_errors,
         accepted,
         failed,
         expired,
@@ -775,30 +814,54 @@ struct ReadEnd {
     other_shards: u64,
 }
 
+/// Renders batches of recipients into batches of messages. A row that cannot be rendered is
+/// counted (`render_errors`) and, when `failed` is given (not a dry run), handed on as an
+/// [`Unrendered`] to the dispatcher, which records it as a final failure.
 fn render_loop(
     renderer: &Renderer,
     rx: async_channel::Receiver<Vec<Recipient>>,
     tx: async_channel::Sender<Vec<Message>>,
+    failed: Option<async_channel::Sender<Unrendered>>,
     counters: &Counters,
 ) {
     let mut out = Vec::with_capacity(RENDER_BATCH);
     while let Ok(batch) = rx.recv_blocking() {
         let now = crate::cli::unix_now();
-        for r in batch {
-            match renderer.render(r, now) {
-                Ok(m) => {
-                    inc(&counters.rendered);
-                    out.push(m);
-                    if out.len() == RENDER_BATCH {
-                        let full = std::mem::replace(&mut out, Vec::with_capacity(RENDER_BATCH));
-                        if tx.send_blocking(full).is_err() {
-                            return;
+        // 64 at a time: DKIM signs those together (see `dkim::ed25519`), and fewer rendered
+        // messages wait in the thread than a whole reader batch.
+        let mut batch = batch.into_iter().peekable();
+        while batch.peek().is_some() {
+            let chunk: Vec<Recipient> = batch.by_ref().take(SIGN_BATCH).collect();
+            for result in renderer.render_batch(chunk, now) {
+                match result {
+                    Ok(m) => {
+                        inc(&counters.rendered);
+                        out.push(m);
+                        if out.len() == RENDER_BATCH {
+                            let full =
+                                std::mem::replace(&mut out, Vec::with_capacity(RENDER_BATCH));
+                            if tx.send_blocking(full).is_err() {
+                                return;
+                            }
                         }
                     }
-                }
-                Err(e) => {
-                    inc(&counters.render_errors);
-                    tracing::warn!("{e}");
+                    Err(e) => {
+                        inc(&counters.render_errors);
+                        tracing::warn!("{e}");
+                        if let (Some(failed), crate::render::RenderError::Row { row, rcpt, .. }) =
+                            (&failed, &e)
+                        {
+                            let u = Unrendered {
+                                row: *row,
+                                message_id: renderer.message_id(*row, rcpt),
+                                rcpt: rcpt.clone(),
+                                reason: render_reason(&e),
+                            };
+                            if failed.send_blocking(u).is_err() {
+                                return;
+                            }
+                        }
+                    }
                 }
             }
         }
@@ -812,6 +875,17 @@ fn render_loop(
     }
     if !out.is_empty() {
         let _ = tx.send_blocking(out);
+    }
+}
+
+/// The reason recorded for a row that cannot be rendered: the error without its row number,
+/// so that equal errors group together in `blast status`.
+fn render_reason(e: &crate::render::RenderError) -> String {
+    match e {
+        crate::render::RenderError::Row {
+            template, message, ..
+        } => format!("cannot render {template}: {message}"),
+        e => e.to_string(),
     }
 }
 

@@ -74,6 +74,64 @@ impl Shard {
     }
 }
 
+/// Which sharding a file of `base`'s outputs belongs to: `Some(None)` for `base` itself
+/// (unsharded), `Some(Some(shard))` for `shard.path(base)`, None for any other file. The
+/// inverse of [`Shard::path`].
+pub fn sharding_of(base: &Path, path: &Path) -> Option<Option<Shard>> {
+    if path.file_name()? == base.file_name()? {
+        return Some(None);
+    }
+    let name = path.file_name()?.to_str()?;
+    let (prefix, suffix) = match (base.file_stem(), base.extension()) {
+        (Some(stem), Some(ext)) => (
+            format!("{}.shard-", stem.to_str()?),
+            format!(".{}", ext.to_str()?),
+        ),
+        (Some(stem), None) => (format!("{}.shard-", stem.to_str()?), String::new()),
+        _ => ("shard-".to_string(), String::new()),
+    };
+    let (k, n) = name
+        .strip_prefix(&prefix)?
+        .strip_suffix(&suffix)?
+        .split_once("-of-")?;
+    let shard = Shard::new(k.parse().ok()?, n.parse().ok()?).ok()?;
+    // Exactly the name blast writes ("01-of-3" is not shard 1/3's).
+    (shard.path(base).file_name()? == path.file_name()?).then_some(Some(shard))
+}
+
+/// The files of every sharding of `base` that exist beside it: `base` itself (unsharded, `None`)
+/// and `shard.path(base)` for any K/N (`Some(shard)`), sorted by name.
+pub fn existing(base: &Path) -> std::io::Result<Vec<(Option<Shard>, PathBuf)>> {
+    let dir = match base.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let mut found = Vec::new();
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(found),
+        Err(e) => return Err(e),
+    };
+    for entry in entries {
+        let path = dir.join(entry?.file_name());
+        if let Some(sharding) = sharding_of(base, &path)
+            && path.is_file()
+        {
+            found.push((sharding, path));
+        }
+    }
+    found.sort_by(|a, b| a.1.cmp(&b.1));
+    Ok(found)
+}
+
+/// `--shard K/N`, or "no --shard", as an operator would type it.
+pub fn describe(sharding: Option<Shard>) -> String {
+    match sharding {
+        Some(s) => format!("--shard {s}"),
+        None => "no --shard".to_string(),
+    }
+}
+
 impl fmt::Display for Shard {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}/{}", self.k, self.n)
@@ -168,6 +226,28 @@ mod tests {
         ] {
             assert!(bad.parse::<Shard>().is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn shard_paths_are_recognised() {
+        let base = Path::new("/srv/c/journal.sqlite");
+        let s = Shard::new(2, 3).unwrap();
+        assert_eq!(sharding_of(base, &s.path(base)), Some(Some(s)));
+        assert_eq!(sharding_of(base, base), Some(None));
+        for other in [
+            "/srv/c/journal.sqlite-wal",
+            "/srv/c/journal.shard-2-of-3.sqlite-wal",
+            "/srv/c/journal.shard-2-of-3.sqlite.lock",
+            "/srv/c/journal.shard-02-of-3.sqlite",
+            "/srv/c/journal.shard-4-of-3.sqlite",
+            "/srv/c/other.shard-1-of-3.sqlite",
+            "/srv/c/journal.shard-1-of-3.db",
+        ] {
+            assert_eq!(sharding_of(base, Path::new(other)), None, "{other}");
+        }
+        let bare = Path::new("out/journal");
+        let s = Shard::new(1, 1).unwrap();
+        assert_eq!(sharding_of(bare, &s.path(bare)), Some(Some(s)));
     }
 
     #[test]

@@ -672,6 +672,130 @@ fn changed_templates_are_refused_unless_forced() {
 }
 
 #[test]
+fn rows_that_cannot_be_rendered_are_final_failures_and_the_run_finishes() {
+    // Rows 7, 14, …, 196: the subject divides by zero at render time (the variables are fine,
+    // so the campaign loads). Rendering is deterministic: these rows fail once, for good.
+    let s = setup(
+        "journal-render-errors",
+        &Opts {
+            subject: "Hello {{ name }} {{ 100 // (row % 7) }}",
+            ..Opts::default()
+        },
+    );
+    let bad: Vec<u64> = (1..=200).filter(|r| r % 7 == 0).collect();
+    assert_eq!(bad.len(), 28);
+    let o = blast(&s.toml, &["send", "-q"]);
+    let out = text(&o);
+    // Like 5xx failures: done, some failed, exit 1; and the run is finished.
+    assert_eq!(code(&o), 1, "{out}");
+    assert!(out.contains("run        1 finished"), "{out}");
+    assert_eq!(summary_number(&out, "outcomes", "accepted"), 172, "{out}");
+    assert_eq!(summary_number(&out, "outcomes", "failed"), 28, "{out}");
+    assert_eq!(
+        summary_number(&out, "outcomes", "render errors"),
+        28,
+        "{out}"
+    );
+    assert_eq!(summary_number(&out, "outcomes", "unfinished"), 0, "{out}");
+    assert_eq!(summary_number(&out, "rows", "render errors"), 28, "{out}");
+    assert_eq!(s.rx.stats().accepted, 172);
+
+    // The journal: every row final, the bad ones failed with the template error as reason.
+    let j = journal(&s);
+    integrity_ok(&j);
+    assert_eq!(runs(&j), vec![(1, "finished".to_string())]);
+    let mut st = j
+        .connection()
+        .prepare(
+            "SELECT row, status, node, code, stage, text, message_id FROM outcomes ORDER BY row",
+        )
+        .unwrap();
+    type Row = (
+        u64,
+        String,
+        String,
+        Option<i64>,
+        Option<String>,
+        Option<String>,
+        String,
+    );
+    let rows: Vec<Row> = st
+        .query_map([], |r| {
+            Ok((
+                r.get::<_, i64>(0)? as u64,
+                r.get(1)?,
+                r.get(2)?,
+                r.get(3)?,
+                r.get(4)?,
+                r.get(5)?,
+                r.get(6)?,
+            ))
+        })
+        .unwrap()
+        .map(|r| r.unwrap())
+        .collect();
+    assert_eq!(rows.len(), 200);
+    for (row, status, node, code, stage, text, message_id) in &rows {
+        if row % 7 == 0 {
+            assert_eq!(
+                (status.as_str(), node.as_str()),
+                ("failed", "render"),
+                "row {row}"
+            );
+            assert_eq!((code, stage), (&None, &None), "row {row}");
+            let text = text.as_deref().unwrap_or_default();
+            assert!(
+                text.starts_with("cannot render") && text.contains("100 // 0"),
+                "row {row}: {text}"
+            );
+            assert!(
+                message_id.starts_with("journal-test."),
+                "row {row}: {message_id}"
+            );
+        } else {
+            assert_eq!(status, "accepted", "row {row}");
+        }
+    }
+    // The delivery log has the same failed lines, with the reason.
+    let log: Vec<serde_json::Value> = std::fs::read_to_string(s.dir.join("delivery.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(log.len(), 200);
+    let mut failed: Vec<u64> = log
+        .iter()
+        .filter(|v| v["outcome"] == "failed")
+        .map(|v| {
+            assert_eq!(v["node"], "render");
+            assert!(v["text"].as_str().unwrap().contains("100 // 0"), "{v}");
+            v["row"].as_u64().unwrap()
+        })
+        .collect();
+    failed.sort();
+    assert_eq!(failed, bad);
+    // `blast status`: one failure reason for the 28 rows.
+    let o = blast(&s.toml, &["status", "--json"]);
+    assert_eq!(code(&o), 0, "{}", text(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["by_status"]["failed"], 28);
+    assert_eq!(v["failure_reasons"][0]["count"], 28);
+    assert!(v["failure_reasons"][0]["code"].is_null());
+
+    // The nightly re-run: nothing to render, nothing to send, exit 0.
+    let o = blast(&s.toml, &["send", "-q"]);
+    assert_eq!(code(&o), 0, "{}", text(&o));
+    assert!(
+        text(&o).contains("run 1 already finished at") && text(&o).contains("nothing to do"),
+        "{}",
+        text(&o)
+    );
+    assert_eq!(s.rx.stats().accepted, 172);
+    assert_eq!(outcomes(&j).len(), 200);
+    done(s);
+}
+
+#[test]
 fn status_json_reports_the_run() {
     let s = setup(
         "journal-status",
@@ -744,7 +868,10 @@ fn not_after_in_the_past_refuses_to_start() {
         text(&o)
     );
     assert_eq!(s.rx.stats().transactions, 0, "nothing sent");
-    assert!(runs(&journal(&s)).is_empty(), "no run started");
+    assert!(
+        !s.dir.join("journal.sqlite").exists(),
+        "no run started, no journal created"
+    );
     // --not-after on the command line overrides the campaign.
     let o = blast(&s.toml, &["send", "-q", "--not-after", "23:59"]);
     assert_eq!(code(&o), 0, "{}", text(&o));
@@ -922,5 +1049,79 @@ fn three_shards_split_one_list_with_no_overlap() {
     assert_eq!(code(&o), 0, "{}", text(&o));
     assert!(text(&o).contains("nothing to do"), "{}", text(&o));
     assert_eq!(s.rx.stats().accepted, ROWS);
+    done(s);
+}
+
+#[test]
+fn a_list_sent_under_another_sharding_is_refused_unless_forced() {
+    const ROWS: u64 = 300;
+    let s = setup(
+        "journal-reshard",
+        &Opts {
+            rows: ROWS,
+            ..Opts::default()
+        },
+    );
+    // Shard 1 of 3 sends its part, then stops halfway through shard 2 (--limit).
+    let o = blast(&s.toml, &["send", "-q", "--shard", "1/3"]);
+    assert_eq!(code(&o), 0, "{}", text(&o));
+    let shard1 = summary_number(&text(&o), "outcomes", "accepted");
+    let o = blast(&s.toml, &["send", "-q", "--shard", "2/3", "--limit", "100"]);
+    assert_eq!(code(&o), 0, "{}", text(&o));
+    assert!(text(&o).contains("run        1 stopped"), "{}", text(&o));
+    let sent = s.rx.stats().accepted;
+    assert!(shard1 > 0 && sent > shard1, "{sent} {shard1}");
+
+    // Another N, or no --shard: refused before anything is sent, naming both journals.
+    for args in [
+        &["send", "-q", "--shard", "1/2"][..],
+        &["send", "-q"][..],
+        &["send", "-q", "--shard", "1/1", "--new-run"][..],
+    ] {
+        let o = blast(&s.toml, args);
+        let out = text(&o);
+        assert_eq!(code(&o), 2, "{args:?}: {out}");
+        assert!(out.contains("another sharding"), "{out}");
+        assert!(out.contains("journal.shard-1-of-3.sqlite"), "{out}");
+        assert!(out.contains("journal.shard-2-of-3.sqlite"), "{out}");
+        assert!(
+            out.contains("run 1 finished") && out.contains("run 1 stopped"),
+            "{out}"
+        );
+        assert!(
+            out.contains("--shard K/3") && out.contains("--force"),
+            "{out}"
+        );
+        assert_eq!(s.rx.stats().accepted, sent, "{args:?}: nothing sent");
+    }
+    assert!(!s.dir.join("journal.sqlite").exists());
+    assert!(!s.dir.join("journal.shard-1-of-2.sqlite").exists());
+
+    // The same N is the same sharding: shard 2 resumes, shard 3 starts.
+    for k in ["2/3", "3/3"] {
+        let o = blast(&s.toml, &["send", "-q", "--shard", k]);
+        assert_eq!(code(&o), 0, "{k}: {}", text(&o));
+        assert!(text(&o).contains("run        1 finished"), "{}", text(&o));
+    }
+    assert_eq!(s.rx.stats().accepted, ROWS);
+    assert!(received(&s.rx).values().all(|&n| n == 1));
+
+    // A regenerated list is another list: no conflict.
+    write_list(&s.dir, ROWS, |row| format!("new{row}@d{}.test", row % 5));
+    let o = blast(&s.toml, &["send", "-q"]);
+    assert_eq!(code(&o), 0, "{}", text(&o));
+    assert_eq!(s.rx.stats().accepted, 2 * ROWS);
+
+    // Back to the first list: the unsharded journal now holds a run of the new list only, so
+    // --shard K/2 is refused because of the K/3 journals (not the unsharded one); --force sends.
+    write_list(&s.dir, ROWS, Opts::default().address);
+    let o = blast(&s.toml, &["send", "-q", "--shard", "1/2"]);
+    assert_eq!(code(&o), 2, "{}", text(&o));
+    assert!(!text(&o).contains("journal.sqlite "), "{}", text(&o));
+    let o = blast(&s.toml, &["send", "-q", "--shard", "1/2", "--force"]);
+    assert_eq!(code(&o), 0, "{}", text(&o));
+    let forced = summary_number(&text(&o), "outcomes", "accepted");
+    assert!(forced > 0);
+    assert_eq!(s.rx.stats().accepted, 2 * ROWS + forced);
     done(s);
 }

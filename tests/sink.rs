@@ -348,7 +348,7 @@ fn journal_with(path: &std::path::Path, campaign: &str, rows: &[(u64, &str)]) {
     let w = j.writer(run, 16).unwrap();
     let tx = w.sender();
     for &(row, address) in rows {
-        assert!(tx.record(Outcome {
+        assert!(tx.record(&Outcome {
             row,
             rcpt: address.into(),
             message_id: format!("m{row}@x"),
@@ -358,6 +358,7 @@ fn journal_with(path: &std::path::Path, campaign: &str, rows: &[(u64, &str)]) {
             reply: None,
             attempts: 1,
             possibly_duplicated: false,
+            reason: None,
         }));
     }
     drop(tx);
