@@ -118,6 +118,21 @@ impl std::fmt::Debug for Suppressions {
     }
 }
 
+/// WAL mode (only if not yet: that needs an exclusive lock) and the schema.
+fn set_up(conn: &Connection) -> rusqlite::Result<()> {
+    let mode: String = conn.query_row("PRAGMA journal_mode", [], |r| r.get(0))?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+    }
+    conn.pragma_update(None, "synchronous", "NORMAL")?;
+    conn.execute_batch(SCHEMA)
+}
+
+fn is_busy(e: &rusqlite::Error) -> bool {
+    matches!(e, rusqlite::Error::SqliteFailure(f, _)
+        if matches!(f.code, rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked))
+}
+
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS suppression (
     address    TEXT PRIMARY KEY NOT NULL,
@@ -202,11 +217,19 @@ impl Suppressions {
         }
         let conn = Connection::open(path).map_err(err)?;
         conn.busy_timeout(Duration::from_secs(10)).map_err(err)?;
-        conn.pragma_update(None, "journal_mode", "WAL")
-            .map_err(err)?;
-        conn.pragma_update(None, "synchronous", "NORMAL")
-            .map_err(err)?;
-        conn.execute_batch(SCHEMA).map_err(err)?;
+        // Several processes may open the list at the same moment (the shards of a campaign on
+        // one box, `blast sink` beside a send). Making a new file WAL takes a lock SQLite does
+        // not wait for with the busy timeout, so the set-up is retried for as long instead.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            match set_up(&conn) {
+                Ok(()) => break,
+                Err(e) if is_busy(&e) && std::time::Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                Err(e) => return Err(err(e)),
+            }
+        }
         Ok(Suppressions {
             conn,
             path: path.to_path_buf(),
@@ -597,5 +620,32 @@ pub fn is_dead_address_reply(code: u16, enhanced: Option<(u8, u16, u16)>, text: 
                     )
                 })
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Shards of one campaign on one box, or `blast sink` beside a send, open the same new list
+    /// at the same moment: every open must succeed.
+    #[test]
+    fn concurrent_opens_of_a_new_list() {
+        let dir = std::env::temp_dir().join(format!("blast-supp-open-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        for round in 0..30 {
+            let path = dir.join(format!("list-{round}.sqlite"));
+            let barrier = std::sync::Barrier::new(6);
+            std::thread::scope(|s| {
+                for _ in 0..6 {
+                    s.spawn(|| {
+                        barrier.wait();
+                        Suppressions::open(&path).unwrap_or_else(|e| panic!("round {round}: {e}"));
+                    });
+                }
+            });
+        }
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }
