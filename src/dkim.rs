@@ -877,12 +877,9 @@ fn relaxed_body(body: &[u8], out: &mut Vec<u8>) {
     out.clear();
     out.reserve(body.len() + 2);
     let wsp = |b: u8| b == b' ' || b == b'\t';
-    // Whether byte i starts something to change: a tab, or a space before white space or CR.
-    let starts_change = |i: usize| {
-        let b = body[i];
-        let next = body.get(i + 1).copied().unwrap_or(b'\r');
-        (b == b'\t') | ((b == b' ') & ((next == b' ') | (next == b'\t') | (next == b'\r')))
-    };
+    // The end of the body counts as a line end (white space there goes).
+    let starts_change =
+        |i: usize| relaxing_changes(body[i], body.get(i + 1).copied().unwrap_or(b'\r'));
     let mut copied = 0; // body[..copied] is in `out`
     let mut i = 0;
     while i < body.len() {
@@ -890,8 +887,7 @@ fn relaxed_body(body: &[u8], out: &mut Vec<u8>) {
             let (chunk, next) = (&body[i..i + 32], &body[i + 1..i + 33]);
             let mut change = false;
             for (&b, &n) in chunk.iter().zip(next) {
-                change |=
-                    (b == b'\t') | ((b == b' ') & ((n == b' ') | (n == b'\t') | (n == b'\r')));
+                change |= relaxing_changes(b, n);
             }
             if !change {
                 i += 32;
@@ -992,13 +988,21 @@ fn needs_relaxing(body: &[u8]) -> bool {
     for (c, n) in cur.chunks(64).zip(next.chunks(64)) {
         let mut bad = false;
         for (&x, &y) in c.iter().zip(n) {
-            bad |= (x == b'\t') | ((x == b' ') & ((y == b' ') | (y == b'\t') | (y == b'\r')));
+            bad |= relaxing_changes(x, y);
         }
         if bad {
             return true;
         }
     }
     matches!(last, b' ' | b'\t')
+}
+
+/// Whether relaxed body canonicalisation changes byte `b` followed by `next`: a tab, or a space
+/// before white space or CR (a run, or white space at a line end). Branch-free, so the loops
+/// over blocks that use it vectorise.
+#[inline(always)]
+fn relaxing_changes(b: u8, next: u8) -> bool {
+    (b == b'\t') | ((b == b' ') & ((next == b' ') | (next == b'\t') | (next == b'\r')))
 }
 
 fn trim_wsp_end(mut s: &[u8]) -> &[u8] {

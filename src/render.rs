@@ -69,6 +69,19 @@ pub enum RenderError {
     },
 }
 
+impl RenderError {
+    /// What a row's failure records (journal, delivery log): the error without its row number,
+    /// so that equal errors group together in `blast status`.
+    pub fn reason(&self) -> String {
+        match self {
+            RenderError::Row {
+                template, message, ..
+            } => format!("cannot render {template}: {message}"),
+            e => e.to_string(),
+        }
+    }
+}
+
 /// A message ready for SMTP: envelope plus RFC 5322 bytes (CRLF line endings, not dot-stuffed).
 #[derive(Debug, Clone)]
 pub struct Message {

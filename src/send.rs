@@ -855,7 +855,7 @@ fn render_loop(
                                 row: *row,
                                 message_id: renderer.message_id(*row, rcpt),
                                 rcpt: rcpt.clone(),
-                                reason: render_reason(&e),
+                                reason: e.reason(),
                             };
                             if failed.send_blocking(u).is_err() {
                                 return;
@@ -875,17 +875,6 @@ fn render_loop(
     }
     if !out.is_empty() {
         let _ = tx.send_blocking(out);
-    }
-}
-
-/// The reason recorded for a row that cannot be rendered: the error without its row number,
-/// so that equal errors group together in `blast status`.
-fn render_reason(e: &crate::render::RenderError) -> String {
-    match e {
-        crate::render::RenderError::Row {
-            template, message, ..
-        } => format!("cannot render {template}: {message}"),
-        e => e.to_string(),
     }
 }
 
