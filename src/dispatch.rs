@@ -464,7 +464,14 @@ impl Dispatcher {
         let mut unrendered_done = unrendered.is_none();
         // Messages arrive in batches (one wake-up per batch, not per message).
         let mut pending: VecDeque<Message> = VecDeque::new();
+        let shared = self.shared.clone();
         loop {
+            // Register for the stop wake-up before looking at the flag: `request_stop` wakes
+            // only registered waiters, so a stop between the look and the wait would be lost
+            // and the dispatcher would sleep until some connection came back (CI saw 25 s).
+            let stop = shared.stop_notify.notified();
+            tokio::pin!(stop);
+            stop.as_mut().enable();
             if self.shared.stopping() {
                 return End::Stopped;
             }
@@ -499,7 +506,7 @@ impl Dispatcher {
             let take_new = take_new && !input_done;
             tokio::select! {
                 biased;
-                _ = self.shared.stop_notify.notified() => {}
+                _ = stop => {}
                 back = self.back_rx.recv() => if let Some(back) = back
                     && let Err(end) = self.back(back).await
                 {
@@ -563,15 +570,15 @@ impl Dispatcher {
             return Ok(());
         }
         loop {
-            if self.shared.stopping() {
-                return Err(End::Stopped);
-            }
-            // Register interest before looking, so a wake-up between the look and the wait
-            // is not lost.
+            // Register interest before looking (at the stop flag and the queues), so a
+            // wake-up between the look and the wait is not lost.
             let shared = self.shared.clone();
             let capacity = shared.capacity.notified();
             tokio::pin!(capacity);
             capacity.as_mut().enable();
+            if self.shared.stopping() {
+                return Err(End::Stopped);
+            }
 
             let want_fallback = job.primary_deferrals >= self.shared.policy.fallback_after;
             let mut eligible = self.eligible(want_fallback);

@@ -24,6 +24,7 @@ pub mod render;
 pub mod retry;
 pub mod send;
 pub mod shard;
+pub mod signals;
 pub mod sink;
 pub mod smtp;
 pub mod source;

@@ -90,12 +90,7 @@ pub struct Journaling {
     pub skip: RowSet,
 }
 
-/// Which signal stopped the run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Signal {
-    Interrupt,
-    Terminate,
-}
+pub use crate::signals::Signal;
 
 #[derive(Debug, Clone)]
 pub struct NodeReport {
@@ -394,6 +389,13 @@ async fn run_async(
         _ => (None, None),
     };
     let started = Instant::now();
+    // Before anything starts (see crate::signals). A dry run keeps the default actions: it
+    // has nothing to stop cleanly.
+    let signals = if opts.dry_run {
+        None
+    } else {
+        Some(crate::signals::Signals::listen().map_err(SendError::Runtime)?)
+    };
     let counters = Arc::new(Counters::default());
     let rows = estimate_rows(&campaign.recipients.path, opts.limit);
     let total = rows / opts.shard.map_or(1, |s| u64::from(s.count()));
@@ -503,7 +505,7 @@ async fn run_async(
     let signal = Arc::new(std::sync::Mutex::new(None::<Signal>));
     let hurry = Arc::new(tokio::sync::Notify::new());
 
-    let (end, log_stats) = if let Some(log) = log {
+    let (end, log_stats) = if let (Some(log), Some(mut signals)) = (log, signals) {
         let (dispatcher, shared) = Dispatcher::new(
             nodes.clone(),
             campaign.nodes.iter().map(|n| n.rate).collect(),
@@ -569,16 +571,17 @@ async fn run_async(
                 hurry.clone(),
             );
             tokio::spawn(async move {
-                let first = wait_signal().await;
+                let first = signals.next().await;
                 *signal.lock().expect("not poisoned") = Some(first);
                 tracing::warn!("{first:?}: stopping; running transactions may finish");
                 stop.store(true, Ordering::Relaxed);
                 shared.request_stop();
-                let _ = wait_signal().await;
+                let _ = signals.next().await;
                 hurry.notify_one();
             })
         };
         let end = dispatcher.run(dispatch_rx).await;
+        tracing::debug!("dispatcher ended: {end:?}");
         if let Some(stage) = stage {
             stage.abort();
             let _ = stage.await;
@@ -616,6 +619,7 @@ async fn run_async(
                 all.await;
             }
         }
+        tracing::debug!("connections closed");
         watcher.abort();
         let _ = watcher.await;
         counters
@@ -628,6 +632,7 @@ async fn run_async(
         // The journal first: it must be committed on every way out, even if the log fails.
         let journal_stats = journal_writer.map(|w| w.close());
         let lines = log.close()?;
+        tracing::debug!("journal and delivery log closed");
         let journal_stats = journal_stats.transpose()?;
         (end, (lines, waits, journal_stats, resumed))
     } else {
@@ -647,6 +652,7 @@ async fn run_async(
     .await
     .expect("join task")
     .expect("reader thread")?;
+    tracing::debug!("reader and render threads joined");
 
     let mut embedded_received = None;
     for r in receivers {
@@ -717,29 +723,6 @@ async fn run_async(
 async fn futures_join(tasks: Vec<tokio::task::JoinHandle<()>>) {
     for t in tasks {
         let _ = t.await;
-    }
-}
-
-async fn wait_signal() -> Signal {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        let mut term = match signal(SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-                return Signal::Interrupt;
-            }
-        };
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => Signal::Interrupt,
-            _ = term.recv() => Signal::Terminate,
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
-        Signal::Interrupt
     }
 }
 

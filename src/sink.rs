@@ -591,30 +591,16 @@ pub fn cmd_sink(mut opts: SinkOptions, secret_env: &str) -> anyhow::Result<std::
         .enable_all()
         .build()?;
     rt.block_on(async move {
+        let mut signals = crate::signals::Signals::listen()?;
         let handle = start(opts).await?;
         eprintln!("blast: sink listening on {}", handle.addr());
-        let code = wait_signal().await;
+        signals.next().await;
         eprintln!("blast: stopping");
         let stats = handle.shutdown().await;
         eprintln!(
             "blast: sink stopped: {} messages, {} suppressed, {} soft, {} delay warnings, {} forged tokens, {} quarantined",
             stats.messages, stats.suppressed, stats.soft, stats.delayed, stats.forged, stats.quarantined
         );
-        Ok(std::process::ExitCode::from(code))
+        Ok(std::process::ExitCode::SUCCESS)
     })
-}
-
-async fn wait_signal() -> u8 {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        if let Ok(mut term) = signal(SignalKind::terminate()) {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => return 0,
-                _ = term.recv() => return 0,
-            }
-        }
-    }
-    let _ = tokio::signal::ctrl_c().await;
-    0
 }

@@ -316,8 +316,13 @@ impl Suppressions {
     ) -> Result<bool, SuppressionError> {
         let a = normalize(address);
         let now = crate::cli::unix_now();
-        let count: i64 = self
-            .conn
+        // One transaction: a reader never sees the count at the limit without the entry.
+        let tx = rusqlite::Transaction::new_unchecked(
+            &self.conn,
+            rusqlite::TransactionBehavior::Immediate,
+        )
+        .map_err(|x| self.err(x))?;
+        let count: i64 = tx
             .query_row(
                 "INSERT INTO soft_bounce (address, count, reason, last_at) VALUES (?1, 1, ?2, ?3)
                  ON CONFLICT(address) DO UPDATE SET count = count + 1, reason = excluded.reason,
@@ -331,8 +336,10 @@ impl Suppressions {
             let mut e = Entry::new(&a, Source::SoftBounces, reason);
             e.diagnostic = Some(format!("{count} soft bounces"));
             self.add(&e)?;
+            tx.commit().map_err(|x| self.err(x))?;
             return Ok(true);
         }
+        tx.commit().map_err(|x| self.err(x))?;
         Ok(false)
     }
 

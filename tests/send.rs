@@ -932,7 +932,7 @@ fn send_and_terminate(
         .arg(&camp.toml)
         .args(["--quiet", "--grace", grace])
         .env(SECRET_VAR, SECRET)
-        .env("RUST_LOG", "warn")
+        .env("RUST_LOG", "warn,blast::send=debug")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -967,7 +967,12 @@ fn send_and_terminate(
         Ok(out) => out.expect("wait for blast"),
         Err(_) => {
             kill("-KILL");
-            panic!("blast did not exit within {exit_limit:?} of SIGTERM");
+            // What it logged says which stage of the stop it was stuck in.
+            let out = rx.recv().expect("wait for blast").expect("wait for blast");
+            panic!(
+                "blast did not exit within {exit_limit:?} of SIGTERM; its stderr:\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
         }
     };
     Exit {
