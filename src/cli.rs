@@ -241,7 +241,7 @@ pub enum KeysCommand {
         /// ed25519 or rsa. Dual-sign (rsa + ed25519) until every receiver verifies Ed25519.
         #[arg(long, default_value = "ed25519", value_parser = crate::dkim::parse_algorithm)]
         algorithm: crate::dkim::Algorithm,
-        /// RSA key size.
+        /// RSA key size: 2048, 3072 or 4096.
         #[arg(long, default_value_t = 2048)]
         bits: u32,
         /// Where to write the files.

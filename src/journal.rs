@@ -277,7 +277,7 @@ impl RowSet {
 /// SHA-256 (hex) of the recipient list's bytes: with the campaign id, the identity of a run.
 pub fn list_fingerprint(path: &Path) -> std::io::Result<String> {
     use std::io::Read;
-    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+    let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
     let mut f = std::fs::File::open(path)?;
     let mut buf = vec![0u8; 1 << 20];
     loop {
@@ -293,7 +293,7 @@ pub fn list_fingerprint(path: &Path) -> std::io::Result<String> {
 /// SHA-256 (hex) over everything that shapes a message besides the row: the subject, To name,
 /// text, HTML and unsubscribe templates, From, Reply-To and the fixed headers.
 pub fn template_fingerprint(c: &Campaign) -> String {
-    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+    let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
     let mut field = |name: &str, value: Option<&str>| {
         // Length-prefixed, so that moving text between fields changes the fingerprint.
         for part in [Some(name), value] {

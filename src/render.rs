@@ -282,33 +282,14 @@ impl Renderer {
         s
     }
 
-    /// Renders one recipient. `date` is the Date header as Unix seconds.
+    /// Renders one recipient, DKIM-signed if the campaign signs. `date` is the Date header as
+    /// Unix seconds.
     pub fn render(&self, recipient: Recipient, date: i64) -> Result<Message, RenderError> {
-        self.render_batch(vec![recipient], date)
-            .pop()
-            .expect("one result per recipient")
-    }
-
-    /// Renders recipients, one result each, in order. DKIM signatures are made for the whole
-    /// batch at once: Ed25519 signatures share their costliest step (see `dkim::ed25519`).
-    pub fn render_batch(
-        &self,
-        recipients: Vec<Recipient>,
-        date: i64,
-    ) -> Vec<Result<Message, RenderError>> {
-        let mut out: Vec<_> = recipients
-            .into_iter()
-            .map(|r| self.render_unsigned(r, date))
-            .collect();
+        let mut m = self.render_unsigned(recipient, date)?;
         if let Some(dkim) = &self.dkim {
-            let mut bytes: Vec<&mut Vec<u8>> = out
-                .iter_mut()
-                .filter_map(|m| m.as_mut().ok())
-                .map(|m| &mut m.bytes)
-                .collect();
-            dkim.sign_batch(&mut bytes, date);
+            dkim.sign(&mut m.bytes, date);
         }
-        out
+        Ok(m)
     }
 
     fn render_unsigned(&self, recipient: Recipient, date: i64) -> Result<Message, RenderError> {

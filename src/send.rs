@@ -31,8 +31,6 @@ use crate::source::{Recipient, Source, SourceStats};
 const BATCH: usize = 512;
 /// Rendered messages per hand-over to the dispatcher: one thread wake-up per batch.
 const RENDER_BATCH: usize = 128;
-/// Messages rendered (and DKIM-signed) together by a render thread.
-const SIGN_BATCH: usize = 64;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SendError {
@@ -810,39 +808,32 @@ fn render_loop(
     let mut out = Vec::with_capacity(RENDER_BATCH);
     while let Ok(batch) = rx.recv_blocking() {
         let now = crate::cli::unix_now();
-        // 64 at a time: DKIM signs those together (see `dkim::ed25519`), and fewer rendered
-        // messages wait in the thread than a whole reader batch.
-        let mut batch = batch.into_iter().peekable();
-        while batch.peek().is_some() {
-            let chunk: Vec<Recipient> = batch.by_ref().take(SIGN_BATCH).collect();
-            for result in renderer.render_batch(chunk, now) {
-                match result {
-                    Ok(m) => {
-                        inc(&counters.rendered);
-                        out.push(m);
-                        if out.len() == RENDER_BATCH {
-                            let full =
-                                std::mem::replace(&mut out, Vec::with_capacity(RENDER_BATCH));
-                            if tx.send_blocking(full).is_err() {
-                                return;
-                            }
+        for recipient in batch {
+            match renderer.render(recipient, now) {
+                Ok(m) => {
+                    inc(&counters.rendered);
+                    out.push(m);
+                    if out.len() == RENDER_BATCH {
+                        let full = std::mem::replace(&mut out, Vec::with_capacity(RENDER_BATCH));
+                        if tx.send_blocking(full).is_err() {
+                            return;
                         }
                     }
-                    Err(e) => {
-                        inc(&counters.render_errors);
-                        tracing::warn!("{e}");
-                        if let (Some(failed), crate::render::RenderError::Row { row, rcpt, .. }) =
-                            (&failed, &e)
-                        {
-                            let u = Unrendered {
-                                row: *row,
-                                message_id: renderer.message_id(*row, rcpt),
-                                rcpt: rcpt.clone(),
-                                reason: e.reason(),
-                            };
-                            if failed.send_blocking(u).is_err() {
-                                return;
-                            }
+                }
+                Err(e) => {
+                    inc(&counters.render_errors);
+                    tracing::warn!("{e}");
+                    if let (Some(failed), crate::render::RenderError::Row { row, rcpt, .. }) =
+                        (&failed, &e)
+                    {
+                        let u = Unrendered {
+                            row: *row,
+                            message_id: renderer.message_id(*row, rcpt),
+                            rcpt: rcpt.clone(),
+                            reason: e.reason(),
+                        };
+                        if failed.send_blocking(u).is_err() {
+                            return;
                         }
                     }
                 }

@@ -175,10 +175,10 @@ mod tests {
         VerpKey::new(b"0123456789abcdef-test").unwrap()
     }
 
-    /// The precomputed-pad HMAC equals ring's HMAC-SHA256 for every key length class.
+    /// The precomputed-pad HMAC equals aws-lc-rs's HMAC-SHA256 for every key length class.
     #[test]
     fn mac_is_hmac_sha256() {
-        use ring::hmac;
+        use aws_lc_rs::hmac;
         for secret in [
             &b"0123456789abcdef"[..],
             &[7u8; 64],

@@ -172,9 +172,8 @@ fn render_all(path: &Path, dir: &Path) -> Vec<PathBuf> {
     while let Some(r) = source.next_recipient().unwrap() {
         rows.push(r);
     }
-    // One batch, as the render threads sign: Ed25519 signatures of a batch are made together.
-    for m in renderer.render_batch(rows, blast::cli::unix_now()) {
-        let m = m.unwrap();
+    for r in rows {
+        let m = renderer.render(r, blast::cli::unix_now()).unwrap();
         let f = dir.join(format!("msg-{}.eml", m.row));
         fs::write(&f, &m.bytes).unwrap();
         files.push(f);
@@ -573,23 +572,14 @@ fn bench_sign_cost() {
             ),
         );
         let dkim = Arc::clone(Campaign::load(&path).unwrap().dkim.as_ref().unwrap());
-        // In batches, as the render threads sign (a render batch at a time).
         let run = |count: usize| {
-            let mut batch: Vec<Vec<u8>> = (0..64)
-                .map(|_| Vec::with_capacity(unsigned.len() + 1024))
-                .collect();
-            let mut done = 0;
-            while done < count {
-                let n = batch.len().min(count - done);
-                for m in &mut batch[..n] {
-                    m.clear();
-                    m.extend_from_slice(&unsigned);
-                }
-                let mut refs: Vec<&mut Vec<u8>> = batch[..n].iter_mut().collect();
-                dkim.sign_batch(&mut refs, 1_770_000_000 + done as i64);
-                done += n;
+            let mut m = Vec::with_capacity(unsigned.len() + 1024);
+            for i in 0..count {
+                m.clear();
+                m.extend_from_slice(&unsigned);
+                dkim.sign(&mut m, 1_770_000_000 + i as i64);
             }
-            batch[0].len()
+            m.len()
         };
         let t = Instant::now();
         run(n);

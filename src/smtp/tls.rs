@@ -30,7 +30,7 @@ pub(crate) fn client_config(ca_file: Option<&Path>) -> Result<Arc<ClientConfig>,
             return Err(err("no PEM certificates found".into()));
         }
     }
-    let provider = Arc::new(crypto::ring::default_provider());
+    let provider = Arc::new(crypto::aws_lc_rs::default_provider());
     let config = ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| SmtpError::TlsConfig(e.to_string()))?
