@@ -17,7 +17,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use crate::dispatch::{Job, Shared};
@@ -74,6 +74,9 @@ pub struct Node {
     deferral_streak: AtomicU32,
     /// Lost connections and timeouts in a row.
     error_streak: AtomicU32,
+    /// How many times the node went down: a connection opened before the last time is not
+    /// reused (it most likely died with the node, and would trip it again once it is back).
+    outages: AtomicU64,
     /// Failed connects / trips in a row, for the probe backoff.
     failures: AtomicU32,
     /// One task at a time probes a down node.
@@ -111,6 +114,7 @@ impl Node {
             queue_rx,
             deferral_streak: AtomicU32::new(0),
             error_streak: AtomicU32::new(0),
+            outages: AtomicU64::new(0),
             failures: AtomicU32::new(0),
             probing: AtomicBool::new(false),
             retry_at: Mutex::new(Instant::now()),
@@ -149,6 +153,7 @@ impl Node {
     fn mark_up(&self, shared: &Shared) {
         self.failures.store(0, Ordering::Relaxed);
         self.deferral_streak.store(0, Ordering::Relaxed);
+        self.error_streak.store(0, Ordering::Relaxed);
         if !self.counters.healthy.swap(true, Ordering::Relaxed) {
             tracing::info!(node = %self.name, "node is up");
             self.record(shared, true, "connected");
@@ -156,23 +161,38 @@ impl Node {
         }
     }
 
-    /// Takes the node out of rotation and schedules the next probe.
+    /// Takes the node out of rotation and schedules the first probe. On a node that is down
+    /// already (another connection's late failure) it changes nothing: only the probes push
+    /// the next probe back, or a brief outage seen by 8 connections would wait out 60 s.
     fn trip(&self, shared: &Shared, why: &str) {
-        let n = self.failures.fetch_add(1, Ordering::Relaxed).min(6);
-        let wait = (PROBE_MIN * (1 << n)).min(PROBE_MAX);
-        *self.retry_at.lock().expect("not poisoned") = Instant::now() + wait;
         if self.counters.healthy.swap(false, Ordering::Relaxed) {
+            self.outages.fetch_add(1, Ordering::Relaxed);
+            let wait = self.schedule_probe();
             tracing::warn!(node = %self.name, reason = why, retry_in = ?wait, "node is down");
             self.record(shared, false, why);
-        } else {
-            // A failed probe of a node that is down already.
-            let mut h = self.history.lock().expect("not poisoned");
-            if let Some(e) = h.events.last_mut().filter(|e| !e.up) {
-                e.failed_probes += 1;
-            }
         }
         self.drain(shared);
         shared.capacity.notify_one();
+    }
+
+    /// The probe of a down node failed: back off further.
+    fn probe_failed(&self, shared: &Shared) {
+        self.schedule_probe();
+        let mut h = self.history.lock().expect("not poisoned");
+        if let Some(e) = h.events.last_mut().filter(|e| !e.up) {
+            e.failed_probes += 1;
+        }
+        drop(h);
+        self.drain(shared);
+        shared.capacity.notify_one();
+    }
+
+    /// When the next probe may run: 1 s after the first failure, doubling up to 60 s.
+    fn schedule_probe(&self) -> Duration {
+        let n = self.failures.fetch_add(1, Ordering::Relaxed).min(6);
+        let wait = (PROBE_MIN * (1 << n)).min(PROBE_MAX);
+        *self.retry_at.lock().expect("not poisoned") = Instant::now() + wait;
+        wait
     }
 
     /// Sends every job waiting in this node's queue back to the dispatcher.
@@ -198,6 +218,8 @@ impl Node {
 /// QUIT, and again, until the node's queue closes or a stop is requested.
 async fn connection_loop(node: Arc<Node>, shared: Arc<Shared>) {
     let mut conn: Option<Connection> = None;
+    // `node.outages` when `conn` was opened.
+    let mut opened_in = 0;
     loop {
         if shared.stopping() {
             break;
@@ -240,10 +262,12 @@ async fn connection_loop(node: Arc<Node>, shared: Arc<Shared>) {
                     node.mark_up(&shared);
                     inc(&node.counters.connections);
                     conn = Some(c);
+                    opened_in = node.outages.load(Ordering::Relaxed);
                 }
                 Err(e) => {
                     inc(&node.counters.errors);
-                    node.trip(&shared, &e.to_string());
+                    tracing::debug!(node = %node.name, error = %e, "probe failed");
+                    node.probe_failed(&shared);
                 }
             }
             continue;
@@ -272,12 +296,16 @@ async fn connection_loop(node: Arc<Node>, shared: Arc<Shared>) {
             continue;
         }
 
+        if conn.is_some() && opened_in != node.outages.load(Ordering::Relaxed) {
+            conn = None;
+        }
         if conn.is_none() {
             match node.connect().await {
                 Ok(c) => {
                     node.mark_up(&shared);
                     inc(&node.counters.connections);
                     conn = Some(c);
+                    opened_in = node.outages.load(Ordering::Relaxed);
                 }
                 Err(e) => {
                     inc(&node.counters.errors);

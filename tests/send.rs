@@ -1100,6 +1100,69 @@ fn sigterm_grace_period_is_enforced() {
     camp.done();
 }
 
+/// A node whose every connection fails at once (20 of them) is probed again 1 s, 2 s, 4 s …
+/// after it went down: the other connections' failures do not push the probe back (they could,
+/// up to 60 s, so a relay restarted within seconds got nothing for the rest of the run).
+#[test]
+fn node_back_after_a_short_outage_is_probed_again_soon() {
+    init();
+    let rt_a = runtime();
+    let rt_b = runtime();
+    let a = plain(&rt_a);
+    let b = plain(&rt_b);
+    let port = a.addr().port();
+    const ROWS: usize = 9000;
+    let mut na = node("a", port);
+    na.max_connections = 20;
+    let cfg = Cfg {
+        rate: Some("1500/s"),
+        ..Cfg::new(vec![na, node("b", b.addr().port())])
+    };
+    let camp = Camp::write("node-back", &cfg, &addrs("user", ROWS), &[]);
+    let running = camp.spawn();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while a.stats().accepted <= 300 {
+        assert!(Instant::now() < deadline, "node a never got 300 messages");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    rt_a.shutdown_timeout(Duration::from_secs(5));
+    let killed_at = running.elapsed();
+    std::thread::sleep(Duration::from_millis(500));
+    let rt_a2 = runtime();
+    let a2 = receiver(
+        &rt_a2,
+        ReceiverOptions {
+            listen: ([127, 0, 0, 1], port).into(),
+            ..Default::default()
+        },
+    );
+    let report = running.wait(RUN_LIMIT);
+    eprintln!(
+        "node a killed after {killed_at:?}, back 0.5 s later\n{}",
+        report.summary()
+    );
+    check_report(&report, &camp);
+    assert_eq!(report.accepted, ROWS as u64);
+    // One outage, one down and one up: the connections that died with the node are not
+    // reused once it is back (they used to trip it again, once per second, three times).
+    let events = &node_report(&report, "a").health.events;
+    let ups: Vec<bool> = events.iter().map(|e| e.up).collect();
+    assert_eq!(
+        ups,
+        [false, true],
+        "node a should go down once, then up:\n{}",
+        report.summary()
+    );
+    // Back within the first probes (1 s, then 2 s later), with seconds of the run left.
+    assert!(
+        a2.stats().accepted > 500,
+        "node a took {} after it came back:\n{}",
+        a2.stats().accepted,
+        report.summary()
+    );
+    camp.done();
+}
+
 // ---------------------------------------------------------------------------------------------
 // 11. Backpressure
 // ---------------------------------------------------------------------------------------------
