@@ -345,6 +345,22 @@ fn idn_domains_become_lowercase_punycode() {
     );
 }
 
+/// Dedupe compares normalised addresses: the same address written with another case, an IDN
+/// domain in Unicode or punycode, or surrounding blanks is a duplicate.
+#[test]
+fn duplicates_are_found_across_spellings_of_one_address() {
+    let path = tmp("spellings.csv");
+    std::fs::write(
+        &path,
+        "email,name\nanna@bücher.example,A\n ANNA@XN--BCHER-KVA.example ,B\nAnna@Bücher.Example,C\nbob@x.test,D\n\tBob@X.TEST,E\nbob@x.test2,F\n",
+    )
+    .unwrap();
+    let (accepted, stats) = read_all(SourceOptions::new(path));
+    let rows: Vec<u64> = accepted.iter().map(|a| a.0).collect();
+    assert_eq!(rows, [1, 4, 6]);
+    assert_eq!(stats.rejected_for(RejectKind::DuplicateAddress), 3);
+}
+
 #[test]
 fn no_header_uses_given_columns_and_delimiter() {
     let mut opts = SourceOptions::new(data("no_header.csv"));
