@@ -767,6 +767,13 @@ mod tests {
             "ends with CRLF\r\n",
             "two lines\n\n",
             "",
+            "{% if city %}in {{ city }}{% endif %}.",
+            "{% if plan == \"pro\" -%}\n  Pro \n{%- elif plan != 'free' %}\n other {{ plan }}\n{% else -%}\n\tfree\n{%- endif %}\nend",
+            "{% if not city %}none{% else %}{% if row %}#{{ row }}{% endif %}{{ city }}{% endif %}",
+            "a  \n  {%- if first_name -%}  \n {{ first_name }}  {%- endif -%}\n\n  b\n",
+            "{% if missing %}x{% elif email %}{{ email }}{% endif %}{% if unsubscribe_url %}u{% endif %}",
+            include_str!("../templates/spring.txt"),
+            include_str!("../templates/spring.html"),
         ];
         let rows: [[&str; 5]; 4] = [
             ["a@x.test", "Zoë", "Montréal", "7", "pro"],
