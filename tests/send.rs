@@ -733,6 +733,18 @@ fn tarpit_node_costs_only_connect_timeouts() {
 // 6. A node dies mid-campaign
 // ---------------------------------------------------------------------------------------------
 
+/// Waits (bounded) until receiver `rx` accepted more than `n` messages, then kills it the hard
+/// way by shutting down its runtime `rt` (sessions and listener gone at once; its counters stay
+/// readable).
+fn kill_after(rt: Runtime, rx: &ReceiverHandle, n: u64) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while rx.stats().accepted <= n {
+        assert!(Instant::now() < deadline, "the node never got {n} messages");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    rt.shutdown_timeout(Duration::from_secs(5));
+}
+
 #[test]
 fn node_dying_mid_campaign_loses_nothing() {
     init();
@@ -749,12 +761,7 @@ fn node_dying_mid_campaign_loses_nothing() {
     };
     let camp = Camp::write("node-dies", &cfg, &addrs("user", ROWS), &[]);
     let running = camp.spawn();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while a.stats().accepted <= 300 {
-        assert!(Instant::now() < deadline, "node a never got 300 messages");
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    rt_a.shutdown_timeout(Duration::from_secs(5));
+    kill_after(rt_a, &a, 300);
     let killed_at = running.elapsed();
     let a_final = a.stats().accepted;
     let report = running.wait(RUN_LIMIT);
@@ -1120,12 +1127,7 @@ fn node_back_after_a_short_outage_is_probed_again_soon() {
     };
     let camp = Camp::write("node-back", &cfg, &addrs("user", ROWS), &[]);
     let running = camp.spawn();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while a.stats().accepted <= 300 {
-        assert!(Instant::now() < deadline, "node a never got 300 messages");
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    rt_a.shutdown_timeout(Duration::from_secs(5));
+    kill_after(rt_a, &a, 300);
     let killed_at = running.elapsed();
     std::thread::sleep(Duration::from_millis(500));
     let rt_a2 = runtime();
