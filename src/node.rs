@@ -150,6 +150,14 @@ impl Node {
         self.counters.healthy.load(Ordering::Relaxed)
     }
 
+    /// A connection was opened: the node is up. Returns the outage count the connection
+    /// belongs to (see `outages`).
+    fn connected(&self, shared: &Shared) -> u64 {
+        self.mark_up(shared);
+        inc(&self.counters.connections);
+        self.outages.load(Ordering::Relaxed)
+    }
+
     fn mark_up(&self, shared: &Shared) {
         self.failures.store(0, Ordering::Relaxed);
         self.deferral_streak.store(0, Ordering::Relaxed);
@@ -259,10 +267,8 @@ async fn connection_loop(node: Arc<Node>, shared: Arc<Shared>) {
             node.probing.store(false, Ordering::Relaxed);
             match probe {
                 Ok(c) => {
-                    node.mark_up(&shared);
-                    inc(&node.counters.connections);
+                    opened_in = node.connected(&shared);
                     conn = Some(c);
-                    opened_in = node.outages.load(Ordering::Relaxed);
                 }
                 Err(e) => {
                     inc(&node.counters.errors);
@@ -302,10 +308,8 @@ async fn connection_loop(node: Arc<Node>, shared: Arc<Shared>) {
         if conn.is_none() {
             match node.connect().await {
                 Ok(c) => {
-                    node.mark_up(&shared);
-                    inc(&node.counters.connections);
+                    opened_in = node.connected(&shared);
                     conn = Some(c);
-                    opened_in = node.outages.load(Ordering::Relaxed);
                 }
                 Err(e) => {
                     inc(&node.counters.errors);
