@@ -466,12 +466,6 @@ impl Dispatcher {
         let mut pending: VecDeque<Message> = VecDeque::new();
         let shared = self.shared.clone();
         loop {
-            // Register for the stop wake-up before looking at the flag: `request_stop` wakes
-            // only registered waiters, so a stop between the look and the wait would be lost
-            // and the dispatcher would sleep until some connection came back (CI saw 25 s).
-            let stop = shared.stop_notify.notified();
-            tokio::pin!(stop);
-            stop.as_mut().enable();
             if self.shared.stopping() {
                 return End::Stopped;
             }
@@ -504,6 +498,16 @@ impl Dispatcher {
                 continue;
             }
             let take_new = take_new && !input_done;
+            // Register for the stop wake-up, then look at the flag again: `request_stop` wakes
+            // only registered waiters, so a stop between the look above and the wait would be
+            // lost and the dispatcher would sleep until some connection came back (CI saw 25 s).
+            // Only here, where it waits: registering takes the Notify's lock.
+            let stop = shared.stop_notify.notified();
+            tokio::pin!(stop);
+            stop.as_mut().enable();
+            if self.shared.stopping() {
+                return End::Stopped;
+            }
             tokio::select! {
                 biased;
                 _ = stop => {}

@@ -32,9 +32,7 @@
 //! Keys are PEM files: PKCS#8 (`BEGIN PRIVATE KEY`, RSA or Ed25519) or PKCS#1
 //! (`BEGIN RSA PRIVATE KEY`). They are loaded once, when the campaign is loaded, so a missing or
 //! malformed key is a `blast check` problem at the `key_file` line. `blast keys generate` makes
-//! both kinds with aws-lc-rs (PKCS#8 v1 PEM, what `openssl genpkey` writes). the one pure-Rust option (the `rsa` crate) carries an unfixed timing advisory
-//! (RUSTSEC-2023-0071) and ~15 crates; OpenSSL is on every Debian host and is what operators
-//! already trust for key generation.
+//! both kinds with aws-lc-rs (PKCS#8 v1 PEM, what `openssl genpkey` writes).
 
 use std::cell::RefCell;
 use std::fmt;
@@ -1098,9 +1096,9 @@ pub fn generate_key(
     })
 }
 
-/// aws-lc-rs writes Ed25519 keys as PKCS#8 v2 (RFC 5958, with the public key), which OpenSSL 3 and most DKIM
-/// signers cannot read; operators expect the RFC 8410 v1 form `openssl genpkey -algorithm
-/// ed25519` writes. Both hold the same 32-byte seed.
+/// aws-lc-rs writes Ed25519 keys as PKCS#8 v2 (RFC 5958, with the public key), which OpenSSL 3
+/// and most DKIM signers cannot read; operators expect the RFC 8410 v1 form `openssl genpkey
+/// -algorithm ed25519` writes. Both hold the same 32-byte seed.
 fn ed25519_pkcs8_v1(v2: &[u8]) -> Result<Vec<u8>, String> {
     const V1_PREFIX: &[u8] = &[
         0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04,

@@ -60,6 +60,8 @@ pub enum SendError {
     Suppression(#[from] crate::suppression::SuppressionError),
     #[error("cannot start the runtime: {0}")]
     Runtime(std::io::Error),
+    #[error("cannot listen for SIGINT/SIGTERM: {0}")]
+    Signals(std::io::Error),
     #[error("--to: {0}")]
     To(String),
     #[error("DNS: {0}")]
@@ -392,7 +394,7 @@ async fn run_async(
     let signals = if opts.dry_run {
         None
     } else {
-        Some(crate::signals::Signals::listen().map_err(SendError::Runtime)?)
+        Some(crate::signals::Signals::listen().map_err(SendError::Signals)?)
     };
     let counters = Arc::new(Counters::default());
     let rows = estimate_rows(&campaign.recipients.path, opts.limit);

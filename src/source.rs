@@ -1031,7 +1031,7 @@ impl Fingerprints {
             self.resize(self.slots.len() * 2);
         }
         let mask = self.slots.len() - 1;
-        let mut i = fp as usize & mask;
+        let mut i = self.home(fp);
         loop {
             match self.slots[i] {
                 0 => {
@@ -1061,9 +1061,14 @@ impl Fingerprints {
         }
     }
 
+    /// Where `fp`'s probe starts (`fp` as stored: not 0).
+    fn home(&self, fp: u64) -> usize {
+        fp as usize & (self.slots.len() - 1)
+    }
+
     /// Asks the CPU to bring `fp`'s slot into the cache (a hint; no effect on the result).
     fn prefetch(&self, fp: u64) {
-        let slot = &self.slots[fp.max(1) as usize & (self.slots.len() - 1)];
+        let slot = &self.slots[self.home(fp.max(1))];
         #[cfg(target_arch = "x86_64")]
         // SAFETY: a prefetch is only a hint; the pointer is to an element of `slots`.
         unsafe {

@@ -332,15 +332,14 @@ impl Suppressions {
                 |r| r.get(0),
             )
             .map_err(|x| self.err(x))?;
-        if limit > 0 && count >= limit as i64 && !self.contains(&a)? {
+        let suppress = limit > 0 && count >= limit as i64 && !self.contains(&a)?;
+        if suppress {
             let mut e = Entry::new(&a, Source::SoftBounces, reason);
             e.diagnostic = Some(format!("{count} soft bounces"));
             self.add(&e)?;
-            tx.commit().map_err(|x| self.err(x))?;
-            return Ok(true);
         }
         tx.commit().map_err(|x| self.err(x))?;
-        Ok(false)
+        Ok(suppress)
     }
 
     /// Records a report the sink acted on (see [`BounceEvent`]).

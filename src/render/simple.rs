@@ -78,8 +78,7 @@ impl Simple {
         // minijinja drops one final line break (keep_trailing_newline is off).
         let mut source = source.strip_suffix('\n').unwrap_or(source);
         source = source.strip_suffix('\r').unwrap_or(source);
-        let tokens = tokenize(source)?;
-        let mut tokens = tokens.into_iter().peekable();
+        let mut tokens = tokenize(source)?.into_iter();
         let (segments, end) = parse_block(&mut tokens)?;
         end.is_none().then_some(Simple { segments })
     }
@@ -155,9 +154,7 @@ fn tokenize(source: &str) -> Option<Vec<Token<'_>>> {
     let mut rest = source;
     let mut trim_next = false;
     loop {
-        let open = rest
-            .find('{')
-            .and_then(|_| ["{{", "{%", "{#"].iter().filter_map(|t| rest.find(t)).min());
+        let open = ["{{", "{%", "{#"].iter().filter_map(|t| rest.find(t)).min();
         let (text, tag) = match open {
             Some(i) => (&rest[..i], Some(&rest[i..])),
             None => (rest, None),
@@ -170,15 +167,15 @@ fn tokenize(source: &str) -> Option<Vec<Token<'_>>> {
         let Some(tag) = tag else {
             break;
         };
-        let (close, kind) = match &tag[..2] {
-            "{{" => ("}}", 0),
-            "{%" => ("%}", 1),
-            _ => return None,
+        let (close, variable) = match &tag[..2] {
+            "{{" => ("}}", true),
+            "{%" => ("%}", false),
+            _ => return None, // a comment
         };
         let end = tag[2..].find(close)?;
         let inner = &tag[2..2 + end];
         rest = &tag[2 + end + 2..];
-        if kind == 0 {
+        if variable {
             tokens.push(Token::Var(inner));
             continue;
         }
@@ -210,7 +207,7 @@ enum End<'s> {
 
 /// Segments up to the next `elif` / `else` / `endif` (or the end of the source).
 fn parse_block<'s>(
-    tokens: &mut std::iter::Peekable<std::vec::IntoIter<Token<'s>>>,
+    tokens: &mut std::vec::IntoIter<Token<'s>>,
 ) -> Option<(Vec<Segment>, Option<End<'s>>)> {
     let mut segments = Vec::new();
     while let Some(token) = tokens.next() {
@@ -233,10 +230,7 @@ fn parse_block<'s>(
 }
 
 /// The rest of an `{% if COND %}` block, through its `{% endif %}`.
-fn parse_if<'s>(
-    cond: &str,
-    tokens: &mut std::iter::Peekable<std::vec::IntoIter<Token<'s>>>,
-) -> Option<Segment> {
+fn parse_if<'s>(cond: &str, tokens: &mut std::vec::IntoIter<Token<'s>>) -> Option<Segment> {
     let mut branches = Vec::new();
     let mut cond = parse_cond(cond)?;
     loop {
