@@ -504,7 +504,7 @@ pub struct TimeOfDay {
 impl TimeOfDay {
     /// The current UTC time of day.
     pub fn now_utc() -> TimeOfDay {
-        TimeOfDay::of_unix(crate::cli::unix_now())
+        TimeOfDay::of_unix(crate::clock::unix_now())
     }
 
     /// The UTC time of day of a Unix time.

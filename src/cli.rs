@@ -20,6 +20,7 @@ use anyhow::{Context, anyhow};
 use clap::{Parser, Subcommand};
 
 use crate::campaign::{Campaign, CampaignError, NodeAddress, Problem, TimeOfDay};
+use crate::clock::unix_now;
 use crate::journal::{CampaignLock, Journal, JournalError, LockError, RowSet, RunState};
 use crate::render::Renderer;
 use crate::source::{Source, SourceOptions};
@@ -1111,10 +1112,4 @@ fn init_tracing() {
         .with_writer(writer)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .try_init();
-}
-
-pub fn unix_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
 }

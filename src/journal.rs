@@ -87,7 +87,7 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 use serde::Serialize;
 
 use crate::campaign::Campaign;
-use crate::log::rfc3339;
+use crate::clock::{rfc3339, unix_now};
 use crate::outcome::{Outcome, stage_name};
 
 /// Records per transaction, at most.
@@ -354,9 +354,6 @@ fn hex(bytes: &[u8]) -> String {
     })
 }
 
-fn unix_now() -> i64 {
-    crate::cli::unix_now()
-}
 
 /// An open journal (management and reads; the writer thread has a connection of its own).
 pub struct Journal {

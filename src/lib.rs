@@ -7,6 +7,7 @@
 
 pub mod campaign;
 pub mod cli;
+pub mod clock;
 pub mod direct;
 pub mod dispatch;
 pub mod dkim;

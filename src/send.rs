@@ -809,7 +809,7 @@ fn render_loop(
 ) {
     let mut out = Vec::with_capacity(RENDER_BATCH);
     while let Ok(batch) = rx.recv_blocking() {
-        let now = crate::cli::unix_now();
+        let now = crate::clock::unix_now();
         for recipient in batch {
             match renderer.render(recipient, now) {
                 Ok(m) => {
@@ -997,7 +997,7 @@ pub fn send_one(
         .next_recipient()?
         .ok_or_else(|| SendError::To("the list has no valid row".into()))?;
     let mut msg = renderer
-        .render(recipient, crate::cli::unix_now())
+        .render(recipient, crate::clock::unix_now())
         .map_err(|e| SendError::To(e.to_string()))?;
     msg.rcpt = to.to_string();
     let node = campaign

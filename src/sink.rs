@@ -411,7 +411,7 @@ fn handle(
 fn append_bounce_log(path: &std::path::Path, e: &BounceEvent, diagnostic: &str) {
     use std::io::Write;
     let line = json!({
-        "time": crate::cli::unix_now(), "outcome": e.outcome, "campaign": e.campaign,
+        "time": crate::clock::unix_now(), "outcome": e.outcome, "campaign": e.campaign,
         "row": e.row, "address": e.address, "reason": e.reason, "status": e.status,
         "hard": e.hard, "suppressed": e.suppressed, "diagnostic": diagnostic,
     });
@@ -439,7 +439,7 @@ fn quarantine(opts: &SinkOptions, data: &[u8]) -> Option<String> {
     static SEQ: AtomicU64 = AtomicU64::new(0);
     let name = format!(
         "{}-{}-{}.eml",
-        crate::cli::unix_now(),
+        crate::clock::unix_now(),
         std::process::id(),
         SEQ.fetch_add(1, Ordering::Relaxed)
     );

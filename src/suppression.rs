@@ -88,7 +88,7 @@ impl Entry {
             diagnostic: None,
             campaign: None,
             row: None,
-            created_at: crate::cli::unix_now(),
+            created_at: crate::clock::unix_now(),
         }
     }
 }
@@ -315,7 +315,7 @@ impl Suppressions {
         limit: u32,
     ) -> Result<bool, SuppressionError> {
         let a = normalize(address);
-        let now = crate::cli::unix_now();
+        let now = crate::clock::unix_now();
         // One transaction: a reader never sees the count at the limit without the entry.
         let tx = rusqlite::Transaction::new_unchecked(
             &self.conn,
@@ -351,7 +351,7 @@ impl Suppressions {
             )
             .and_then(|mut s| {
                 s.execute(params![
-                    crate::cli::unix_now(),
+                    crate::clock::unix_now(),
                     e.campaign,
                     e.row.map(|r| r as i64),
                     normalize(&e.address),

@@ -173,7 +173,7 @@ fn render_all(path: &Path, dir: &Path) -> Vec<PathBuf> {
         rows.push(r);
     }
     for r in rows {
-        let m = renderer.render(r, blast::cli::unix_now()).unwrap();
+        let m = renderer.render(r, blast::clock::unix_now()).unwrap();
         let f = dir.join(format!("msg-{}.eml", m.row));
         fs::write(&f, &m.bytes).unwrap();
         files.push(f);
