@@ -354,7 +354,6 @@ fn hex(bytes: &[u8]) -> String {
     })
 }
 
-
 /// An open journal (management and reads; the writer thread has a connection of its own).
 pub struct Journal {
     conn: Connection,

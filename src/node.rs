@@ -237,9 +237,7 @@ async fn connection_loop(node: Arc<Node>, shared: Arc<Shared>) {
             if node.queue_rx.is_closed() && node.queue_rx.is_empty() {
                 break;
             }
-            if let Some(c) = conn.take() {
-                c.quit().await;
-            }
+            close(&node, conn.take()).await;
             if node.probing.swap(true, Ordering::Relaxed) {
                 // Someone else probes; check again shortly.
                 tokio::time::sleep(Duration::from_millis(200)).await;
@@ -303,7 +301,8 @@ async fn connection_loop(node: Arc<Node>, shared: Arc<Shared>) {
         }
 
         if conn.is_some() && opened_in != node.outages.load(Ordering::Relaxed) {
-            conn = None;
+            // Opened before the node's last outage: most likely dead, do not QUIT it.
+            lost(&node, conn.take());
         }
         if conn.is_none() {
             match node.connect().await {
@@ -332,8 +331,7 @@ async fn connection_loop(node: Arc<Node>, shared: Arc<Shared>) {
         handle(&node, &shared, job, verdict, result);
         if !usable {
             // Lost or closed (421): do not QUIT a dead connection.
-            conn = None;
-            dec(&node.counters.connections);
+            lost(&node, conn.take());
         } else if used_up {
             close(&node, conn.take()).await;
         }
@@ -341,9 +339,18 @@ async fn connection_loop(node: Arc<Node>, shared: Arc<Shared>) {
     close(&node, conn.take()).await;
 }
 
+/// Ends a connection politely (QUIT). Every connection counted by [`Node::connected`] ends
+/// here or in [`lost`], so the count of open connections returns to zero.
 async fn close(node: &Node, conn: Option<Connection>) {
     if let Some(c) = conn {
         c.quit().await;
+        dec(&node.counters.connections);
+    }
+}
+
+/// Drops a connection that is dead or not to be trusted (no QUIT).
+fn lost(node: &Node, conn: Option<Connection>) {
+    if conn.is_some() {
         dec(&node.counters.connections);
     }
 }

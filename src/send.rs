@@ -99,6 +99,8 @@ pub struct NodeReport {
     pub deferred: u64,
     pub failed: u64,
     pub errors: u64,
+    /// Connections still counted as open when the run ended (0 unless tasks were cut off).
+    pub connections: u64,
     /// Down/up events (see [`crate::node::HealthEvent`]).
     pub health: crate::node::HealthHistory,
 }
@@ -146,203 +148,6 @@ pub struct Report {
     pub dns: Option<crate::dns::DnsReport>,
     /// `--shard K/N`, and the rows skipped as belonging to another shard.
     pub shard: Option<(crate::shard::Shard, u64)>,
-}
-
-impl Report {
-    pub fn exit_code(&self) -> u8 {
-        use crate::cli::exit;
-        match (self.signal, self.end) {
-            (Some(Signal::Interrupt), _) => exit::SIGINT,
-            (Some(Signal::Terminate), _) => exit::SIGTERM,
-            (None, End::AllNodesDown) => exit::TEMPFAIL,
-            _ if self.failed + self.expired + self.render_errors > 0 => exit::SOME_FAILED,
-            _ => exit::OK,
-        }
-    }
-
-    /// The summary printed at the end of a run.
-    pub fn summary(&self) -> String {
-        use std::fmt::Write;
-        let secs = self.duration.as_secs_f64().max(0.001);
-        let mut s = String::new();
-        let _ = writeln!(
-            s,
-            "rows       {} read, {} rejected (see the rejects file), {} rendered{}",
-            self.source.rows,
-            self.source.rejected,
-            self.rendered,
-            if self.render_errors > 0 {
-                format!(", {} render errors", self.render_errors)
-            } else {
-                String::new()
-            }
-        );
-        for (kind, n) in self.source.rejected_by_kind().filter(|(_, n)| *n > 0) {
-            let _ = writeln!(s, "  rejected {n:>9}  {kind}");
-        }
-        if self.skipped > 0 || self.resumed_duplicates > 0 {
-            let _ = writeln!(
-                s,
-                "resumed    {} rows skipped (final in an earlier session), {} possibly duplicated (resumed: in flight when a session died)",
-                self.skipped, self.resumed_duplicates
-            );
-        }
-        if let Some((shard, other)) = self.shard {
-            let _ = writeln!(
-                s,
-                "shard      {shard}: {other} rows of other shards skipped"
-            );
-        }
-        if self.suppressed > 0 {
-            let _ = writeln!(
-                s,
-                "suppressed {} rows skipped (address on the suppression list)",
-                self.suppressed
-            );
-        }
-        if self.dry_run {
-            let _ = writeln!(s, "dry run    nothing sent");
-        } else {
-            let _ = writeln!(
-                s,
-                "outcomes   {} accepted, {} failed{}, {} expired, {} unfinished",
-                self.accepted,
-                self.failed,
-                if self.render_errors > 0 {
-                    format!(" ({} render errors)", self.render_errors)
-                } else {
-                    String::new()
-                },
-                self.expired,
-                self.unfinished
-            );
-            let _ = writeln!(
-                s,
-                "retries    {} deferrals (4xx), {} re-sent after lost connections, {} possibly duplicated",
-                self.deferrals, self.requeues, self.possibly_duplicated
-            );
-            // Direct delivery has a node per MX host: show the first ones.
-            const NODES_SHOWN: usize = 20;
-            if self.nodes.len() > NODES_SHOWN {
-                let _ = writeln!(
-                    s,
-                    "nodes      {} (MX hosts); the first {NODES_SHOWN}:",
-                    self.nodes.len()
-                );
-            }
-            for n in self.nodes.iter().take(NODES_SHOWN) {
-                let _ = writeln!(
-                    s,
-                    "node       {:<16} {} accepted, {} deferred, {} failed, {} connection errors",
-                    n.name, n.accepted, n.deferred, n.failed, n.errors
-                );
-                health_lines(&mut s, n, self.started_at);
-            }
-        }
-        let done = if self.dry_run {
-            self.rendered
-        } else {
-            self.accepted + self.failed + self.expired
-        };
-        // The peak is measured on final outcomes, which a dry run has none of.
-        let peak = if self.dry_run {
-            String::new()
-        } else {
-            format!(", {:.0} msg/s peak", self.peak_rate)
-        };
-        let _ = writeln!(
-            s,
-            "time       {:.1} s, {:.0} msg/s average{peak}",
-            secs,
-            done as f64 / secs,
-        );
-        if !self.dry_run {
-            let _ = writeln!(
-                s,
-                "log        {} lines, {} waits for the writer",
-                self.log_lines, self.log_waits
-            );
-        }
-        if let Some(j) = &self.journal {
-            let _ = writeln!(
-                s,
-                "journal    {} outcomes, {} attempt marks, {} transactions, {} log writes{}",
-                j.outcomes,
-                j.attempts,
-                j.transactions,
-                j.log_writes,
-                match j.cpu {
-                    Some(cpu) => format!(
-                        ", writer CPU {:.2} s ({:.1} µs per outcome)",
-                        cpu.as_secs_f64(),
-                        cpu.as_secs_f64() * 1e6 / j.outcomes.max(1) as f64
-                    ),
-                    None => String::new(),
-                }
-            );
-        }
-        if let Some(d) = &self.dns {
-            let _ = writeln!(
-                s,
-                "dns        {} domain lookups, {} cache hits, {} negative (do not accept mail), {} temporary failures; {} rows failed unsent, {} sent despite a warning",
-                d.domain_lookups,
-                d.cache_hits,
-                d.negative,
-                d.temporary,
-                d.rows_failed,
-                d.rows_warned
-            );
-        }
-        if let Some(n) = self.embedded_received {
-            let _ = writeln!(s, "embedded   receiver accepted {n} messages");
-        }
-        let why = match (self.signal, self.end) {
-            (Some(Signal::Interrupt), _) => "interrupted (SIGINT)",
-            (Some(Signal::Terminate), _) => "terminated (SIGTERM)",
-            (None, End::AllNodesDown) => "stopped: no node reachable",
-            (None, End::Stopped) => "stopped",
-            (None, End::Done) => "done",
-        };
-        let _ = write!(s, "result     {why}, exit code {}", self.exit_code());
-        s
-    }
-}
-
-/// The summary's lines for a node's down/up events: time (UTC, and seconds since the start),
-/// the reason it went down and the probes that failed, what it accepted while up again.
-fn health_lines(s: &mut String, n: &NodeReport, started: std::time::SystemTime) {
-    use std::fmt::Write;
-    let events = &n.health.events;
-    for (i, e) in events.iter().enumerate() {
-        let at = e
-            .time
-            .duration_since(started)
-            .unwrap_or_default()
-            .as_secs_f64();
-        let time = crate::log::rfc3339(e.time);
-        if e.up {
-            let until = events.get(i + 1).map_or(n.accepted, |next| next.accepted);
-            let _ = writeln!(
-                s,
-                "  health   {:<16} up   {time} (+{at:.1} s), then {} accepted",
-                n.name,
-                until.saturating_sub(e.accepted)
-            );
-        } else {
-            let _ = writeln!(
-                s,
-                "  health   {:<16} down {time} (+{at:.1} s) after {} accepted, {} probes failed: {}",
-                n.name, e.accepted, e.failed_probes, e.reason
-            );
-        }
-    }
-    if n.health.dropped > 0 {
-        let _ = writeln!(
-            s,
-            "  health   {:<16} … {} more events not kept",
-            n.name, n.health.dropped
-        );
-    }
 }
 
 /// Runs a campaign to the end (or to a stop) and reports.
@@ -698,6 +503,7 @@ async fn run_async(
                 deferred: get(&n.counters.deferred),
                 failed: get(&n.counters.failed),
                 errors: get(&n.counters.errors),
+                connections: get(&n.counters.connections),
                 health: n.health(),
             })
             .collect(),

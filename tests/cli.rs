@@ -398,11 +398,8 @@ fn preview_writes_to_a_file_with_out() {
 // send --dry-run
 // ---------------------------------------------------------------------------------------------
 
-#[test]
-fn dry_run_send_of_the_demo_prints_a_summary() {
-    // A copy of campaigns/demo.toml whose list and outputs live in a temp dir, so the test
-    // writes nothing into the repository. The list is generated there on first use.
-    let dir = TempDir::new("demo");
+/// A copy of campaigns/demo.toml in `dir`, its list and outputs under `dir/out`.
+fn demo_copy(dir: &TempDir) -> std::path::PathBuf {
     let templates = project().join("templates");
     let demo = fs::read_to_string(project().join("campaigns/demo.toml")).unwrap();
     assert!(demo.contains("../out/demo/") && demo.contains("../templates/"));
@@ -411,6 +408,45 @@ fn dry_run_send_of_the_demo_prints_a_summary() {
         .replace("../out/demo/", "out/");
     let path = dir.0.join("demo.toml");
     fs::write(&path, copy).unwrap();
+    path
+}
+
+/// The application log goes through a background writer: the lines written just before the
+/// process exits must still reach stderr (the writer is flushed, not forgotten).
+#[test]
+fn the_last_log_line_before_exit_reaches_stderr() {
+    let dir = TempDir::new("last-log-line");
+    let path = demo_copy(&dir);
+    for _ in 0..3 {
+        let o = blast(
+            &[
+                "send",
+                path.to_str().unwrap(),
+                "--dry-run",
+                "--limit",
+                "10",
+                "--quiet",
+            ],
+            &[("RUST_LOG", "blast=debug")],
+        );
+        assert_eq!(code(&o), 0, "{}", text(&o.stderr));
+        let stderr = text(&o.stderr);
+        assert!(
+            stderr
+                .lines()
+                .last()
+                .is_some_and(|l| l.contains("exiting: ")),
+            "the last log line is missing:\n{stderr}"
+        );
+    }
+}
+
+#[test]
+fn dry_run_send_of_the_demo_prints_a_summary() {
+    // A copy of campaigns/demo.toml whose list and outputs live in a temp dir, so the test
+    // writes nothing into the repository. The list is generated there on first use.
+    let dir = TempDir::new("demo");
+    let path = demo_copy(&dir);
 
     let o = blast(
         &[

@@ -349,21 +349,29 @@ fn node_report<'a>(r: &'a Report, name: &str) -> &'a send::NodeReport {
 
 /// Invariants of every finished run.
 fn check_report(r: &Report, camp: &Camp) {
-    assert_eq!(r.end, End::Done, "{}", r.summary());
+    assert_eq!(r.end, End::Done, "{}", cli::summary(r));
     assert_eq!(r.signal, None);
-    assert_eq!(r.render_errors, 0, "{}", r.summary());
+    assert_eq!(r.render_errors, 0, "{}", cli::summary(r));
     assert_eq!(r.source.accepted, camp.valid.len() as u64);
     assert_eq!(r.rendered, camp.valid.len() as u64);
     assert_eq!(
         r.accepted + r.failed + r.expired,
         r.rendered,
         "{}",
-        r.summary()
+        cli::summary(r)
     );
-    assert_eq!(r.unfinished, 0, "{}", r.summary());
-    assert_eq!(r.log_lines, r.rendered, "{}", r.summary());
+    assert_eq!(r.unfinished, 0, "{}", cli::summary(r));
+    assert_eq!(r.log_lines, r.rendered, "{}", cli::summary(r));
     let per_node: u64 = r.nodes.iter().map(|n| n.accepted).sum();
-    assert_eq!(per_node, r.accepted, "{}", r.summary());
+    assert_eq!(per_node, r.accepted, "{}", cli::summary(r));
+    // Every connection opened was closed or counted as lost: none is left open after a run.
+    for n in &r.nodes {
+        assert_eq!(
+            n.connections, 0,
+            "node {} still counts open connections",
+            n.name
+        );
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -396,7 +404,7 @@ fn mixed_outcomes_on_one_node() {
         &["not-an-address", "USER0@example.com"],
     );
     let report = camp.run();
-    eprintln!("{}", report.summary());
+    eprintln!("{}", cli::summary(&report));
     check_report(&report, &camp);
     assert_eq!(report.source.rejected, 2);
     assert_eq!(report.source.rows, rows.len() as u64);
@@ -470,7 +478,7 @@ fn mixed_outcomes_on_one_node() {
 
     let stats = rx.stats();
     assert_eq!(stats.accepted, report.accepted);
-    assert_eq!(report.exit_code(), cli::exit::SOME_FAILED);
+    assert_eq!(cli::exit_code(&report), cli::exit::SOME_FAILED);
     // Rejected rows went to the rejects file.
     let rejects = std::fs::read_to_string(camp.dir.join("rejects.csv")).expect("rejects file");
     assert!(rejects.contains("not-an-address"), "{rejects}");
@@ -577,10 +585,10 @@ fn deferring_primary_hands_over_to_fallback() {
     let rows = addrs("user", 8);
     let camp = Camp::write("fallback", &cfg, &rows, &[]);
     let report = camp.run();
-    eprintln!("{}", report.summary());
+    eprintln!("{}", cli::summary(&report));
     check_report(&report, &camp);
     assert_eq!(report.accepted, 8);
-    assert_eq!(report.exit_code(), cli::exit::OK);
+    assert_eq!(cli::exit_code(&report), cli::exit::OK);
     let log = camp.log();
     for l in log.values() {
         assert_eq!(outcome(l), "accepted", "{l}");
@@ -619,7 +627,7 @@ fn fallback_takes_everything_when_the_primary_trips() {
     let rows = addrs("user", 400);
     let camp = Camp::write("fallback-trip", &cfg, &rows, &[]);
     let report = camp.run();
-    eprintln!("{}", report.summary());
+    eprintln!("{}", cli::summary(&report));
     check_report(&report, &camp);
     assert_eq!(report.accepted, 400);
     let log = camp.log();
@@ -632,7 +640,7 @@ fn fallback_takes_everything_when_the_primary_trips() {
     }
     assert_eq!(fallback.stats().accepted, 400);
     assert_eq!(primary.stats().accepted, 0);
-    assert!(report.deferrals >= 20, "{}", report.summary());
+    assert!(report.deferrals >= 20, "{}", cli::summary(&report));
     // The trip is in the primary's health history, with the deferral as the reason.
     let primary_health = &node_report(&report, "primary").health.events;
     assert!(
@@ -640,9 +648,9 @@ fn fallback_takes_everything_when_the_primary_trips() {
             .first()
             .is_some_and(|e| !e.up && e.reason.contains("deferrals (4xx) in a row")),
         "{}",
-        report.summary()
+        cli::summary(&report)
     );
-    assert!(report.summary().contains("  health   "));
+    assert!(cli::summary(&report).contains("  health   "));
     camp.done();
 }
 
@@ -666,7 +674,7 @@ fn dead_node_is_routed_around() {
         &[],
     );
     let report = camp.run();
-    eprintln!("{}", report.summary());
+    eprintln!("{}", cli::summary(&report));
     check_report(&report, &camp);
     assert_eq!(report.accepted, 500);
     assert!(node_report(&report, "dead").errors > 0);
@@ -681,7 +689,7 @@ fn dead_node_is_routed_around() {
     assert!(
         report.duration < Duration::from_secs(20),
         "{}",
-        report.summary()
+        cli::summary(&report)
     );
     camp.done();
 }
@@ -713,7 +721,7 @@ fn tarpit_node_costs_only_connect_timeouts() {
     );
     let running = camp.spawn();
     let report = running.wait(RUN_LIMIT);
-    eprintln!("{}", report.summary());
+    eprintln!("{}", cli::summary(&report));
     check_report(&report, &camp);
     assert_eq!(report.accepted, 500);
     assert!(node_report(&report, "tarpit").errors > 0);
@@ -765,7 +773,10 @@ fn node_dying_mid_campaign_loses_nothing() {
     let killed_at = running.elapsed();
     let a_final = a.stats().accepted;
     let report = running.wait(RUN_LIMIT);
-    eprintln!("node a killed after {killed_at:?}\n{}", report.summary());
+    eprintln!(
+        "node a killed after {killed_at:?}\n{}",
+        cli::summary(&report)
+    );
     check_report(&report, &camp);
     assert_eq!(report.accepted, ROWS as u64);
     assert!(
@@ -777,7 +788,7 @@ fn node_dying_mid_campaign_loses_nothing() {
     assert!(
         a_health.last().is_some_and(|e| !e.up),
         "{}",
-        report.summary()
+        cli::summary(&report)
     );
     assert!(node_report(&report, "b").health.events.is_empty());
 
@@ -823,7 +834,7 @@ fn dropped_connections_are_resent_then_expire() {
     };
     let camp = Camp::write("drop", &cfg, &rows, &[]);
     let report = camp.run();
-    eprintln!("{}", report.summary());
+    eprintln!("{}", cli::summary(&report));
     check_report(&report, &camp);
     assert_eq!(report.accepted, 58);
     assert_eq!(report.expired, 2);
@@ -846,10 +857,10 @@ fn dropped_connections_are_resent_then_expire() {
         report.requeues + report.deferrals,
         2 * 2 * 5,
         "{}",
-        report.summary()
+        cli::summary(&report)
     );
     assert_eq!(rx.stats().accepted, 58);
-    assert_eq!(report.exit_code(), cli::exit::SOME_FAILED);
+    assert_eq!(cli::exit_code(&report), cli::exit::SOME_FAILED);
     camp.done();
 }
 
@@ -869,7 +880,7 @@ fn global_rate_limit_holds() {
     let camp = Camp::write("rate", &cfg, &addrs("user", 300), &[]);
     let running = camp.spawn();
     let report = running.wait(RUN_LIMIT);
-    eprintln!("{}", report.summary());
+    eprintln!("{}", cli::summary(&report));
     check_report(&report, &camp);
     assert_eq!(report.accepted, 300);
     // 300 messages at 200/s with a burst of 10: at least 1.45 s; allow for clock slop.
@@ -1141,7 +1152,7 @@ fn node_back_after_a_short_outage_is_probed_again_soon() {
     let report = running.wait(RUN_LIMIT);
     eprintln!(
         "node a killed after {killed_at:?}, back 0.5 s later\n{}",
-        report.summary()
+        cli::summary(&report)
     );
     check_report(&report, &camp);
     assert_eq!(report.accepted, ROWS as u64);
@@ -1153,14 +1164,14 @@ fn node_back_after_a_short_outage_is_probed_again_soon() {
         ups,
         [false, true],
         "node a should go down once, then up:\n{}",
-        report.summary()
+        cli::summary(&report)
     );
     // Back within the first probes (1 s, then 2 s later), with seconds of the run left.
     assert!(
         a2.stats().accepted > 500,
         "node a took {} after it came back:\n{}",
         a2.stats().accepted,
-        report.summary()
+        cli::summary(&report)
     );
     camp.done();
 }
@@ -1201,7 +1212,7 @@ fn tiny_queue_and_one_slow_connection_do_not_deadlock() {
         .collect();
     let camp = Camp::write("backpressure", &cfg, &rows, &[]);
     let report = camp.run();
-    eprintln!("{}", report.summary());
+    eprintln!("{}", cli::summary(&report));
     check_report(&report, &camp);
     assert_eq!(report.accepted, ROWS as u64 - 60);
     assert_eq!(report.expired, 30);

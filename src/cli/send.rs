@@ -1,0 +1,125 @@
+//! `blast send`: lock the campaign, choose the run ([`crate::plan`]), prepare the campaign, run
+//! the pipeline ([`crate::send`]), record the end of the run, print the summary, exit.
+
+use std::path::Path;
+use std::process::ExitCode;
+
+use anyhow::Context;
+
+use super::prepare::{prepare, report_problems};
+use super::{BadInput, exit};
+use crate::campaign::Campaign;
+use crate::dispatch::End;
+use crate::journal::RowSet;
+use crate::plan::{Planned, RunFlags, RunPlan, lock_campaign, shard_outputs};
+use crate::send::{Journaling, Report, SendOptions, Signal};
+
+/// The exit code of a finished `blast send` (see the module doc of [`crate::cli`]).
+pub fn exit_code(report: &Report) -> u8 {
+    match (report.signal, report.end) {
+        (Some(Signal::Interrupt), _) => exit::SIGINT,
+        (Some(Signal::Terminate), _) => exit::SIGTERM,
+        (None, End::AllNodesDown) => exit::TEMPFAIL,
+        _ if report.failed + report.expired + report.render_errors > 0 => exit::SOME_FAILED,
+        _ => exit::OK,
+    }
+}
+
+/// The summary printed at the end of a run, ending with the exit code.
+pub fn summary(report: &Report) -> String {
+    crate::report::RunSummary::new(report, exit_code(report)).to_string()
+}
+
+pub fn send(
+    path: &Path,
+    to: Option<&str>,
+    opts: &SendOptions,
+    flags: &RunFlags,
+) -> anyhow::Result<ExitCode> {
+    let journaled = to.is_none() && !opts.dry_run && !flags.no_journal;
+    let mut loaded = Campaign::load(path).map_err(|e| BadInput(e.to_string()))?;
+    // The journal path without `--shard`: every sharding's journal is named after it.
+    let base_journal = loaded.output.journal.clone();
+    shard_outputs(&mut loaded, opts.shard);
+    let _lock = if to.is_none() && !opts.dry_run {
+        Some(lock_campaign(&loaded)?)
+    } else {
+        None
+    };
+    let plan = if journaled {
+        match RunPlan::choose(&loaded, &base_journal, opts.shard, flags)? {
+            Planned::Finished(r) => {
+                println!(
+                    "run {} already finished at {}, nothing to do",
+                    r.id,
+                    r.ended_at.as_deref().unwrap_or("?")
+                );
+                return Ok(ExitCode::SUCCESS);
+            }
+            Planned::Run(plan) => Some(plan),
+        }
+    } else {
+        None
+    };
+    let rejects = (to.is_none() && !opts.dry_run).then(|| loaded.output.rejects.clone());
+    let (mut campaign, source, renderer) = match prepare(path, rejects) {
+        Ok(t) => t,
+        Err(problems) => return Ok(report_problems(&problems)),
+    };
+    shard_outputs(&mut campaign, opts.shard);
+    if let Some(to) = to {
+        crate::source::check_address(to).map_err(|e| BadInput(format!("--to {to:?}: {e}")))?;
+        let line = crate::send::send_one(&campaign, source, renderer, to)?;
+        println!("{line}");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let Some(plan) = plan else {
+        let report = crate::send::run(&campaign, source, renderer, opts)
+            .with_context(|| format!("sending {}", path.display()))?;
+        println!("{}", summary(&report));
+        return Ok(ExitCode::from(exit_code(&report)));
+    };
+    let mut run = plan.start(&campaign)?;
+    if let Some(r) = &run.resumed {
+        eprintln!(
+            "blast: resuming run {} (started {}): {} rows already final, {} attempted without an outcome (re-sent, possibly duplicated); journal read in {} ms",
+            r.run.id,
+            r.run.started_at,
+            r.finals,
+            r.unconfirmed,
+            r.read_in.as_millis()
+        );
+    }
+    let mut writer = run.journal.writer(run.id, 65_536)?;
+    writer.set_unconfirmed(std::mem::replace(&mut run.unconfirmed, RowSet::new()));
+    let result = crate::send::run_with(
+        &campaign,
+        source,
+        renderer,
+        opts,
+        Some(Journaling {
+            writer,
+            skip: std::mem::replace(&mut run.skip, RowSet::new()),
+        }),
+    );
+    let report = match result {
+        Ok(r) => r,
+        Err(e) => {
+            run.abandon();
+            return Err(e).with_context(|| format!("sending {}", path.display()));
+        }
+    };
+    let state = run.finish(&report)?;
+    println!("{}", summary(&report));
+    println!(
+        "run        {} {}{}",
+        run.id,
+        state.as_str(),
+        if state == crate::journal::RunState::Finished {
+            String::new()
+        } else {
+            format!("; `blast send {}` resumes it", campaign.path.display())
+        }
+    );
+    Ok(ExitCode::from(exit_code(&report)))
+}

@@ -1,0 +1,207 @@
+//! What blast shows people about a run: the end-of-run summary of `blast send` and (later)
+//! the `blast status` text, as `Display` types.
+//!
+//! Uses: send (its `Report`), clock. Prints nothing itself; the CLI does.
+
+use std::fmt;
+use std::fmt::Write;
+
+use crate::dispatch::End;
+use crate::send::{NodeReport, Report, Signal};
+
+/// The summary printed at the end of `blast send`, ending with `result …, exit code N`.
+pub struct RunSummary<'a> {
+    report: &'a Report,
+    exit_code: u8,
+}
+
+impl<'a> RunSummary<'a> {
+    /// `exit_code` is what the process exits with (the CLI decides it).
+    pub fn new(report: &'a Report, exit_code: u8) -> RunSummary<'a> {
+        RunSummary { report, exit_code }
+    }
+}
+
+impl fmt::Display for RunSummary<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let r = self.report;
+        let secs = r.duration.as_secs_f64().max(0.001);
+        let mut s = String::new();
+        let _ = writeln!(
+            s,
+            "rows       {} read, {} rejected (see the rejects file), {} rendered{}",
+            r.source.rows,
+            r.source.rejected,
+            r.rendered,
+            if r.render_errors > 0 {
+                format!(", {} render errors", r.render_errors)
+            } else {
+                String::new()
+            }
+        );
+        for (kind, n) in r.source.rejected_by_kind().filter(|(_, n)| *n > 0) {
+            let _ = writeln!(s, "  rejected {n:>9}  {kind}");
+        }
+        if r.skipped > 0 || r.resumed_duplicates > 0 {
+            let _ = writeln!(
+                s,
+                "resumed    {} rows skipped (final in an earlier session), {} possibly duplicated (resumed: in flight when a session died)",
+                r.skipped, r.resumed_duplicates
+            );
+        }
+        if let Some((shard, other)) = r.shard {
+            let _ = writeln!(
+                s,
+                "shard      {shard}: {other} rows of other shards skipped"
+            );
+        }
+        if r.suppressed > 0 {
+            let _ = writeln!(
+                s,
+                "suppressed {} rows skipped (address on the suppression list)",
+                r.suppressed
+            );
+        }
+        if r.dry_run {
+            let _ = writeln!(s, "dry run    nothing sent");
+        } else {
+            let _ = writeln!(
+                s,
+                "outcomes   {} accepted, {} failed{}, {} expired, {} unfinished",
+                r.accepted,
+                r.failed,
+                if r.render_errors > 0 {
+                    format!(" ({} render errors)", r.render_errors)
+                } else {
+                    String::new()
+                },
+                r.expired,
+                r.unfinished
+            );
+            let _ = writeln!(
+                s,
+                "retries    {} deferrals (4xx), {} re-sent after lost connections, {} possibly duplicated",
+                r.deferrals, r.requeues, r.possibly_duplicated
+            );
+            // Direct delivery has a node per MX host: show the first ones.
+            const NODES_SHOWN: usize = 20;
+            if r.nodes.len() > NODES_SHOWN {
+                let _ = writeln!(
+                    s,
+                    "nodes      {} (MX hosts); the first {NODES_SHOWN}:",
+                    r.nodes.len()
+                );
+            }
+            for n in r.nodes.iter().take(NODES_SHOWN) {
+                let _ = writeln!(
+                    s,
+                    "node       {:<16} {} accepted, {} deferred, {} failed, {} connection errors",
+                    n.name, n.accepted, n.deferred, n.failed, n.errors
+                );
+                health_lines(&mut s, n, r.started_at);
+            }
+        }
+        let done = if r.dry_run {
+            r.rendered
+        } else {
+            r.accepted + r.failed + r.expired
+        };
+        // The peak is measured on final outcomes, which a dry run has none of.
+        let peak = if r.dry_run {
+            String::new()
+        } else {
+            format!(", {:.0} msg/s peak", r.peak_rate)
+        };
+        let _ = writeln!(
+            s,
+            "time       {:.1} s, {:.0} msg/s average{peak}",
+            secs,
+            done as f64 / secs,
+        );
+        if !r.dry_run {
+            let _ = writeln!(
+                s,
+                "log        {} lines, {} waits for the writer",
+                r.log_lines, r.log_waits
+            );
+        }
+        if let Some(j) = &r.journal {
+            let _ = writeln!(
+                s,
+                "journal    {} outcomes, {} attempt marks, {} transactions, {} log writes{}",
+                j.outcomes,
+                j.attempts,
+                j.transactions,
+                j.log_writes,
+                match j.cpu {
+                    Some(cpu) => format!(
+                        ", writer CPU {:.2} s ({:.1} µs per outcome)",
+                        cpu.as_secs_f64(),
+                        cpu.as_secs_f64() * 1e6 / j.outcomes.max(1) as f64
+                    ),
+                    None => String::new(),
+                }
+            );
+        }
+        if let Some(d) = &r.dns {
+            let _ = writeln!(
+                s,
+                "dns        {} domain lookups, {} cache hits, {} negative (do not accept mail), {} temporary failures; {} rows failed unsent, {} sent despite a warning",
+                d.domain_lookups,
+                d.cache_hits,
+                d.negative,
+                d.temporary,
+                d.rows_failed,
+                d.rows_warned
+            );
+        }
+        if let Some(n) = r.embedded_received {
+            let _ = writeln!(s, "embedded   receiver accepted {n} messages");
+        }
+        let why = match (r.signal, r.end) {
+            (Some(Signal::Interrupt), _) => "interrupted (SIGINT)",
+            (Some(Signal::Terminate), _) => "terminated (SIGTERM)",
+            (None, End::AllNodesDown) => "stopped: no node reachable",
+            (None, End::Stopped) => "stopped",
+            (None, End::Done) => "done",
+        };
+        let _ = write!(s, "result     {why}, exit code {}", self.exit_code);
+        f.write_str(&s)
+    }
+}
+
+/// The summary's lines for a node's down/up events: time (UTC, and seconds since the start),
+/// the reason it went down and the probes that failed, what it accepted while up again.
+fn health_lines(s: &mut String, n: &NodeReport, started: std::time::SystemTime) {
+    let events = &n.health.events;
+    for (i, e) in events.iter().enumerate() {
+        let at = e
+            .time
+            .duration_since(started)
+            .unwrap_or_default()
+            .as_secs_f64();
+        let time = crate::clock::rfc3339(e.time);
+        if e.up {
+            let until = events.get(i + 1).map_or(n.accepted, |next| next.accepted);
+            let _ = writeln!(
+                s,
+                "  health   {:<16} up   {time} (+{at:.1} s), then {} accepted",
+                n.name,
+                until.saturating_sub(e.accepted)
+            );
+        } else {
+            let _ = writeln!(
+                s,
+                "  health   {:<16} down {time} (+{at:.1} s) after {} accepted, {} probes failed: {}",
+                n.name, e.accepted, e.failed_probes, e.reason
+            );
+        }
+    }
+    if n.health.dropped > 0 {
+        let _ = writeln!(
+            s,
+            "  health   {:<16} … {} more events not kept",
+            n.name, n.health.dropped
+        );
+    }
+}
