@@ -36,9 +36,9 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use crate::campaign::Rate;
-use crate::dispatch::{Job, Shared};
 use crate::dns::{Dns, Domains, MailHost, Route, domain_of};
-use crate::node::Node;
+use crate::send::dispatch::{Job, Shared};
+use crate::send::node::Node;
 use crate::smtp::ClientSettings;
 
 /// `[direct]`: settings of direct-to-MX delivery.
@@ -184,7 +184,7 @@ pub fn validate(s: &DirectSection) -> Result<DirectConfig, Vec<(Range<usize>, St
 }
 
 fn keyed(rate: Rate) -> DefaultKeyedRateLimiter<Box<str>> {
-    RateLimiter::keyed(crate::dispatch::quota(rate))
+    RateLimiter::keyed(crate::send::dispatch::quota(rate))
 }
 
 /// What the router did with a job.

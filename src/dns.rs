@@ -38,8 +38,8 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use crate::campaign::Dur;
-use crate::dispatch::Shared;
-use crate::render::Message;
+use crate::send::dispatch::Shared;
+use crate::send::render::Message;
 
 // ---------------------------------------------------------------------------------------------
 // Configuration.

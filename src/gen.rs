@@ -5,7 +5,7 @@
 //! looks like production: non-ASCII names, tens of thousands of domains with a
 //! few very large ones, IDN and upper-case domains, empty first names (to
 //! exercise template `default(...)`), and optionally a sprinkling of every kind
-//! of broken row [`crate::source`] must reject. The same options and seed always
+//! of broken row [`crate::send::source`] must reject. The same options and seed always
 //! give the same bytes, so benchmark runs and bug reports are reproducible.
 //!
 //! Only reserved TLDs are used (`.test`, `.example`, `.invalid`), so a

@@ -1263,7 +1263,7 @@ impl JournalSender {
     }
 
     /// Records a node's down/up event.
-    pub fn node_event(&self, node: &str, event: &crate::node::HealthEvent) -> bool {
+    pub fn node_event(&self, node: &str, event: &crate::send::node::HealthEvent) -> bool {
         self.push(false, |st| st.log.push_node_event(node, event))
     }
 
@@ -1440,7 +1440,7 @@ fn encode_outcome(b: &mut Vec<u8>, o: &Outcome, time: &str) {
     put_text(b, time);
 }
 
-fn encode_node_event(b: &mut Vec<u8>, node: &str, event: &crate::node::HealthEvent) {
+fn encode_node_event(b: &mut Vec<u8>, node: &str, event: &crate::send::node::HealthEvent) {
     b.push(TAG_NODE_EVENT);
     put_text(b, node);
     put_text(b, if event.up { "up" } else { "down" });
@@ -1719,7 +1719,7 @@ impl Log {
         self.counted();
     }
 
-    fn push_node_event(&mut self, node: &str, event: &crate::node::HealthEvent) {
+    fn push_node_event(&mut self, node: &str, event: &crate::send::node::HealthEvent) {
         encode_node_event(&mut self.buf, node, event);
         self.counted();
     }

@@ -118,7 +118,7 @@ impl Outcome {
 /// row's values (e.g. a division by a zero column). Rendering is deterministic, so sending again
 /// cannot help: it is a final `failed` outcome (node [`UNRENDERED_NODE`], no stage, no reply, the
 /// error as its reason), recorded like any other one and never rendered again by a resume.
-/// Render threads hand these downstream to the dispatcher (see [`crate::dispatch`]).
+/// Render threads hand these downstream to the dispatcher (see [`crate::send::dispatch`]).
 #[derive(Debug, Clone)]
 pub struct Unrendered {
     pub row: u64,

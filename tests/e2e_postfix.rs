@@ -77,7 +77,7 @@ fn rows_by_address(list: &Path) -> HashMap<String, (u64, String, String)> {
     let mut map = HashMap::new();
     for (i, rec) in r.records().enumerate() {
         let rec = rec.unwrap();
-        let addr = blast::source::check_address(&rec[e]).unwrap();
+        let addr = blast::send::source::check_address(&rec[e]).unwrap();
         map.insert(addr, (i as u64 + 1, rec[f].to_string(), rec[l].to_string()));
     }
     map

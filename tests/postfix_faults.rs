@@ -208,7 +208,7 @@ fn list_addresses(list: &Path) -> HashSet<String> {
         .position(|h| h == "email")
         .unwrap();
     r.records()
-        .map(|rec| blast::source::check_address(&rec.unwrap()[col]).unwrap())
+        .map(|rec| blast::send::source::check_address(&rec.unwrap()[col]).unwrap())
         .collect()
 }
 

@@ -12,8 +12,8 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use blast::campaign::Campaign;
-use blast::render::{Message, RenderError, Renderer};
-use blast::source::{RejectKind, Source, SourceStats};
+use blast::send::render::{Message, RenderError, Renderer};
+use blast::send::source::{RejectKind, Source, SourceStats};
 use blast::verp::VerpKey;
 use mail_parser::{MessageParser, MimeHeaders};
 

@@ -19,9 +19,9 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use blast::cli;
-use blast::dispatch::End;
-use blast::progress::Mode;
 use blast::receiver::{Receiver, ReceiverHandle, ReceiverOptions};
+use blast::send::dispatch::End;
+use blast::send::progress::Mode;
 use blast::send::{self, Report, SendError, SendOptions};
 use serde_json::Value;
 use tokio::runtime::Runtime;

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use blast::generate::{GenOptions, write_recipients};
-use blast::source::{
+use blast::send::source::{
     AddressProblem, RejectKind, RejectReason, Source, SourceError, SourceOptions, SourceStats,
 };
 

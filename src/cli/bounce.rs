@@ -142,7 +142,7 @@ pub fn cmd_sink(mut opts: SinkOptions, secret_env: &str) -> anyhow::Result<std::
         .enable_all()
         .build()?;
     rt.block_on(async move {
-        let mut signals = crate::signals::Signals::listen()?;
+        let mut signals = crate::shutdown::Signals::listen()?;
         let handle = start(opts).await?;
         eprintln!("blast: sink listening on {}", handle.addr());
         signals.next().await;

@@ -11,7 +11,7 @@ use super::BadInput;
 use super::prepare::{prepare, report_problems};
 use crate::campaign::NodeAddress;
 use crate::clock::unix_now;
-use crate::render::Renderer;
+use crate::send::render::Renderer;
 
 pub fn check(path: &Path, sample: u64, dns: bool) -> anyhow::Result<ExitCode> {
     let (campaign, mut source, renderer) = match prepare(path, None) {

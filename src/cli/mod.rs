@@ -19,7 +19,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 use crate::campaign::{CampaignError, TimeOfDay};
-use crate::plan::PlanError;
+use crate::send::plan::PlanError;
 
 mod bounce;
 mod check;
@@ -133,7 +133,7 @@ pub enum Command {
         /// Send only the rows whose address hash falls in shard K of N (1 ≤ K ≤ N ≤ 1024), with
         /// a journal, lock, delivery log and rejects file of its own: N boxes split one list.
         #[arg(long, value_name = "K/N")]
-        shard: Option<crate::shard::Shard>,
+        shard: Option<crate::send::shard::Shard>,
         /// Benchmarking only (scripts/bench-journal): send without a journal — no resume, no
         /// idempotence, no duplicate accounting. The campaign lock is still taken.
         #[arg(long, hide = true)]
@@ -148,7 +148,7 @@ pub enum Command {
         json: bool,
         /// Read the journal of shard K of N (see `blast send --shard`).
         #[arg(long, value_name = "K/N")]
-        shard: Option<crate::shard::Shard>,
+        shard: Option<crate::send::shard::Shard>,
     },
     /// DKIM keys: `blast keys generate --selector S --domain D` writes a private key and prints
     /// the DNS TXT record to publish.
@@ -405,11 +405,11 @@ fn dispatch(args: Args) -> anyhow::Result<ExitCode> {
             &crate::send::SendOptions {
                 dry_run,
                 limit,
-                mode: crate::progress::Mode::detect(quiet),
+                mode: crate::send::progress::Mode::detect(quiet),
                 grace,
                 shard,
             },
-            &crate::plan::RunFlags {
+            &crate::send::plan::RunFlags {
                 new_run,
                 force,
                 not_after,

@@ -9,8 +9,8 @@ use anyhow::Context;
 
 use super::exit;
 use crate::campaign::{Campaign, Problem};
-use crate::render::Renderer;
-use crate::source::{Source, SourceOptions};
+use crate::send::render::Renderer;
+use crate::send::source::{Source, SourceOptions};
 use crate::verp::VerpKey;
 
 /// The HMAC key from the environment. A campaign whose nodes are all the embedded receiver

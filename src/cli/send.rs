@@ -1,4 +1,4 @@
-//! `blast send`: lock the campaign, choose the run ([`crate::plan`]), prepare the campaign, run
+//! `blast send`: lock the campaign, choose the run ([`crate::send::plan`]), prepare the campaign, run
 //! the pipeline ([`crate::send`]), record the end of the run, print the summary, exit.
 
 use std::path::Path;
@@ -9,9 +9,9 @@ use anyhow::Context;
 use super::prepare::{prepare, report_problems};
 use super::{BadInput, exit};
 use crate::campaign::Campaign;
-use crate::dispatch::End;
 use crate::journal::RowSet;
-use crate::plan::{Planned, RunFlags, RunPlan, lock_campaign, shard_outputs};
+use crate::send::dispatch::End;
+use crate::send::plan::{Planned, RunFlags, RunPlan, lock_campaign, shard_outputs};
 use crate::send::{Journaling, Report, SendOptions, Signal};
 
 /// The exit code of a finished `blast send` (see the module doc of [`crate::cli`]).
@@ -68,7 +68,8 @@ pub fn send(
     };
     shard_outputs(&mut campaign, opts.shard);
     if let Some(to) = to {
-        crate::source::check_address(to).map_err(|e| BadInput(format!("--to {to:?}: {e}")))?;
+        crate::send::source::check_address(to)
+            .map_err(|e| BadInput(format!("--to {to:?}: {e}")))?;
         let line = crate::send::send_one(&campaign, source, renderer, to)?;
         println!("{line}");
         return Ok(ExitCode::SUCCESS);

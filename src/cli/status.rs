@@ -6,12 +6,12 @@ use std::process::ExitCode;
 use super::BadInput;
 use crate::campaign::Campaign;
 use crate::journal::{CampaignLock, Journal, JournalError};
-use crate::plan::shard_outputs;
+use crate::send::plan::shard_outputs;
 
 pub fn status(
     path: &Path,
     json: bool,
-    shard: Option<crate::shard::Shard>,
+    shard: Option<crate::send::shard::Shard>,
 ) -> anyhow::Result<ExitCode> {
     let mut campaign = Campaign::load(path).map_err(|e| BadInput(e.to_string()))?;
     shard_outputs(&mut campaign, shard);

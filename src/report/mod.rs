@@ -6,7 +6,7 @@
 use std::fmt;
 use std::fmt::Write;
 
-use crate::dispatch::End;
+use crate::send::dispatch::End;
 use crate::send::{NodeReport, Report, Signal};
 
 /// The summary printed at the end of `blast send`, ending with `result …, exit code N`.

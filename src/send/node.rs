@@ -20,10 +20,10 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
-use crate::dispatch::{Job, Shared};
 use crate::outcome::{Status, Verdict, classify};
-use crate::progress::{NodeCounters, dec, inc};
-use crate::retry::REQUEUES_PER_ATTEMPT;
+use crate::send::dispatch::{Job, Shared};
+use crate::send::progress::{NodeCounters, dec, inc};
+use crate::send::retry::REQUEUES_PER_ATTEMPT;
 use crate::smtp::{ClientSettings, Connection};
 
 /// Consecutive deferrals (4xx) that take a node out of rotation for a while.

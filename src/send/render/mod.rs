@@ -28,7 +28,7 @@ use simple::{Field, Simple};
 
 mod simple;
 use crate::dkim::Dkim;
-use crate::source::{Columns, Recipient};
+use crate::send::source::{Columns, Recipient};
 use crate::verp::VerpKey;
 
 /// Variables every template gets besides the CSV columns.
@@ -749,7 +749,7 @@ mod tests {
     fn simple_templates_render_like_minijinja() {
         let names = ["email", "first_name", "city", "row", "plan"];
         let columns = Arc::new(
-            crate::source::build_columns(
+            crate::send::source::build_columns(
                 std::path::Path::new("t.csv"),
                 names.iter().map(|s| s.to_string()).collect(),
                 "email",
@@ -772,8 +772,8 @@ mod tests {
             "{% if not city %}none{% else %}{% if row %}#{{ row }}{% endif %}{{ city }}{% endif %}",
             "a  \n  {%- if first_name -%}  \n {{ first_name }}  {%- endif -%}\n\n  b\n",
             "{% if missing %}x{% elif email %}{{ email }}{% endif %}{% if unsubscribe_url %}u{% endif %}",
-            include_str!("../templates/spring.txt"),
-            include_str!("../templates/spring.html"),
+            include_str!("../../../templates/spring.txt"),
+            include_str!("../../../templates/spring.html"),
         ];
         let rows: [[&str; 5]; 4] = [
             ["a@x.test", "Zoë", "Montréal", "7", "pro"],

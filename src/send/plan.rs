@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use crate::campaign::{Campaign, TimeOfDay};
 use crate::journal::{CampaignLock, Journal, JournalError, LockError, RowSet, RunInfo, RunState};
-use crate::shard::Shard;
+use crate::send::shard::Shard;
 
 /// Why a run cannot start or resume.
 #[derive(Debug, thiserror::Error)]
@@ -295,7 +295,7 @@ impl StartedRun {
 
 /// Every row of the list reached a final outcome in this run (across sessions).
 fn run_complete(report: &crate::send::Report) -> bool {
-    report.end == crate::dispatch::End::Done
+    report.end == crate::send::dispatch::End::Done
         && report.signal.is_none()
         && report.list_complete
         // Rows that cannot be rendered are final `failed` outcomes, counted in `j.outcomes`.
@@ -330,7 +330,7 @@ fn check_sharding(
         (Some(a), Some(b)) => a.count() != b.count(),
         _ => true,
     };
-    let siblings = crate::shard::existing(base_journal).map_err(|source| PlanError::Io {
+    let siblings = crate::send::shard::existing(base_journal).map_err(|source| PlanError::Io {
         what: "listing the journals beside",
         path: base_journal.to_path_buf(),
         source,
@@ -353,7 +353,7 @@ fn check_sharding(
         found.push(format!(
             "{} ({}: run {} {}, {} rows final)",
             file.display(),
-            crate::shard::describe(sharding),
+            crate::send::shard::describe(sharding),
             run.id,
             run.state.as_str(),
             finals
@@ -374,7 +374,7 @@ fn check_sharding(
         campaign.id,
         campaign.recipients.path.display(),
         found.join("; "),
-        crate::shard::describe(shard),
+        crate::send::shard::describe(shard),
         campaign.output.journal.display(),
         schemes.join(" or "),
     )))

@@ -28,11 +28,11 @@ use tokio::sync::{Notify, mpsc};
 
 use crate::campaign::{Rate, RetryPolicy};
 use crate::journal::JournalSender;
-use crate::log::LogSender;
-use crate::node::Node;
 use crate::outcome::{Outcome, Status};
-use crate::progress::{Counters, dec, inc};
-use crate::render::Message;
+use crate::send::log::LogSender;
+use crate::send::node::Node;
+use crate::send::progress::{Counters, dec, inc};
+use crate::send::render::Message;
 use crate::smtp::Delivery;
 
 /// A message on its way, with its delivery history.
@@ -267,8 +267,8 @@ impl Shared {
         self.resumed_duplicates.load(Ordering::Relaxed)
     }
 
-    /// A node went down or came back up (from [`crate::node`]): into the journal, if any.
-    pub fn node_event(&self, node: &str, event: &crate::node::HealthEvent) {
+    /// A node went down or came back up (from [`crate::send::node`]): into the journal, if any.
+    pub fn node_event(&self, node: &str, event: &crate::send::node::HealthEvent) {
         if let Some(j) = &self.journal {
             j.node_event(node, event);
         }

@@ -10,22 +10,32 @@
 //! cores to work. A stop (SIGINT/SIGTERM) stops the reader, lets running transactions finish
 //! within the grace period, flushes the log and reports.
 
+pub mod dispatch;
+pub mod log;
+pub mod node;
+pub mod plan;
+pub mod progress;
+pub mod render;
+pub mod retry;
+pub mod shard;
+pub mod source;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::campaign::{Campaign, NodeAddress, TlsSetting};
-use crate::dispatch::{Dispatcher, End};
 use crate::journal::{JournalWriter, RowSet, WriterStats};
-use crate::log::DeliveryLog;
-use crate::node::Node;
 use crate::outcome::Unrendered;
-use crate::progress::{Counters, Mode, Progress, get, inc};
 use crate::receiver::{Receiver, ReceiverHandle, ReceiverOptions};
-use crate::render::{Message, Renderer};
+use crate::send::dispatch::{Dispatcher, End};
+use crate::send::log::DeliveryLog;
+use crate::send::node::Node;
+use crate::send::progress::{Counters, Mode, Progress, get, inc};
+use crate::send::render::{Message, Renderer};
+use crate::send::source::{Recipient, Source, SourceStats};
 use crate::smtp::{ClientSettings, Connection, Credentials, TlsMode};
-use crate::source::{Recipient, Source, SourceStats};
 
 /// Recipients per hand-over from the reader to the render threads.
 const BATCH: usize = 512;
@@ -51,11 +61,11 @@ pub enum SendError {
     #[error("cannot start the embedded receiver: {0}")]
     Receiver(std::io::Error),
     #[error(transparent)]
-    Log(#[from] crate::log::LogError),
+    Log(#[from] crate::send::log::LogError),
     #[error(transparent)]
     Journal(#[from] crate::journal::JournalError),
     #[error(transparent)]
-    Source(#[from] crate::source::SourceError),
+    Source(#[from] crate::send::source::SourceError),
     #[error(transparent)]
     Suppression(#[from] crate::suppression::SuppressionError),
     #[error("cannot start the runtime: {0}")]
@@ -78,8 +88,8 @@ pub struct SendOptions {
     pub mode: Mode,
     /// How long running transactions may take to finish after a stop request.
     pub grace: Duration,
-    /// `--shard K/N`: only the rows of this shard (see [`crate::shard`]).
-    pub shard: Option<crate::shard::Shard>,
+    /// `--shard K/N`: only the rows of this shard (see [`crate::send::shard`]).
+    pub shard: Option<crate::send::shard::Shard>,
 }
 
 /// The journal side of a send (see [`crate::journal`]).
@@ -90,7 +100,7 @@ pub struct Journaling {
     pub skip: RowSet,
 }
 
-pub use crate::signals::Signal;
+pub use crate::shutdown::Signal;
 
 #[derive(Debug, Clone)]
 pub struct NodeReport {
@@ -101,8 +111,8 @@ pub struct NodeReport {
     pub errors: u64,
     /// Connections still counted as open when the run ended (0 unless tasks were cut off).
     pub connections: u64,
-    /// Down/up events (see [`crate::node::HealthEvent`]).
-    pub health: crate::node::HealthHistory,
+    /// Down/up events (see [`crate::send::node::HealthEvent`]).
+    pub health: crate::send::node::HealthHistory,
 }
 
 /// What a run did, for the summary and the exit code.
@@ -147,7 +157,7 @@ pub struct Report {
     /// Domain lookups and pre-validation (None when neither ran).
     pub dns: Option<crate::dns::DnsReport>,
     /// `--shard K/N`, and the rows skipped as belonging to another shard.
-    pub shard: Option<(crate::shard::Shard, u64)>,
+    pub shard: Option<(crate::send::shard::Shard, u64)>,
 }
 
 /// Runs a campaign to the end (or to a stop) and reports.
@@ -194,12 +204,12 @@ async fn run_async(
         _ => (None, None),
     };
     let started = Instant::now();
-    // Before anything starts (see crate::signals). A dry run keeps the default actions: it
+    // Before anything starts (see crate::shutdown). A dry run keeps the default actions: it
     // has nothing to stop cleanly.
     let signals = if opts.dry_run {
         None
     } else {
-        Some(crate::signals::Signals::listen().map_err(SendError::Signals)?)
+        Some(crate::shutdown::Signals::listen().map_err(SendError::Signals)?)
     };
     let counters = Arc::new(Counters::default());
     let rows = estimate_rows(&campaign.recipients.path, opts.limit);
@@ -207,54 +217,128 @@ async fn run_async(
 
     // The one resolver of the run (node host names, pre-validation, direct delivery).
     let dns = shared_resolver(campaign, opts.dry_run)?;
-    // What is known about recipient domains (pre-validation fills it, direct delivery reads it).
-    let domains = Arc::new(crate::dns::Domains::default());
-    // The pool (or nothing, for a dry run).
-    let mut receivers: Vec<ReceiverHandle> = Vec::new();
-    let mut nodes: Vec<Arc<Node>> = Vec::new();
-    if !opts.dry_run {
-        for n in &campaign.nodes {
-            let addr = match &n.address {
-                NodeAddress::Embedded => {
-                    let r = start_embedded().await?;
-                    let addr = r.addr();
-                    receivers.push(r);
-                    addr
-                }
-                NodeAddress::Remote { host, port } => {
-                    resolve(dns.as_deref(), &n.name, host, *port).await?
-                }
-            };
-            let settings = client_settings(campaign, n)?;
-            nodes.push(Arc::new(Node::new(
-                &n.name,
-                addr,
-                n.weight,
-                n.fallback,
-                n.max_connections,
-                n.messages_per_connection,
-                settings,
-            )));
-        }
-    }
-
+    let (mut nodes, receivers) = if opts.dry_run {
+        (Vec::new(), Vec::new())
+    } else {
+        start_pool(campaign, dns.as_deref()).await?
+    };
     let log = if opts.dry_run {
         None
     } else {
         Some(DeliveryLog::open(&campaign.output.delivery_log, 65_536)?)
     };
+    let stages = start_stages(campaign, source, renderer, opts, skip, rows, &counters)?;
+    let node_counters = nodes
+        .iter()
+        .map(|n| (n.name.to_string(), n.counters.clone()))
+        .collect();
+    let progress = Progress::start(opts.mode, counters.clone(), node_counters, total);
 
-    // Reader and render threads.
+    let delivered = match (log, signals) {
+        (Some(log), Some(signals)) => {
+            let net = Network {
+                campaign,
+                opts,
+                counters: &counters,
+                dns: dns.clone(),
+                journal: journal_writer,
+                stop_reading: stages.stop_reading.clone(),
+            };
+            net.deliver(&mut nodes, log, signals, &stages).await?
+        }
+        _ => {
+            // Dry run: drain the queue.
+            while stages.messages.recv().await.is_ok() {}
+            Delivered::dry_run()
+        }
+    };
+    stages.messages.close();
+
+    let peak_rate = progress.finish().await;
+    let read = stages.join().await?;
+    let mut embedded_received = None;
+    for r in receivers {
+        *embedded_received.get_or_insert(0) += r.stats().accepted;
+        r.shutdown().await;
+    }
+    let dns = dns
+        .as_ref()
+        .filter(|_| prevalidating(campaign))
+        .map(|d| d.stats.report());
+    Ok(report(
+        &counters,
+        opts,
+        started,
+        &nodes,
+        read,
+        delivered,
+        Ended {
+            peak_rate,
+            embedded_received,
+            dns,
+        },
+    ))
+}
+
+/// Resolves and starts the node pool (and the embedded receivers of a demo campaign).
+async fn start_pool(
+    campaign: &Campaign,
+    dns: Option<&crate::dns::Dns>,
+) -> Result<(Vec<Arc<Node>>, Vec<ReceiverHandle>), SendError> {
+    let mut receivers: Vec<ReceiverHandle> = Vec::new();
+    let mut nodes: Vec<Arc<Node>> = Vec::new();
+    for n in &campaign.nodes {
+        let addr = match &n.address {
+            NodeAddress::Embedded => {
+                let r = start_embedded().await?;
+                let addr = r.addr();
+                receivers.push(r);
+                addr
+            }
+            NodeAddress::Remote { host, port } => resolve(dns, &n.name, host, *port).await?,
+        };
+        let settings = client_settings(campaign, n)?;
+        nodes.push(Arc::new(Node::new(
+            &n.name,
+            addr,
+            n.weight,
+            n.fallback,
+            n.max_connections,
+            n.messages_per_connection,
+            settings,
+        )));
+    }
+    Ok((nodes, receivers))
+}
+
+/// The reader thread and the render threads, and the queues out of them.
+struct Stages {
+    /// Set to stop the reader (a stop was requested, or the run is over).
+    stop_reading: Arc<AtomicBool>,
+    /// Rendered messages, in batches: `queue_depth` messages in all.
+    messages: async_channel::Receiver<Vec<Message>>,
+    /// Rows that cannot be rendered (none in a dry run, which only counts them).
+    unrendered: Option<async_channel::Receiver<Unrendered>>,
+    reader: std::thread::JoinHandle<Result<ReadEnd, crate::send::source::SourceError>>,
+    renderers: Vec<std::thread::JoinHandle<()>>,
+}
+
+fn start_stages(
+    campaign: &Campaign,
+    mut source: Source,
+    renderer: Renderer,
+    opts: &SendOptions,
+    skip: Option<Arc<RowSet>>,
+    rows: u64,
+    counters: &Arc<Counters>,
+) -> Result<Stages, SendError> {
     let stop_reading = Arc::new(AtomicBool::new(false));
-    // The dispatch queue holds batches: `queue_depth` messages in all.
-    let (msg_tx, msg_rx) = async_channel::bounded::<Vec<Message>>(
+    let (msg_tx, messages) = async_channel::bounded::<Vec<Message>>(
         campaign.limits.queue_depth.div_ceil(RENDER_BATCH).max(2),
     );
     let (batch_tx, batch_rx) =
         async_channel::bounded::<Vec<Recipient>>(campaign.limits.render_threads * 2);
-    // Rows that cannot be rendered, to the dispatcher (which records them as failed); a dry
-    // run only counts them.
-    let (failed_tx, failed_rx) = if opts.dry_run {
+    let (failed_tx, unrendered) = if opts.dry_run {
         (None, None)
     } else {
         let (tx, rx) = async_channel::bounded::<Unrendered>(RENDER_BATCH);
@@ -268,22 +352,20 @@ async fn run_async(
             &campaign.suppression.path,
         )?)
     };
-    let mut source = source;
     source.expect_rows(rows);
-    if let Some(done) = &skip {
-        source.skip_done(done.clone());
+    if let Some(done) = skip {
+        source.skip_done(done);
     }
     let reader = {
         let stop = stop_reading.clone();
-        let limit = opts.limit;
-        let shard = opts.shard;
+        let (limit, shard) = (opts.limit, opts.shard);
         std::thread::Builder::new()
             .name("blast-reader".into())
             .spawn(move || read_loop(source, batch_tx, stop, limit, suppressions.as_ref(), shard))
             .map_err(SendError::Runtime)?
     };
     let renderer = Arc::new(renderer);
-    let renderers: Vec<_> = (0..campaign.limits.render_threads)
+    let renderers = (0..campaign.limits.render_threads)
         .map(|i| {
             let (r, rx, tx, failed, c) = (
                 renderer.clone(),
@@ -298,19 +380,79 @@ async fn run_async(
                 .map_err(SendError::Runtime)
         })
         .collect::<Result<_, _>>()?;
-    drop((msg_tx, batch_rx, failed_tx));
+    Ok(Stages {
+        stop_reading,
+        messages,
+        unrendered,
+        reader,
+        renderers,
+    })
+}
 
-    let node_counters = nodes
-        .iter()
-        .map(|n| (n.name.to_string(), n.counters.clone()))
-        .collect();
-    let progress = Progress::start(opts.mode, counters.clone(), node_counters, total);
+impl Stages {
+    /// Waits for the render threads and the reader (off the runtime's workers).
+    async fn join(self) -> Result<ReadEnd, SendError> {
+        let Stages {
+            reader, renderers, ..
+        } = self;
+        let read = tokio::task::spawn_blocking(move || {
+            for r in renderers {
+                let _ = r.join();
+            }
+            reader.join()
+        })
+        .await
+        .expect("join task")
+        .expect("reader thread")?;
+        tracing::debug!("reader and render threads joined");
+        Ok(read)
+    }
+}
 
-    // Signals: the first asks for a clean stop, the second cuts the grace period short.
-    let signal = Arc::new(std::sync::Mutex::new(None::<Signal>));
-    let hurry = Arc::new(tokio::sync::Notify::new());
+/// The network side of a run that sends: dispatcher, connections, journal and delivery log.
+struct Network<'a> {
+    campaign: &'a Campaign,
+    opts: &'a SendOptions,
+    counters: &'a Arc<Counters>,
+    dns: Option<Arc<crate::dns::Dns>>,
+    journal: Option<JournalWriter>,
+    stop_reading: Arc<AtomicBool>,
+}
 
-    let (end, log_stats) = if let (Some(log), Some(mut signals)) = (log, signals) {
+/// What the network side ended with.
+struct Delivered {
+    end: End,
+    signal: Option<Signal>,
+    log_lines: u64,
+    log_waits: u64,
+    journal: Option<WriterStats>,
+    resumed_duplicates: u64,
+}
+
+impl Delivered {
+    fn dry_run() -> Delivered {
+        Delivered {
+            end: End::Done,
+            signal: None,
+            log_lines: 0,
+            log_waits: 0,
+            journal: None,
+            resumed_duplicates: 0,
+        }
+    }
+}
+
+impl Network<'_> {
+    /// Runs the dispatcher and the connections to the end (or to a stop), then closes the
+    /// journal and the delivery log. `nodes` gets the MX hosts of direct delivery added.
+    async fn deliver(
+        self,
+        nodes: &mut Vec<Arc<Node>>,
+        log: DeliveryLog,
+        mut signals: crate::shutdown::Signals,
+        stages: &Stages,
+    ) -> Result<Delivered, SendError> {
+        let (campaign, counters) = (self.campaign, self.counters);
         let (dispatcher, shared) = Dispatcher::new(
             nodes.clone(),
             campaign.nodes.iter().map(|n| n.rate).collect(),
@@ -318,22 +460,25 @@ async fn run_async(
             campaign.retry.clone(),
             counters.clone(),
             log.sender(),
-            journal_writer.as_ref().map(|w| w.sender()),
+            self.journal.as_ref().map(|w| w.sender()),
             campaign.limits.queue_depth,
         );
         match crate::suppression::Suppressions::open(&campaign.suppression.path) {
-            Ok(list) => shared.set_suppression(crate::dispatch::SyncSuppression {
+            Ok(list) => shared.set_suppression(crate::send::dispatch::SyncSuppression {
                 campaign: campaign.id.clone(),
                 list: std::sync::Mutex::new(list),
             }),
             Err(e) => tracing::error!("{e}: 5xx user-unknown replies will not be suppressed"),
         }
         let mut dispatcher = dispatcher;
-        if let Some(rx) = failed_rx {
+        if let Some(rx) = stages.unrendered.clone() {
             dispatcher.set_unrendered(rx);
         }
+        // What is known about recipient domains (pre-validation fills it, direct delivery
+        // reads it).
+        let domains = Arc::new(crate::dns::Domains::default());
         // Direct delivery: MX hosts become nodes as domains route to them.
-        let direct_nodes = match (&campaign.direct, &dns) {
+        let direct_nodes = match (&campaign.direct, &self.dns) {
             (Some(cfg), Some(dns)) => {
                 let router = crate::direct::Router::new(
                     cfg.clone(),
@@ -347,31 +492,15 @@ async fn run_async(
             }
             _ => None,
         };
-        // Pre-validation: a stage between the render threads and the dispatcher.
-        let (dispatch_rx, stage) = match (&dns, prevalidating(campaign)) {
-            (Some(dns), true) => {
-                let (tx, rx) = async_channel::bounded::<Vec<Message>>(
-                    campaign.limits.queue_depth.div_ceil(RENDER_BATCH).max(2),
-                );
-                let p = crate::dns::Prevalidator {
-                    dns: dns.clone(),
-                    domains: domains.clone(),
-                    enforce: campaign.direct.is_some()
-                        || campaign.dns.prevalidate == crate::dns::Prevalidate::Enforce,
-                    addresses: campaign.direct.is_some(),
-                    parallelism: campaign.dns.parallelism,
-                    hold_limit: campaign.limits.queue_depth.max(1000),
-                };
-                let stage = tokio::spawn(p.run(msg_rx.clone(), tx, shared.clone()));
-                (rx, Some(stage))
-            }
-            _ => (msg_rx.clone(), None),
-        };
-        let tasks: Vec<_> = nodes.iter().flat_map(|n| n.spawn(&shared)).collect();
+        let (dispatch_rx, stage) = self.prevalidation(&stages.messages, &domains, &shared);
+        let mut tasks: Vec<_> = nodes.iter().flat_map(|n| n.spawn(&shared)).collect();
+        // Signals: the first asks for a clean stop, the second cuts the grace period short.
+        let signal = Arc::new(std::sync::Mutex::new(None::<Signal>));
+        let hurry = Arc::new(tokio::sync::Notify::new());
         let watcher = {
             let (shared, stop, signal, hurry) = (
                 shared.clone(),
-                stop_reading.clone(),
+                self.stop_reading.clone(),
                 signal.clone(),
                 hurry.clone(),
             );
@@ -392,80 +521,118 @@ async fn run_async(
             let _ = stage.await;
         }
         // Direct delivery: the MX hosts' connection tasks finish like the pool's.
-        let mut tasks = tasks;
         if let Some(d) = &direct_nodes {
             tasks.extend(d.tasks.lock().expect("not poisoned").drain(..));
             nodes.extend(d.nodes.lock().expect("not poisoned").iter().cloned());
         }
-        // Let running transactions finish (bounded by the grace period after a stop).
-        let aborts: Vec<_> = tasks.iter().map(|t| t.abort_handle()).collect();
-        let mut all = std::pin::pin!(futures_join(tasks));
-        if end == End::Done {
-            all.await;
-        } else {
-            let finished = tokio::select! {
-                _ = all.as_mut() => true,
-                _ = tokio::time::sleep(opts.grace) => {
-                    tracing::warn!("grace period over; closing connections");
-                    false
-                }
-                _ = hurry.notified() => {
-                    tracing::warn!("second signal; closing connections now");
-                    false
-                }
-            };
-            if !finished {
-                // Cut the late transactions off (their recipients stay unfinished) and wait
-                // for the tasks to be gone: they hold the log's sender, which must be dropped
-                // before the log can close.
-                for a in &aborts {
-                    a.abort();
-                }
-                all.await;
-            }
-        }
-        tracing::debug!("connections closed");
+        wind_down(tasks, end, self.opts.grace, &hurry).await;
         watcher.abort();
         let _ = watcher.await;
-        counters
-            .waiting_retry
-            .store(0, std::sync::atomic::Ordering::Relaxed);
-        let resumed = shared.resumed_duplicates();
+        counters.waiting_retry.store(0, Ordering::Relaxed);
+        let resumed_duplicates = shared.resumed_duplicates();
         drop(shared);
-        stop_reading.store(true, Ordering::Relaxed);
-        let waits = log.sender().waits();
+        self.stop_reading.store(true, Ordering::Relaxed);
+        let log_waits = log.sender().waits();
         // The journal first: it must be committed on every way out, even if the log fails.
-        let journal_stats = journal_writer.map(|w| w.close());
-        let lines = log.close()?;
+        let journal = self.journal.map(|w| w.close());
+        let log_lines = log.close()?;
         tracing::debug!("journal and delivery log closed");
-        let journal_stats = journal_stats.transpose()?;
-        (end, (lines, waits, journal_stats, resumed))
-    } else {
-        // Dry run: drain the queue.
-        while msg_rx.recv().await.is_ok() {}
-        (End::Done, (0, 0, None, 0))
-    };
-    msg_rx.close();
-
-    let peak_rate = progress.finish().await;
-    let read = tokio::task::spawn_blocking(move || {
-        for r in renderers {
-            let _ = r.join();
-        }
-        reader.join()
-    })
-    .await
-    .expect("join task")
-    .expect("reader thread")?;
-    tracing::debug!("reader and render threads joined");
-
-    let mut embedded_received = None;
-    for r in receivers {
-        *embedded_received.get_or_insert(0) += r.stats().accepted;
-        r.shutdown().await;
+        let signal = *signal.lock().expect("not poisoned");
+        Ok(Delivered {
+            end,
+            signal,
+            log_lines,
+            log_waits,
+            journal: journal.transpose()?,
+            resumed_duplicates,
+        })
     }
 
-    let signal = *signal.lock().expect("not poisoned");
+    /// Pre-validation: a stage between the render threads and the dispatcher, if the
+    /// campaign asks for it. Returns the dispatcher's input and the stage's task.
+    fn prevalidation(
+        &self,
+        messages: &async_channel::Receiver<Vec<Message>>,
+        domains: &Arc<crate::dns::Domains>,
+        shared: &Arc<crate::send::dispatch::Shared>,
+    ) -> (
+        async_channel::Receiver<Vec<Message>>,
+        Option<tokio::task::JoinHandle<()>>,
+    ) {
+        let campaign = self.campaign;
+        match (&self.dns, prevalidating(campaign)) {
+            (Some(dns), true) => {
+                let (tx, rx) = async_channel::bounded::<Vec<Message>>(
+                    campaign.limits.queue_depth.div_ceil(RENDER_BATCH).max(2),
+                );
+                let p = crate::dns::Prevalidator {
+                    dns: dns.clone(),
+                    domains: domains.clone(),
+                    enforce: campaign.direct.is_some()
+                        || campaign.dns.prevalidate == crate::dns::Prevalidate::Enforce,
+                    addresses: campaign.direct.is_some(),
+                    parallelism: campaign.dns.parallelism,
+                    hold_limit: campaign.limits.queue_depth.max(1000),
+                };
+                let stage = tokio::spawn(p.run(messages.clone(), tx, shared.clone()));
+                (rx, Some(stage))
+            }
+            _ => (messages.clone(), None),
+        }
+    }
+}
+
+/// Lets running transactions finish: all of them when the run is done; after a stop, within
+/// the grace period or until a second signal, then cuts the rest off (their recipients stay
+/// unfinished) and waits for the tasks to be gone (they hold the log's sender).
+async fn wind_down(
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    end: End,
+    grace: Duration,
+    hurry: &tokio::sync::Notify,
+) {
+    let aborts: Vec<_> = tasks.iter().map(|t| t.abort_handle()).collect();
+    let mut all = std::pin::pin!(futures_join(tasks));
+    if end == End::Done {
+        all.await;
+    } else {
+        let finished = tokio::select! {
+            _ = all.as_mut() => true,
+            _ = tokio::time::sleep(grace) => {
+                tracing::warn!("grace period over; closing connections");
+                false
+            }
+            _ = hurry.notified() => {
+                tracing::warn!("second signal; closing connections now");
+                false
+            }
+        };
+        if !finished {
+            for a in &aborts {
+                a.abort();
+            }
+            all.await;
+        }
+    }
+    tracing::debug!("connections closed");
+}
+
+/// What the end of a run adds to the report.
+struct Ended {
+    peak_rate: f64,
+    embedded_received: Option<u64>,
+    dns: Option<crate::dns::DnsReport>,
+}
+
+fn report(
+    counters: &Counters,
+    opts: &SendOptions,
+    started: Instant,
+    nodes: &[Arc<Node>],
+    read: ReadEnd,
+    d: Delivered,
+    e: Ended,
+) -> Report {
     let (rendered, render_errors, accepted, failed, expired) = (
         get(&counters.rendered),
         get(&counters.render_errors),
@@ -481,9 +648,9 @@ async fn run_async(
     } else {
         (rendered + render_errors).saturating_sub(accepted + failed + expired)
     };
-    Ok(Report {
-        end,
-        signal,
+    Report {
+        end: d.end,
+        signal: d.signal,
         dry_run: opts.dry_run,
         source: read.stats,
         rendered,
@@ -509,21 +676,18 @@ async fn run_async(
             .collect(),
         duration: started.elapsed(),
         started_at: std::time::SystemTime::now() - started.elapsed(),
-        peak_rate,
-        log_lines: log_stats.0,
-        log_waits: log_stats.1,
-        embedded_received,
+        peak_rate: e.peak_rate,
+        log_lines: d.log_lines,
+        log_waits: d.log_waits,
+        embedded_received: e.embedded_received,
         list_complete: read.eof,
         skipped: read.skipped,
-        resumed_duplicates: log_stats.3,
-        journal: log_stats.2,
+        resumed_duplicates: d.resumed_duplicates,
+        journal: d.journal,
         suppressed: read.suppressed,
-        dns: dns
-            .as_ref()
-            .filter(|_| prevalidating(campaign))
-            .map(|d| d.stats.report()),
+        dns: e.dns,
         shard: opts.shard.map(|s| (s, read.other_shards)),
-    })
+    }
 }
 
 async fn futures_join(tasks: Vec<tokio::task::JoinHandle<()>>) {
@@ -538,8 +702,8 @@ fn read_loop(
     stop: Arc<AtomicBool>,
     limit: Option<u64>,
     suppressions: Option<&crate::suppression::Suppressions>,
-    shard: Option<crate::shard::Shard>,
-) -> Result<ReadEnd, crate::source::SourceError> {
+    shard: Option<crate::send::shard::Shard>,
+) -> Result<ReadEnd, crate::send::source::SourceError> {
     let mut batch = Vec::with_capacity(BATCH);
     let (mut eof, mut suppressed) = (false, 0u64);
     let mut other_shards = 0u64;
@@ -631,7 +795,7 @@ fn render_loop(
                 Err(e) => {
                     inc(&counters.render_errors);
                     tracing::warn!("{e}");
-                    if let (Some(failed), crate::render::RenderError::Row { row, rcpt, .. }) =
+                    if let (Some(failed), crate::send::render::RenderError::Row { row, rcpt, .. }) =
                         (&failed, &e)
                     {
                         let u = Unrendered {
