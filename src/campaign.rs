@@ -344,7 +344,7 @@ pub struct OutputSection {
     pub journal: Option<String>,
 }
 
-/// `[suppression]`: the list of addresses `blast send` skips (see `crate::suppression`).
+/// `[suppression]`: the list of addresses `blast send` skips (see `crate::bounce::suppression`).
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct SuppressionSection {

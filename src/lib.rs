@@ -5,13 +5,13 @@
 //! → `dispatch` (bounded queue, retry, fallback) → `node` (SMTP connections via `smtp`)
 //! → `outcome` → delivery `log` / `progress`.
 
+pub mod bounce;
 pub mod campaign;
 pub mod cli;
 pub mod clock;
 pub mod direct;
 pub mod dkim;
 pub mod dns;
-pub mod dsn;
 #[path = "gen.rs"]
 pub mod generate;
 pub mod journal;
@@ -20,7 +20,5 @@ pub mod receiver;
 pub mod report;
 pub mod send;
 pub mod shutdown;
-pub mod sink;
 pub mod smtp;
-pub mod suppression;
 pub mod verp;

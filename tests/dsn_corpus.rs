@@ -12,7 +12,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use blast::dsn::{Kind, Reason, classify};
+use blast::bounce::dsn::{Kind, Reason, classify};
 
 const DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/bounces");
 
@@ -340,7 +340,7 @@ fn crlf_copies_classify_like_the_originals() {
         }
         let a = classify(&std::fs::read(&path).unwrap());
         let b = classify(&std::fs::read(&orig).unwrap());
-        let addrs = |c: &blast::dsn::Classification| {
+        let addrs = |c: &blast::bounce::dsn::Classification| {
             c.recipients
                 .iter()
                 .map(|r| (r.address.clone(), r.hard, r.reason))

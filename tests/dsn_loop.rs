@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use blast::suppression::Suppressions;
+use blast::bounce::suppression::Suppressions;
 use common::{PostfixNodes, SmtpSink, free_port, remove_dir_unless_panicking, test_dir};
 
 const SECRET_VAR: &str = "BLAST_DSN_LOOP_SECRET";

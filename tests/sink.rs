@@ -5,8 +5,8 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use blast::sink::{SinkHandle, SinkOptions, start};
-use blast::suppression::Suppressions;
+use blast::bounce::sink::{SinkHandle, SinkOptions, start};
+use blast::bounce::suppression::Suppressions;
 use blast::verp::VerpKey;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
@@ -266,7 +266,7 @@ async fn real_dsn_suppresses_and_forged_token_does_not() {
         .expect("suppressed");
     assert_eq!(e.reason, "user_unknown");
     assert_eq!((e.campaign.as_deref(), e.row), (Some("spring"), Some(42)));
-    let forged_rcpt = blast::dsn::classify(&corpus("lhost-postfix-06.eml"));
+    let forged_rcpt = blast::bounce::dsn::classify(&corpus("lhost-postfix-06.eml"));
     for r in &forged_rcpt.recipients {
         assert!(
             !list.contains(&r.address).unwrap(),
@@ -418,7 +418,7 @@ async fn bounced_address_comes_from_the_journal_row_else_the_report() {
         .expect("journal address suppressed");
     assert_eq!((e.campaign.as_deref(), e.row), (Some("spring"), Some(7)));
     assert_eq!(e.reason, "user_unknown");
-    let fallback = blast::dsn::classify(&other);
+    let fallback = blast::bounce::dsn::classify(&other);
     assert_eq!(fallback.recipients.len(), 1);
     assert!(fallback.recipients[0].hard, "{fallback:?}");
     let e = list
@@ -486,7 +486,7 @@ fn blast_cmd(args: &[&str], stdin: Option<&[u8]>) -> std::process::Output {
 
 #[test]
 fn suppress_export_import_round_trip() {
-    use blast::suppression::{Entry, Source};
+    use blast::bounce::suppression::{Entry, Source};
     let dir = tmp("suppress-roundtrip");
     let (a, b) = (dir.join("a.sqlite"), dir.join("b.sqlite"));
     {
@@ -595,10 +595,10 @@ fn suppress_export_import_round_trip() {
 
 #[tokio::test]
 async fn soft_bounces_suppress_at_the_limit() {
-    use blast::suppression::Source;
+    use blast::bounce::suppression::Source;
     // A policy block (5.7.0, soft) for the same address, five times, limit 3.
     let soft = corpus("lhost-exim-01.eml");
-    let c = blast::dsn::classify(&soft);
+    let c = blast::bounce::dsn::classify(&soft);
     assert_eq!(c.recipients.len(), 1);
     assert!(!c.recipients[0].hard, "{c:?}");
     let addr = c.recipients[0].address.clone();

@@ -8,9 +8,9 @@ use anyhow::Context;
 use serde_json::json;
 
 use super::{BadInput, SuppressCommand};
-use crate::dsn::classify;
-use crate::sink::{SinkOptions, start};
-use crate::suppression::{Entry, Source, Suppressions};
+use crate::bounce::dsn::classify;
+use crate::bounce::sink::{SinkOptions, start};
+use crate::bounce::suppression::{Entry, Source, Suppressions};
 use crate::verp::VerpKey;
 
 /// `blast bounce classify FILE...|-`.
@@ -78,7 +78,7 @@ pub fn cmd_suppress(
                 println!(
                     "{} {}",
                     if new { "added" } else { "updated" },
-                    crate::suppression::normalize(&a)
+                    crate::bounce::suppression::normalize(&a)
                 );
             }
         }
@@ -88,7 +88,7 @@ pub fn cmd_suppress(
                 println!(
                     "{} {}",
                     if gone { "removed" } else { "not listed" },
-                    crate::suppression::normalize(&a)
+                    crate::bounce::suppression::normalize(&a)
                 );
             }
         }

@@ -349,7 +349,7 @@ fn dispatch(args: Args) -> anyhow::Result<ExitCode> {
                 ),
                 (None, None) => None,
             };
-            let mut o = crate::sink::SinkOptions::new(listen, domains, db);
+            let mut o = crate::bounce::sink::SinkOptions::new(listen, domains, db);
             o.discard = discard;
             o.quarantine = quarantine;
             o.max_connections = max_connections;

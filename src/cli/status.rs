@@ -44,7 +44,7 @@ pub fn status(
     // Bounces come from the suppression list next to the campaign (what `blast sink` recorded).
     let bounces = if campaign.suppression.path.exists() {
         Some(
-            crate::suppression::Suppressions::open(&campaign.suppression.path)?
+            crate::bounce::suppression::Suppressions::open(&campaign.suppression.path)?
                 .bounce_report(&campaign.id)?,
         )
     } else {

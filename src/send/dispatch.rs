@@ -101,7 +101,7 @@ pub struct Shared {
 /// RCPT), so one lock around one connection is enough.
 pub struct SyncSuppression {
     pub campaign: String,
-    pub list: std::sync::Mutex<crate::suppression::Suppressions>,
+    pub list: std::sync::Mutex<crate::bounce::suppression::Suppressions>,
 }
 
 impl Shared {
@@ -116,13 +116,13 @@ impl Shared {
         };
         let r = &delivery.reply;
         let enhanced = r.enhanced.map(|e| (e.class, e.subject, e.detail));
-        if !crate::suppression::is_dead_address_reply(r.code, enhanced, &r.text) {
+        if !crate::bounce::suppression::is_dead_address_reply(r.code, enhanced, &r.text) {
             return;
         }
-        let mut e = crate::suppression::Entry::new(
+        let mut e = crate::bounce::suppression::Entry::new(
             rcpt,
-            crate::suppression::Source::Smtp,
-            crate::dsn::Reason::UserUnknown.as_str(),
+            crate::bounce::suppression::Source::Smtp,
+            crate::bounce::dsn::Reason::UserUnknown.as_str(),
         );
         e.status = r.enhanced.map(|x| x.to_string());
         e.diagnostic = Some(format!("{} {}", r.code, r.text));

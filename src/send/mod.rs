@@ -67,7 +67,7 @@ pub enum SendError {
     #[error(transparent)]
     Source(#[from] crate::send::source::SourceError),
     #[error(transparent)]
-    Suppression(#[from] crate::suppression::SuppressionError),
+    Suppression(#[from] crate::bounce::suppression::SuppressionError),
     #[error("cannot start the runtime: {0}")]
     Runtime(std::io::Error),
     #[error("cannot listen for SIGINT/SIGTERM: {0}")]
@@ -348,7 +348,7 @@ fn start_stages(
     let suppressions = if opts.dry_run && !campaign.suppression.path.exists() {
         None
     } else {
-        Some(crate::suppression::Suppressions::open(
+        Some(crate::bounce::suppression::Suppressions::open(
             &campaign.suppression.path,
         )?)
     };
@@ -463,7 +463,7 @@ impl Network<'_> {
             self.journal.as_ref().map(|w| w.sender()),
             campaign.limits.queue_depth,
         );
-        match crate::suppression::Suppressions::open(&campaign.suppression.path) {
+        match crate::bounce::suppression::Suppressions::open(&campaign.suppression.path) {
             Ok(list) => shared.set_suppression(crate::send::dispatch::SyncSuppression {
                 campaign: campaign.id.clone(),
                 list: std::sync::Mutex::new(list),
@@ -701,7 +701,7 @@ fn read_loop(
     tx: async_channel::Sender<Vec<Recipient>>,
     stop: Arc<AtomicBool>,
     limit: Option<u64>,
-    suppressions: Option<&crate::suppression::Suppressions>,
+    suppressions: Option<&crate::bounce::suppression::Suppressions>,
     shard: Option<crate::send::shard::Shard>,
 ) -> Result<ReadEnd, crate::send::source::SourceError> {
     let mut batch = Vec::with_capacity(BATCH);

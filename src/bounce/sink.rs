@@ -1,6 +1,6 @@
 //! `blast sink`: the MX of the bounce domain. It receives bounces, complaints and auto-replies
 //! on the embedded receiver's SMTP dialogue (with a [`ReceiverPolicy`]), classifies them with
-//! [`crate::dsn`] and records hard bounces and complaints in the suppression list.
+//! [`crate::bounce::dsn`] and records hard bounces and complaints in the suppression list.
 //!
 //! - RCPT is accepted only for the bounce domain(s); anything else gets `550 5.7.1` (never an
 //!   open relay). The null sender is accepted (bounces use it). SIZE is advertised and
@@ -31,9 +31,9 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use crate::dsn::{Kind, classify};
+use crate::bounce::dsn::{Kind, classify};
+use crate::bounce::suppression::{BounceEvent, Entry, Source, Suppressions};
 use crate::receiver::{Receiver, ReceiverHandle, ReceiverOptions, ReceiverPolicy};
-use crate::suppression::{BounceEvent, Entry, Source, Suppressions};
 use crate::verp::{VerpError, VerpKey};
 
 /// Messages waiting for the worker, at most.
@@ -294,7 +294,7 @@ fn handle(
             _ => None,
         };
         let c = match &sent_to {
-            Some(addr) => crate::dsn::with_verp_address(reported.clone(), addr),
+            Some(addr) => crate::bounce::dsn::with_verp_address(reported.clone(), addr),
             None => reported.clone(),
         };
         if token == Token::Forged {

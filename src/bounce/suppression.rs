@@ -68,7 +68,7 @@ impl Source {
 pub struct Entry {
     pub address: String,
     pub source: Source,
-    /// A [`crate::dsn::Reason`] name, or free text for manual entries.
+    /// A [`crate::bounce::dsn::Reason`] name, or free text for manual entries.
     pub reason: String,
     pub status: Option<String>,
     pub diagnostic: Option<String>,
@@ -619,10 +619,11 @@ pub fn is_dead_address_reply(code: u16, enhanced: Option<(u8, u16, u16)>, text: 
         Some(_) => false,
         None => {
             matches!(code, 550 | 551 | 553)
-                && crate::dsn::reason_from_text(text).is_some_and(|r| {
+                && crate::bounce::dsn::reason_from_text(text).is_some_and(|r| {
                     matches!(
                         r,
-                        crate::dsn::Reason::UserUnknown | crate::dsn::Reason::HostUnknown
+                        crate::bounce::dsn::Reason::UserUnknown
+                            | crate::bounce::dsn::Reason::HostUnknown
                     )
                 })
         }
