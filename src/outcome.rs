@@ -8,6 +8,7 @@
 //! keep per recipient.
 
 use std::sync::Arc;
+use std::time::SystemTime;
 
 use serde::Serialize;
 
@@ -178,4 +179,28 @@ mod tests {
         let e: Result<Delivery, SmtpError> = Err(SmtpError::InvalidAddress("x".into()));
         assert_eq!(classify(&e), Verdict::Failed);
     }
+}
+
+/// Health events kept per node (a flapping node must not grow memory); later ones are counted.
+pub const HEALTH_EVENTS_KEPT: usize = 100;
+
+/// One change of a node's health.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthEvent {
+    pub time: SystemTime,
+    /// Up again (a connect succeeded) or down (taken out of rotation).
+    pub up: bool,
+    /// Why it went down (the error or the last deferral); "connected" for up.
+    pub reason: String,
+    /// The node's accepted count at that moment (what it took before / after).
+    pub accepted: u64,
+    /// Down events: probes that failed before the node came back (or the run ended).
+    pub failed_probes: u32,
+}
+
+/// A node's health history: the first [`HEALTH_EVENTS_KEPT`] events, and how many more.
+#[derive(Debug, Clone, Default)]
+pub struct HealthHistory {
+    pub events: Vec<HealthEvent>,
+    pub dropped: u64,
 }

@@ -456,11 +456,27 @@ fn dry_run_send_of_the_demo_prints_a_summary() {
             "--limit",
             "2000",
             "--quiet",
+            "--summary-json",
+            dir.0.join("summary.json").to_str().unwrap(),
         ],
         &[],
     );
     let stdout = text(&o.stdout);
     assert_eq!(code(&o), 0, "{stdout}\n{}", text(&o.stderr));
+    // The same numbers, machine-readable.
+    let summary: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(dir.0.join("summary.json")).unwrap()).unwrap();
+    assert_eq!(summary["rows"]["read"], 2000, "{summary}");
+    assert_eq!(summary["rows"]["rejected"], 0, "{summary}");
+    assert_eq!(summary["rows"]["rendered"], 2000, "{summary}");
+    assert_eq!(summary["dry_run"], true, "{summary}");
+    assert_eq!(summary["result"], "done", "{summary}");
+    assert_eq!(summary["exit_code"], 0, "{summary}");
+    assert_eq!(
+        summary["run"],
+        serde_json::Value::Null,
+        "a dry run has no journal run"
+    );
     let lines: Vec<&str> = stdout.lines().collect();
     assert_eq!(
         lines.first().copied(),
@@ -498,6 +514,7 @@ fn dry_run_send_of_the_demo_prints_a_summary() {
         .collect();
     written.sort();
     assert_eq!(written, ["recipients.csv"]);
+    assert!(dir.0.join("summary.json").exists());
     // The embedded-only demo runs without a secret, with a warning.
     assert!(text(&o.stderr).contains("BLAST_SECRET is not set"));
 }

@@ -320,9 +320,22 @@ fn journal_matches_the_log_and_a_finished_run_is_a_no_op() {
             ..Opts::default()
         },
     );
-    let o = blast(&s.toml, &["send", "-q"]);
+    let json_path = s.dir.join("summary.json");
+    let o = blast(
+        &s.toml,
+        &["send", "-q", "--summary-json", json_path.to_str().unwrap()],
+    );
     assert_eq!(code(&o), 1, "{}", text(&o));
     assert!(text(&o).contains("run        1 finished"), "{}", text(&o));
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json_path).unwrap()).unwrap();
+    assert_eq!(summary["run"]["id"], 1, "{summary}");
+    assert_eq!(summary["run"]["state"], "finished", "{summary}");
+    assert_eq!(summary["outcomes"]["accepted"], 180, "{summary}");
+    assert_eq!(summary["outcomes"]["failed"], 20, "{summary}");
+    assert_eq!(summary["outcomes"]["unfinished"], 0, "{summary}");
+    assert_eq!(summary["journal"]["outcomes"], 200, "{summary}");
+    assert_eq!(summary["exit_code"], 1, "{summary}");
     let j = journal(&s);
     integrity_ok(&j);
     let rows = outcomes(&j);

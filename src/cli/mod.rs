@@ -134,6 +134,10 @@ pub enum Command {
         /// a journal, lock, delivery log and rejects file of its own: N boxes split one list.
         #[arg(long, value_name = "K/N")]
         shard: Option<crate::send::shard::Shard>,
+        /// Also write the end-of-run summary as one JSON object to FILE (the same numbers as
+        /// the printed summary; see the README for the fields).
+        #[arg(long, value_name = "FILE")]
+        summary_json: Option<PathBuf>,
         /// Benchmarking only (scripts/bench-journal): send without a journal — no resume, no
         /// idempotence, no duplicate accounting. The campaign lock is still taken.
         #[arg(long, hide = true)]
@@ -398,10 +402,12 @@ fn dispatch(args: Args) -> anyhow::Result<ExitCode> {
             force,
             not_after,
             shard,
+            summary_json,
             no_journal,
         } => send::send(
             &campaign,
             to.as_deref(),
+            summary_json.as_deref(),
             &crate::send::SendOptions {
                 dry_run,
                 limit,

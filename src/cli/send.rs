@@ -30,9 +30,26 @@ pub fn summary(report: &Report) -> String {
     crate::report::RunSummary::new(report, exit_code(report)).to_string()
 }
 
+/// Writes the summary as JSON to `path` (through a temporary file: never half a file).
+fn write_summary_json(
+    path: &Path,
+    report: &Report,
+    run: Option<(i64, crate::journal::RunState)>,
+) -> anyhow::Result<()> {
+    let mut v = crate::report::summary_json(report, exit_code(report));
+    if let Some((id, state)) = run {
+        v["run"] = serde_json::json!({"id": id, "state": state.as_str()});
+    }
+    let tmp = path.with_extension("json.tmp");
+    std::fs::write(&tmp, format!("{v:#}\n"))
+        .and_then(|()| std::fs::rename(&tmp, path))
+        .with_context(|| format!("cannot write {}", path.display()))
+}
+
 pub fn send(
     path: &Path,
     to: Option<&str>,
+    summary_json: Option<&Path>,
     opts: &SendOptions,
     flags: &RunFlags,
 ) -> anyhow::Result<ExitCode> {
@@ -78,6 +95,9 @@ pub fn send(
         let report = crate::send::run(&campaign, source, renderer, opts)
             .with_context(|| format!("sending {}", path.display()))?;
         println!("{}", summary(&report));
+        if let Some(p) = summary_json {
+            write_summary_json(p, &report, None)?;
+        }
         return Ok(ExitCode::from(exit_code(&report)));
     };
     let mut run = plan.start(&campaign)?;
@@ -112,6 +132,9 @@ pub fn send(
     };
     let state = run.finish(&report)?;
     println!("{}", summary(&report));
+    if let Some(p) = summary_json {
+        write_summary_json(p, &report, Some((run.id, state)))?;
+    }
     println!(
         "run        {} {}{}",
         run.id,

@@ -103,7 +103,7 @@ fn encode_outcome(b: &mut Vec<u8>, o: &Outcome, time: &str) {
     put_text(b, time);
 }
 
-fn encode_node_event(b: &mut Vec<u8>, node: &str, event: &crate::send::node::HealthEvent) {
+fn encode_node_event(b: &mut Vec<u8>, node: &str, event: &crate::outcome::HealthEvent) {
     b.push(TAG_NODE_EVENT);
     put_text(b, node);
     put_text(b, if event.up { "up" } else { "down" });
@@ -389,7 +389,7 @@ impl Log {
         self.counted();
     }
 
-    pub(super) fn push_node_event(&mut self, node: &str, event: &crate::send::node::HealthEvent) {
+    pub(super) fn push_node_event(&mut self, node: &str, event: &crate::outcome::HealthEvent) {
         encode_node_event(&mut self.buf, node, event);
         self.counted();
     }

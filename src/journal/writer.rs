@@ -226,7 +226,7 @@ impl JournalSender {
     }
 
     /// Records a node's down/up event.
-    pub fn node_event(&self, node: &str, event: &crate::send::node::HealthEvent) -> bool {
+    pub fn node_event(&self, node: &str, event: &crate::outcome::HealthEvent) -> bool {
         self.push(false, |st| st.log.push_node_event(node, event))
     }
 

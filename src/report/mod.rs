@@ -205,3 +205,95 @@ fn health_lines(s: &mut String, n: &NodeReport, started: std::time::SystemTime) 
         );
     }
 }
+
+/// The run summary as one JSON object (`blast send --summary-json FILE`): the same numbers as
+/// [`RunSummary`], for scripts and tests. Fields are documented in the README.
+pub fn summary_json(r: &Report, exit_code: u8) -> serde_json::Value {
+    use serde_json::json;
+    let rejected: serde_json::Map<String, serde_json::Value> = r
+        .source
+        .rejected_by_kind()
+        .filter(|(_, n)| *n > 0)
+        .map(|(kind, n)| (kind.to_string(), json!(n)))
+        .collect();
+    let nodes: Vec<serde_json::Value> = r
+        .nodes
+        .iter()
+        .map(|n| {
+            let health: Vec<serde_json::Value> = n
+                .health
+                .events
+                .iter()
+                .map(|e| {
+                    json!({
+                        "time": crate::clock::rfc3339(e.time),
+                        "up": e.up,
+                        "reason": e.reason,
+                        "accepted": e.accepted,
+                        "failed_probes": e.failed_probes,
+                    })
+                })
+                .collect();
+            json!({
+                "name": n.name, "accepted": n.accepted, "deferred": n.deferred,
+                "failed": n.failed, "connection_errors": n.errors,
+                "open_connections": n.connections, "health": health,
+                "health_events_dropped": n.health.dropped,
+            })
+        })
+        .collect();
+    let secs = r.duration.as_secs_f64().max(0.001);
+    let done = if r.dry_run {
+        r.rendered
+    } else {
+        r.accepted + r.failed + r.expired
+    };
+    json!({
+        "rows": {
+            "read": r.source.rows, "accepted": r.source.accepted, "rejected": r.source.rejected,
+            "rejected_by_reason": rejected, "rendered": r.rendered,
+            "render_errors": r.render_errors, "skipped_done": r.skipped,
+            "skipped_suppressed": r.suppressed,
+            "skipped_other_shards": r.shard.map_or(0, |(_, other)| other),
+        },
+        "shard": r.shard.map(|(s, _)| s.to_string()),
+        "dry_run": r.dry_run,
+        "outcomes": {
+            "accepted": r.accepted, "failed": r.failed, "expired": r.expired,
+            "unfinished": r.unfinished,
+        },
+        "retries": {
+            "deferrals": r.deferrals, "requeues": r.requeues,
+            "possibly_duplicated": r.possibly_duplicated,
+            "resumed_duplicates": r.resumed_duplicates,
+        },
+        "nodes": nodes,
+        "seconds": r.duration.as_secs_f64(),
+        "average_rate": done as f64 / secs,
+        "peak_rate": (!r.dry_run).then_some(r.peak_rate),
+        "log": (!r.dry_run).then(|| json!({"lines": r.log_lines, "waits": r.log_waits})),
+        "journal": r.journal.map(|j| json!({
+            "outcomes": j.outcomes, "attempt_marks": j.attempts,
+            "transactions": j.transactions, "log_writes": j.log_writes,
+        })),
+        "dns": r.dns.as_ref().map(|d| json!({
+            "domain_lookups": d.domain_lookups, "cache_hits": d.cache_hits,
+            "negative": d.negative, "temporary": d.temporary,
+            "rows_failed": d.rows_failed, "rows_warned": d.rows_warned,
+        })),
+        "embedded_received": r.embedded_received,
+        "result": result_word(r),
+        "exit_code": exit_code,
+    })
+}
+
+/// How the run ended, in one word: done, stopped, no_node_reachable, interrupted, terminated.
+fn result_word(r: &Report) -> &'static str {
+    match (r.signal, r.end) {
+        (Some(Signal::Interrupt), _) => "interrupted",
+        (Some(Signal::Terminate), _) => "terminated",
+        (None, End::AllNodesDown) => "no_node_reachable",
+        (None, End::Stopped) => "stopped",
+        (None, End::Done) => "done",
+    }
+}

@@ -268,7 +268,7 @@ impl Shared {
     }
 
     /// A node went down or came back up (from [`crate::send::node`]): into the journal, if any.
-    pub fn node_event(&self, node: &str, event: &crate::send::node::HealthEvent) {
+    pub fn node_event(&self, node: &str, event: &crate::outcome::HealthEvent) {
         if let Some(j) = &self.journal {
             j.node_event(node, event);
         }

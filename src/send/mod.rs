@@ -111,8 +111,8 @@ pub struct NodeReport {
     pub errors: u64,
     /// Connections still counted as open when the run ended (0 unless tasks were cut off).
     pub connections: u64,
-    /// Down/up events (see [`crate::send::node::HealthEvent`]).
-    pub health: crate::send::node::HealthHistory,
+    /// Down/up events (see [`crate::outcome::HealthEvent`]).
+    pub health: crate::outcome::HealthHistory,
 }
 
 /// What a run did, for the summary and the exit code.

@@ -20,7 +20,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
-use crate::outcome::{Status, Verdict, classify};
+use crate::outcome::{HEALTH_EVENTS_KEPT, HealthEvent, HealthHistory, Status, Verdict, classify};
 use crate::send::dispatch::{Job, Shared};
 use crate::send::progress::{NodeCounters, dec, inc};
 use crate::send::retry::REQUEUES_PER_ATTEMPT;
@@ -34,29 +34,6 @@ pub const ERRORS_TO_TRIP: u32 = 3;
 pub const IDLE: Duration = Duration::from_secs(5);
 const PROBE_MIN: Duration = Duration::from_secs(1);
 const PROBE_MAX: Duration = Duration::from_secs(60);
-/// Health events kept per node (a flapping node must not grow memory); later ones are counted.
-pub const HEALTH_EVENTS_KEPT: usize = 100;
-
-/// One change of a node's health.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct HealthEvent {
-    pub time: SystemTime,
-    /// Up again (a connect succeeded) or down (taken out of rotation).
-    pub up: bool,
-    /// Why it went down (the error or the last deferral); "connected" for up.
-    pub reason: String,
-    /// The node's accepted count at that moment (what it took before / after).
-    pub accepted: u64,
-    /// Down events: probes that failed before the node came back (or the run ended).
-    pub failed_probes: u32,
-}
-
-/// A node's health history: the first [`HEALTH_EVENTS_KEPT`] events, and how many more.
-#[derive(Debug, Clone, Default)]
-pub struct HealthHistory {
-    pub events: Vec<HealthEvent>,
-    pub dropped: u64,
-}
 
 /// A node of the pool at run time.
 pub struct Node {
