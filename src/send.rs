@@ -319,7 +319,7 @@ fn health_lines(s: &mut String, n: &NodeReport, started: std::time::SystemTime) 
             .duration_since(started)
             .unwrap_or_default()
             .as_secs_f64();
-        let time = crate::log::rfc3339(e.time);
+        let time = crate::clock::rfc3339(e.time);
         if e.up {
             let until = events.get(i + 1).map_or(n.accepted, |next| next.accepted);
             let _ = writeln!(
