@@ -5,6 +5,7 @@
 //! → `dispatch` (bounded queue, retry, fallback) → `node` (SMTP connections via `smtp`)
 //! → `outcome` → delivery `log` / `progress`.
 
+pub mod address;
 pub mod bounce;
 pub mod campaign;
 pub mod cli;

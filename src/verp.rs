@@ -15,6 +15,11 @@ const MAC_CHARS: usize = 10;
 const MAX_ROW_CHARS: usize = 13;
 const BASE32: &[u8; 32] = b"abcdefghijklmnopqrstuvwxyz234567";
 
+/// Longest campaign id. Every token carries the id, so this bounds [`max_token_len`] and keeps a
+/// VERP local part with a few characters around `{token}` within 64 octets; `campaign`
+/// validates ids against it (as `campaign::MAX_ID_LEN`) and checks the actual pattern.
+pub const MAX_CAMPAIGN_ID_LEN: usize = 24;
+
 /// Minimum secret length: shorter keys are guessable.
 pub const MIN_SECRET_LEN: usize = 16;
 
@@ -253,7 +258,7 @@ mod tests {
 
     #[test]
     fn worst_case_local_part_fits() {
-        let id = "a".repeat(crate::campaign::MAX_ID_LEN);
+        let id = "a".repeat(MAX_CAMPAIGN_ID_LEN);
         assert!(max_token_len(&id) + "b-".len() <= 64);
     }
 }

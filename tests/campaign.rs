@@ -1,4 +1,4 @@
-//! `campaign.toml` validation on real files: every error path of `src/campaign.rs`, each with
+//! `campaign.toml` validation on real files: every error path of `src/campaign/`, each with
 //! the exact line and column it must point at, plus valid files (relative paths, the shipped
 //! campaigns).
 //!

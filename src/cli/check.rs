@@ -99,7 +99,7 @@ pub fn check(path: &Path, sample: u64, dns: bool) -> anyhow::Result<ExitCode> {
             writeln!(out, "feedback   Feedback-ID: {f}")?;
         }
     }
-    for w in crate::dkim::alignment_warnings(&campaign) {
+    for w in crate::campaign::alignment_warnings(&campaign) {
         eprintln!("blast: warning: {w}");
     }
     let configured = std::fs::read_to_string(path).is_ok_and(|t| {
