@@ -10,7 +10,6 @@ pub mod bounce;
 pub mod campaign;
 pub mod cli;
 pub mod clock;
-pub mod direct;
 pub mod dkim;
 pub mod dns;
 #[path = "gen.rs"]

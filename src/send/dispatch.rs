@@ -381,8 +381,8 @@ pub struct Dispatcher {
     /// Smooth weighted round-robin state, one per node.
     current: Vec<i64>,
     all_down_since: Option<Instant>,
-    /// Direct-to-MX delivery: routes jobs instead of the node pool (see [`crate::direct`]).
-    direct: Option<crate::direct::Router>,
+    /// Direct-to-MX delivery: routes jobs instead of the node pool (see [`crate::send::direct`]).
+    direct: Option<crate::send::direct::Router>,
     /// Rows the render threads could not render: recorded as final failures.
     unrendered: Option<async_channel::Receiver<crate::outcome::Unrendered>>,
 }
@@ -434,7 +434,7 @@ impl Dispatcher {
     }
 
     /// Direct-to-MX delivery: jobs go where `router` says instead of to the node pool.
-    pub fn set_direct(&mut self, router: crate::direct::Router) {
+    pub fn set_direct(&mut self, router: crate::send::direct::Router) {
         self.direct = Some(router);
     }
 
@@ -562,7 +562,7 @@ impl Dispatcher {
             if self.shared.stopping() {
                 return Err(End::Stopped);
             }
-            if let crate::direct::Placed::Later(at, job) = router.place(job, &self.shared) {
+            if let crate::send::direct::Placed::Later(at, job) = router.place(job, &self.shared) {
                 self.seq += 1;
                 self.heap.push(Entry {
                     at,

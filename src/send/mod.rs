@@ -10,10 +10,12 @@
 //! cores to work. A stop (SIGINT/SIGTERM) stops the reader, lets running transactions finish
 //! within the grace period, flushes the log and reports.
 
+pub mod direct;
 pub mod dispatch;
 pub mod log;
 pub mod node;
 pub mod plan;
+pub mod prevalidate;
 pub mod progress;
 pub mod render;
 pub mod retry;
@@ -480,7 +482,7 @@ impl Network<'_> {
         // Direct delivery: MX hosts become nodes as domains route to them.
         let direct_nodes = match (&campaign.direct, &self.dns) {
             (Some(cfg), Some(dns)) => {
-                let router = crate::direct::Router::new(
+                let router = crate::send::direct::Router::new(
                     cfg.clone(),
                     dns.clone(),
                     domains.clone(),
@@ -565,7 +567,7 @@ impl Network<'_> {
                 let (tx, rx) = async_channel::bounded::<Vec<Message>>(
                     campaign.limits.queue_depth.div_ceil(RENDER_BATCH).max(2),
                 );
-                let p = crate::dns::Prevalidator {
+                let p = crate::send::prevalidate::Prevalidator {
                     dns: dns.clone(),
                     domains: domains.clone(),
                     enforce: campaign.direct.is_some()
@@ -888,13 +890,13 @@ pub fn shared_resolver(
 /// Client settings for MX hosts (direct delivery): no AUTH, TLS per `[direct] tls`.
 fn direct_settings(
     campaign: &Campaign,
-    cfg: &crate::direct::DirectConfig,
+    cfg: &crate::send::direct::DirectConfig,
 ) -> Result<Arc<ClientSettings>, SendError> {
     let s = &campaign.smtp;
     let mode = match cfg.tls {
-        crate::direct::DirectTls::Opportunistic => TlsMode::Opportunistic,
-        crate::direct::DirectTls::Required => TlsMode::StartTls,
-        crate::direct::DirectTls::None => TlsMode::None,
+        crate::send::direct::DirectTls::Opportunistic => TlsMode::Opportunistic,
+        crate::send::direct::DirectTls::Required => TlsMode::StartTls,
+        crate::send::direct::DirectTls::None => TlsMode::None,
     };
     let mut b = ClientSettings::builder(s.helo.clone())
         .tls(mode, "localhost")
