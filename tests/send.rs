@@ -1222,3 +1222,65 @@ fn tiny_queue_and_one_slow_connection_do_not_deadlock() {
     assert_eq!(count(&log, |l| outcome(l) == "accepted"), report.accepted);
     camp.done();
 }
+
+// ---------------------------------------------------------------------------------------------
+// 12. Blocking I/O stays off the network threads
+// ---------------------------------------------------------------------------------------------
+
+/// A 5xx "user unknown" is written to the suppression list by a thread of its own: while
+/// another process holds the list's write lock (a `blast sink` in a long transaction, a slow
+/// disk), the other connections' transactions go on. (They used to stall: the write ran
+/// under a lock on the tokio worker, which waited out SQLite's busy timeout.)
+#[test]
+fn a_slow_suppression_write_does_not_delay_other_transactions() {
+    init();
+    let rt = runtime();
+    let rx = plain(&rt);
+    const ROWS: usize = 3000;
+    let rows: Vec<String> = (0..ROWS)
+        .map(|i| {
+            if i % 150 == 7 {
+                format!("permfail+{i}@example.com")
+            } else {
+                format!("user{i}@example.com")
+            }
+        })
+        .collect();
+    let dead = rows.iter().filter(|a| a.starts_with("permfail+")).count() as u64;
+    let camp = Camp::write(
+        "slow-suppression",
+        &Cfg::new(vec![node("n1", rx.addr().port())]),
+        &rows,
+        &[],
+    );
+    // Create the list, then hold its write lock from another connection.
+    let list_path = camp.dir.join("campaign.suppression.sqlite");
+    drop(blast::bounce::suppression::Suppressions::open(&list_path).unwrap());
+    let holder = rusqlite::Connection::open(&list_path).unwrap();
+    holder.execute_batch("BEGIN EXCLUSIVE").unwrap();
+    let locked_at = Instant::now();
+
+    let running = camp.spawn();
+    // Every other recipient is accepted while the list is still locked.
+    let want = ROWS as u64 - dead;
+    while rx.stats().accepted < want && locked_at.elapsed() < Duration::from_secs(8) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let accepted_while_locked = rx.stats().accepted;
+    let waited = locked_at.elapsed();
+    holder.execute_batch("COMMIT").unwrap();
+    let report = running.wait(RUN_LIMIT);
+    eprintln!("{}", cli::summary(&report));
+    assert_eq!(
+        accepted_while_locked, want,
+        "only {accepted_while_locked} of {want} accepted in {waited:?} while the suppression list was locked"
+    );
+    check_report(&report, &camp);
+    assert_eq!(report.failed, dead);
+    // The dead addresses were written once the lock was gone.
+    let list = blast::bounce::suppression::Suppressions::open(&list_path).unwrap();
+    for a in rows.iter().filter(|a| a.starts_with("permfail+")) {
+        assert!(list.contains(a).unwrap(), "{a} is not suppressed");
+    }
+    camp.done();
+}

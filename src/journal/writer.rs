@@ -11,10 +11,14 @@
 //!
 //! Records (outcomes, attempt marks, node events) are encoded by the pipeline's threads into the
 //! **log**'s buffer, under a lock ([`JournalSender`]). A connection that needs its attempt mark
-//! durable (see "Resume" in the journal's module doc) does not wait for a SQLite commit, nor for
-//! the writer thread: it writes the buffer's unwritten records (its mark, and everything queued
-//! before it) to the log file itself, with one write(2), before it returns. Same durability as a
-//! WAL commit with `synchronous = NORMAL`: it survives kill -9, not a power loss. The log holds
+//! durable (see "Resume" in the journal's module doc) does not wait for a SQLite commit: the
+//! **log thread** ([`log_loop`]) writes the buffer's unwritten records (the mark, and everything
+//! queued before it) to the log file with one write(2) and publishes the durable position; the
+//! connection awaits it without blocking its tokio worker. Marks that arrive while the log
+//! thread writes go out together in its next write (group commit); it writes under the buffer's
+//! lock, like the rotation, so a sender encoding a record waits for at most one write(2). Same
+//! durability as a WAL commit with `synchronous = NORMAL`: it survives kill -9, not a power
+//! loss. The log holds
 //! *generations*, each in a file of its own, alternately `<journal>-log` ([`log_path`]) and
 //! `<journal>-log2`: a header (magic, run id, generation number), then groups (u32 length + the
 //! records, each a tag and the column values after `run_id`). When a batch is due, the writer
@@ -27,13 +31,11 @@
 //! inside a write) is ignored, as nobody was told it was durable. So `blast status` of a killed run
 //! may miss up to two batches until the next `blast send`.
 //!
-//! Why: with one SQLite commit per group, a 1.2M-row send into smtp-sink did 2.4M records in
+//! Why a log: with one SQLite commit per group, a 1.2M-row send into smtp-sink did 2.4M records in
 //! ~320k commits (~7 records each, each rewriting the outcomes, index and attempts pages in the
-//! WAL) and cost ~14 % of the throughput (issue 4); with the log, ~2,400 commits. With the marks
-//! written by the writer thread (each waiting connection woke it, then was woken by it), a
-//! send into the embedded receiver spent ~7 µs of writer CPU per outcome, ~5 µs of it in those
-//! wake-ups and context switches (one per ~2 marks); with the connections writing their own
-//! marks, ~2 µs (the SQLite inserts), plus one write(2) per mark on the connection's thread.
+//! WAL) and cost ~14 % of the throughput; with the log, ~2,400 commits. Why a thread of its
+//! own for the log writes: a write(2) to a file can block (a slow or full disk), and on a tokio
+//! worker it would stall every connection scheduled there.
 //! Outcomes are encoded from a reference (no copy of the outcome for the journal), their time
 //! formatted once per millisecond. The writer's connection sets `ignore_check_constraints`
 //! (the `status IN (…)` CHECK built an ephemeral b-tree per outcome insert, ~half the SQLite
@@ -47,6 +49,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
 
 use rusqlite::Connection;
+use tokio::sync::watch;
 
 use super::attempt_log::{Log, apply_log, log_generation, log_path, log_paths, set_log_generation};
 use super::{Journal, JournalError, Result, RowSet, sql};
@@ -79,19 +82,31 @@ impl Journal {
                 log_writes: 0,
                 time_ms: 0,
                 time: String::new(),
+                seq: 0,
+                durable: 0,
+                wanted: 0,
+                log_thread_waiting: false,
             }),
             room: std::sync::Condvar::new(),
+            durable_cv: std::sync::Condvar::new(),
+            durable_tx: watch::channel(Durable::default()).0,
         });
         let (kick, kicks) = sync_channel(4);
         let path = self.path.clone();
+        let spawn_error = |source| JournalError::Io {
+            path: self.path.clone(),
+            source,
+        };
         let writer_shared = shared.clone();
         let thread = std::thread::Builder::new()
             .name("journal".into())
             .spawn(move || write_loop(w.conn, &path, run, writer_shared, kicks))
-            .map_err(|source| JournalError::Io {
-                path: self.path.clone(),
-                source,
-            })?;
+            .map_err(spawn_error)?;
+        let (log_shared, log_kick) = (shared.clone(), kick.clone());
+        let log_thread = std::thread::Builder::new()
+            .name("journal-log".into())
+            .spawn(move || log_loop(&log_shared, &log_kick))
+            .map_err(spawn_error)?;
         Ok(JournalWriter {
             tx: JournalSender {
                 shared,
@@ -100,6 +115,7 @@ impl Journal {
                 unconfirmed: None,
             },
             thread,
+            log_thread,
         })
     }
 }
@@ -108,6 +124,8 @@ impl Journal {
 pub struct JournalWriter {
     tx: JournalSender,
     thread: JoinHandle<Result<WriterStats>>,
+    /// Makes attempt marks durable (group writes to the log); see [`log_loop`].
+    log_thread: JoinHandle<()>,
 }
 
 /// What the writer wrote.
@@ -121,7 +139,7 @@ pub struct WriterStats {
     /// when a batch is handed to SQLite.
     pub log_writes: u64,
     /// CPU time of the writer thread (Linux: `/proc/thread-self/schedstat`), final commit and
-    /// checkpoint included. The log writes of marks run on the connections' threads.
+    /// checkpoint included. The log writes of marks run on the log thread.
     pub cpu: Option<Duration>,
 }
 
@@ -154,6 +172,14 @@ struct LogState {
     /// The outcomes' `time`, formatted once per millisecond.
     time_ms: u128,
     time: String,
+    /// Records added so far (all generations): a record's position.
+    seq: u64,
+    /// Records durable (written to the log file) so far.
+    durable: u64,
+    /// The highest position a sender waits to see durable.
+    wanted: u64,
+    /// The log thread sleeps on `durable_cv` (wake it for a new request).
+    log_thread_waiting: bool,
 }
 
 impl LogState {
@@ -174,21 +200,84 @@ struct WriterShared {
     state: std::sync::Mutex<LogState>,
     /// Signalled when the writer took a batch (for senders waiting for room).
     room: std::sync::Condvar,
+    /// Wakes the log thread: a sender wants its records durable, or the writer closed.
+    durable_cv: std::sync::Condvar,
+    /// What is durable, for the senders awaiting it (async: a connection does not block its
+    /// tokio worker while the log thread writes).
+    durable_tx: watch::Sender<Durable>,
+}
+
+/// The durable position, as the log thread publishes it.
+#[derive(Debug, Clone, Copy, Default)]
+struct Durable {
+    seq: u64,
+    /// No record will be made durable any more (closed, or a log write failed).
+    closed: bool,
 }
 
 impl WriterShared {
     fn lock(&self) -> std::sync::MutexGuard<'_, LogState> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
+
+    /// Everything added so far was just written to the log: tell the waiting senders.
+    fn made_durable(&self, st: &mut LogState) {
+        st.durable = st.seq;
+        self.publish(st);
+    }
+
+    fn publish(&self, st: &LogState) {
+        self.durable_tx.send_replace(Durable {
+            seq: st.durable,
+            closed: st.closed,
+        });
+    }
+
+    /// The writer closed or failed: refuse records, wake the log thread and every waiter.
+    fn close(&self, st: &mut LogState) {
+        st.closed = true;
+        self.publish(st);
+        self.durable_cv.notify_all();
+    }
+}
+
+/// The log thread: whenever a sender waits for durability, writes every unwritten record to
+/// the log with one write(2) (a group: all the marks and outcomes queued since the last one),
+/// then tells the waiters. Runs until the writer closes.
+fn log_loop(shared: &WriterShared, kick: &SyncSender<Kick>) {
+    let mut st = shared.lock();
+    loop {
+        while st.wanted <= st.durable && !st.closed {
+            st.log_thread_waiting = true;
+            st = shared
+                .durable_cv
+                .wait(st)
+                .unwrap_or_else(|p| p.into_inner());
+            st.log_thread_waiting = false;
+        }
+        if st.closed {
+            return;
+        }
+        match st.log.write_group() {
+            Ok(wrote) => {
+                st.log_writes += u64::from(wrote);
+                shared.made_durable(&mut st);
+            }
+            Err(e) => {
+                st.error = Some(e);
+                shared.close(&mut st);
+                drop(st);
+                let _ = kick.try_send(Kick::Close);
+                return;
+            }
+        }
+    }
 }
 
 /// Where the pipeline puts outcomes and attempt marks. Cloneable.
 ///
-/// No round trip to the writer thread: a record is encoded into the log's buffer under a lock,
-/// and a mark (or barrier) writes the buffer's unwritten records to the log itself, with one
-/// write(2), before it returns. (With marks made durable by the writer thread, each mark cost a
-/// wake-up of the writer, a context switch and a wake-up of the waiting task: ~5 µs of the
-/// writer's ~7 µs per outcome, plus the senders' side.)
+/// A record is encoded into the log's buffer under a lock; a mark (or barrier) then awaits the
+/// log thread's write of everything queued up to it.
 #[derive(Clone)]
 pub struct JournalSender {
     shared: Arc<WriterShared>,
@@ -206,28 +295,44 @@ impl JournalSender {
             st.log.push_outcome(outcome, &st.time);
             st.outcomes += 1;
         })
+        .is_some()
     }
 
-    /// Writes an attempt mark for `row` and makes it durable (written to the log, with every
-    /// record queued before it; see "Writer" in the module doc). Returns false if the writer is
-    /// gone or the write failed: the caller must not send then.
+    /// Writes an attempt mark for `row` and waits until it is durable (written to the log, with
+    /// every record queued before it, by the log thread; see "Writer" in the module doc).
+    /// Returns false if the writer is gone or the write failed: the caller must not send then.
     pub async fn mark_attempt(&self, row: u64) -> bool {
-        self.push(true, |st| {
+        let target = self.push(true, |st| {
             st.log.push_attempt(row);
             st.attempts += 1;
-        })
+        });
+        self.durable(target).await
     }
 
     /// Makes everything queued so far (this connection's last outcome) durable, writing no
     /// mark: before re-sending a job that already has its mark (a retry), so that a connection
     /// never has more than one row in doubt. False if the writer is gone.
     pub async fn barrier(&self) -> bool {
-        self.push(true, |_| {})
+        let target = self.push(true, |_| {});
+        self.durable(target).await
+    }
+
+    /// Waits (asynchronously) until the records up to `target` are durable.
+    async fn durable(&self, target: Option<u64>) -> bool {
+        let Some(target) = target else {
+            return false;
+        };
+        let mut rx = self.shared.durable_tx.subscribe();
+        match rx.wait_for(|d| d.seq >= target || d.closed).await {
+            Ok(d) => d.seq >= target,
+            Err(_) => false,
+        }
     }
 
     /// Records a node's down/up event.
     pub fn node_event(&self, node: &str, event: &crate::outcome::HealthEvent) -> bool {
         self.push(false, |st| st.log.push_node_event(node, event))
+            .is_some()
     }
 
     /// Was this row attempted, with no final outcome, by an earlier session of the run?
@@ -240,8 +345,9 @@ impl JournalSender {
         self.waits.load(Ordering::Relaxed)
     }
 
-    /// Adds records with `add` and, if `durable`, writes what is unwritten to the log.
-    fn push(&self, durable: bool, add: impl FnOnce(&mut LogState)) -> bool {
+    /// Adds records with `add`; returns their end position, or None if the writer is gone. If
+    /// `durable`, asks the log thread to write them (see [`log_loop`]).
+    fn push(&self, durable: bool, add: impl FnOnce(&mut LogState)) -> Option<u64> {
         let mut st = self.shared.lock();
         if st.log.records >= st.max_pending && !st.closed {
             self.waits.fetch_add(1, Ordering::Relaxed);
@@ -262,31 +368,28 @@ impl JournalSender {
             st = self.shared.lock();
         }
         if st.closed {
-            return false;
+            return None;
         }
         let before = st.log.records;
         add(&mut st);
         let after = st.log.records;
-        if durable {
-            match st.log.write_group() {
-                Ok(true) => st.log_writes += 1,
-                Ok(false) => {}
-                Err(e) => {
-                    st.error = Some(e);
-                    st.closed = true;
-                    drop(st);
-                    let _ = self.kick.try_send(Kick::Close);
-                    return false;
-                }
-            }
+        st.seq += (after - before) as u64;
+        let target = st.seq;
+        let mut wake_log_thread = false;
+        if durable && target > st.durable {
+            st.wanted = st.wanted.max(target);
+            wake_log_thread = st.log_thread_waiting;
         }
         drop(st);
         // Wake the writer when a batch starts (for its deadline) or is full; a full channel
         // means it has a wake-up coming anyway.
+        if wake_log_thread {
+            self.shared.durable_cv.notify_one();
+        }
         if (before == 0 && after > 0) || (before < BATCH && after >= BATCH) {
             let _ = self.kick.try_send(Kick::Batch);
         }
-        true
+        Some(target)
     }
 }
 
@@ -308,7 +411,9 @@ impl JournalWriter {
     pub fn close(self) -> Result<WriterStats> {
         let _ = self.tx.kick.send(Kick::Close);
         drop(self.tx);
-        self.thread.join().map_err(|_| JournalError::Panicked)?
+        let stats = self.thread.join().map_err(|_| JournalError::Panicked)?;
+        self.log_thread.join().map_err(|_| JournalError::Panicked)?;
+        stats
     }
 }
 
@@ -326,7 +431,7 @@ fn write_loop(
     // Failed or closed: refuse records from now on, and wake senders waiting for room.
     let (outcomes, attempts, log_writes) = {
         let mut st = shared.lock();
-        st.closed = true;
+        shared.close(&mut st);
         (st.outcomes, st.attempts, st.log_writes)
     };
     shared.room.notify_all();
@@ -381,7 +486,7 @@ fn write_batches(
             let failed = st.error.take();
             closing |= failed.is_some();
             if closing {
-                st.closed = true;
+                shared.close(&mut st);
             }
             let records = st.log.records;
             let due = closing
@@ -395,6 +500,7 @@ fn write_batches(
             } else {
                 let (wrote, generation, groups) = st.log.rotate().map_err(io)?;
                 st.log_writes += u64::from(wrote);
+                shared.made_durable(&mut st);
                 Some((generation, groups))
             };
             (taken, failed)

@@ -138,7 +138,7 @@ impl Router {
         let hosts = match &*route {
             Route::Hosts(h) => h,
             Route::NoMail(why) => {
-                shared.fail_job(job, why.reply_line());
+                shared.outcomes.fail_job(job, why.reply_line());
                 return Placed::Done;
             }
             Route::Unknown(_) => {

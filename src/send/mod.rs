@@ -14,6 +14,7 @@ pub mod direct;
 pub mod dispatch;
 pub mod log;
 pub mod node;
+pub mod outcomes;
 pub mod plan;
 pub mod prevalidate;
 pub mod progress;
@@ -24,9 +25,10 @@ pub mod source;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use crate::bounce::suppression::Suppressions;
 use crate::campaign::{Campaign, NodeAddress, TlsSetting};
 use crate::journal::{JournalWriter, RowSet, WriterStats};
 use crate::outcome::Unrendered;
@@ -34,9 +36,11 @@ use crate::receiver::{Receiver, ReceiverHandle, ReceiverOptions};
 use crate::send::dispatch::{Dispatcher, End};
 use crate::send::log::DeliveryLog;
 use crate::send::node::Node;
+use crate::send::outcomes::{OutcomeSink, SuppressionWriter};
 use crate::send::progress::{Counters, Mode, Progress, get, inc};
 use crate::send::render::{Message, Renderer};
 use crate::send::source::{Recipient, Source, SourceStats};
+use crate::shutdown::Shutdown;
 use crate::smtp::{ClientSettings, Connection, Credentials, TlsMode};
 
 /// Recipients per hand-over from the reader to the render threads.
@@ -206,6 +210,7 @@ async fn run_async(
         _ => (None, None),
     };
     let started = Instant::now();
+    let shutdown = Shutdown::new();
     // Before anything starts (see crate::shutdown). A dry run keeps the default actions: it
     // has nothing to stop cleanly.
     let signals = if opts.dry_run {
@@ -224,29 +229,45 @@ async fn run_async(
     } else {
         start_pool(campaign, dns.as_deref()).await?
     };
-    let log = if opts.dry_run {
+    let outputs = if opts.dry_run {
         None
     } else {
-        Some(DeliveryLog::open(&campaign.output.delivery_log, 65_536)?)
+        Some(Outputs::open(
+            campaign,
+            &counters,
+            journal_writer,
+            &shutdown,
+        )?)
     };
-    let stages = start_stages(campaign, source, renderer, opts, skip, rows, &counters)?;
+    let sink = outputs.as_ref().map(|o| o.sink.clone());
+    let stages = start_stages(
+        campaign,
+        source,
+        renderer,
+        opts,
+        skip,
+        rows,
+        &counters,
+        &shutdown,
+        sink.clone(),
+    )?;
     let node_counters = nodes
         .iter()
         .map(|n| (n.name.to_string(), n.counters.clone()))
         .collect();
     let progress = Progress::start(opts.mode, counters.clone(), node_counters, total);
 
-    let delivered = match (log, signals) {
-        (Some(log), Some(signals)) => {
+    let delivered = match (sink, signals) {
+        (Some(sink), Some(signals)) => {
             let net = Network {
                 campaign,
                 opts,
                 counters: &counters,
                 dns: dns.clone(),
-                journal: journal_writer,
-                stop_reading: stages.stop_reading.clone(),
+                shutdown: shutdown.clone(),
+                sink,
             };
-            net.deliver(&mut nodes, log, signals, &stages).await?
+            net.deliver(&mut nodes, signals, &stages).await?
         }
         _ => {
             // Dry run: drain the queue.
@@ -254,10 +275,20 @@ async fn run_async(
             Delivered::dry_run()
         }
     };
+    // The reader stops (if it has not reached the end of the list), the render threads find
+    // the queue closed; once they are gone, nothing records any more.
+    shutdown.request_stop();
     stages.messages.close();
-
     let peak_rate = progress.finish().await;
     let read = stages.join().await?;
+    let closed = match outputs {
+        Some(o) => Some(
+            tokio::task::spawn_blocking(move || o.close())
+                .await
+                .expect("join task")?,
+        ),
+        None => None,
+    };
     let mut embedded_received = None;
     for r in receivers {
         *embedded_received.get_or_insert(0) += r.stats().accepted;
@@ -278,8 +309,80 @@ async fn run_async(
             peak_rate,
             embedded_received,
             dns,
+            closed,
+            signal: shutdown.signal(),
         },
     ))
+}
+
+/// Where a sending run's outcomes go: the outcome sink and what it records into.
+struct Outputs {
+    sink: Arc<OutcomeSink>,
+    log: DeliveryLog,
+    journal: Option<JournalWriter>,
+    suppression: Option<SuppressionWriter>,
+}
+
+/// What closing the outputs reported.
+struct Closed {
+    log_lines: u64,
+    log_waits: u64,
+    journal: Option<WriterStats>,
+    resumed_duplicates: u64,
+}
+
+impl Outputs {
+    fn open(
+        campaign: &Campaign,
+        counters: &Arc<Counters>,
+        journal: Option<JournalWriter>,
+        shutdown: &Arc<Shutdown>,
+    ) -> Result<Outputs, SendError> {
+        let log = DeliveryLog::open(&campaign.output.delivery_log, 65_536)?;
+        let list = match Suppressions::open(&campaign.suppression.path) {
+            Ok(list) => Some(list),
+            Err(e) => {
+                tracing::error!("{e}: 5xx user-unknown replies will not be suppressed");
+                None
+            }
+        };
+        let (sink, suppression) = OutcomeSink::new(
+            counters.clone(),
+            log.sender(),
+            journal.as_ref().map(|w| w.sender()),
+            list,
+            &campaign.id,
+            shutdown.clone(),
+        )
+        .map_err(SendError::Runtime)?;
+        Ok(Outputs {
+            sink: Arc::new(sink),
+            log,
+            journal,
+            suppression,
+        })
+    }
+
+    /// Closes the journal (first: it must be committed on every way out, even if the log
+    /// fails), the delivery log and the suppression writer. Every other holder of the sink
+    /// (connections, render threads) must be gone.
+    fn close(self) -> Result<Closed, SendError> {
+        let resumed_duplicates = self.sink.resumed_duplicates();
+        let log_waits = self.log.sender().waits();
+        drop(self.sink);
+        let journal = self.journal.map(|w| w.close());
+        if let Some(s) = self.suppression {
+            s.close();
+        }
+        let log_lines = self.log.close()?;
+        tracing::debug!("journal and delivery log closed");
+        Ok(Closed {
+            log_lines,
+            log_waits,
+            journal: journal.transpose()?,
+            resumed_duplicates,
+        })
+    }
 }
 
 /// Resolves and starts the node pool (and the embedded receivers of a demo campaign).
@@ -313,18 +416,15 @@ async fn start_pool(
     Ok((nodes, receivers))
 }
 
-/// The reader thread and the render threads, and the queues out of them.
+/// The reader thread and the render threads, and the queue out of them.
 struct Stages {
-    /// Set to stop the reader (a stop was requested, or the run is over).
-    stop_reading: Arc<AtomicBool>,
     /// Rendered messages, in batches: `queue_depth` messages in all.
     messages: async_channel::Receiver<Vec<Message>>,
-    /// Rows that cannot be rendered (none in a dry run, which only counts them).
-    unrendered: Option<async_channel::Receiver<Unrendered>>,
     reader: std::thread::JoinHandle<Result<ReadEnd, crate::send::source::SourceError>>,
     renderers: Vec<std::thread::JoinHandle<()>>,
 }
 
+#[allow(clippy::too_many_arguments)]
 fn start_stages(
     campaign: &Campaign,
     mut source: Source,
@@ -333,19 +433,14 @@ fn start_stages(
     skip: Option<Arc<RowSet>>,
     rows: u64,
     counters: &Arc<Counters>,
+    shutdown: &Arc<Shutdown>,
+    sink: Option<Arc<OutcomeSink>>,
 ) -> Result<Stages, SendError> {
-    let stop_reading = Arc::new(AtomicBool::new(false));
     let (msg_tx, messages) = async_channel::bounded::<Vec<Message>>(
         campaign.limits.queue_depth.div_ceil(RENDER_BATCH).max(2),
     );
     let (batch_tx, batch_rx) =
         async_channel::bounded::<Vec<Recipient>>(campaign.limits.render_threads * 2);
-    let (failed_tx, unrendered) = if opts.dry_run {
-        (None, None)
-    } else {
-        let (tx, rx) = async_channel::bounded::<Unrendered>(RENDER_BATCH);
-        (Some(tx), Some(rx))
-    };
     // The suppression list (a dry run only reads an existing one).
     let suppressions = if opts.dry_run && !campaign.suppression.path.exists() {
         None
@@ -359,7 +454,7 @@ fn start_stages(
         source.skip_done(done);
     }
     let reader = {
-        let stop = stop_reading.clone();
+        let stop = shutdown.clone();
         let (limit, shard) = (opts.limit, opts.shard);
         std::thread::Builder::new()
             .name("blast-reader".into())
@@ -373,7 +468,7 @@ fn start_stages(
                 renderer.clone(),
                 batch_rx.clone(),
                 msg_tx.clone(),
-                failed_tx.clone(),
+                sink.clone(),
                 counters.clone(),
             );
             std::thread::Builder::new()
@@ -383,9 +478,7 @@ fn start_stages(
         })
         .collect::<Result<_, _>>()?;
     Ok(Stages {
-        stop_reading,
         messages,
-        unrendered,
         reader,
         renderers,
     })
@@ -411,71 +504,48 @@ impl Stages {
     }
 }
 
-/// The network side of a run that sends: dispatcher, connections, journal and delivery log.
+/// The network side of a run that sends: dispatcher, pre-validation, direct delivery and the
+/// connections.
 struct Network<'a> {
     campaign: &'a Campaign,
     opts: &'a SendOptions,
     counters: &'a Arc<Counters>,
     dns: Option<Arc<crate::dns::Dns>>,
-    journal: Option<JournalWriter>,
-    stop_reading: Arc<AtomicBool>,
+    shutdown: Arc<Shutdown>,
+    sink: Arc<OutcomeSink>,
 }
 
-/// What the network side ended with.
+/// How the network side ended.
 struct Delivered {
     end: End,
-    signal: Option<Signal>,
-    log_lines: u64,
-    log_waits: u64,
-    journal: Option<WriterStats>,
-    resumed_duplicates: u64,
 }
 
 impl Delivered {
     fn dry_run() -> Delivered {
-        Delivered {
-            end: End::Done,
-            signal: None,
-            log_lines: 0,
-            log_waits: 0,
-            journal: None,
-            resumed_duplicates: 0,
-        }
+        Delivered { end: End::Done }
     }
 }
 
 impl Network<'_> {
-    /// Runs the dispatcher and the connections to the end (or to a stop), then closes the
-    /// journal and the delivery log. `nodes` gets the MX hosts of direct delivery added.
+    /// Runs the dispatcher and the connections to the end (or to a stop, within the grace
+    /// period). `nodes` gets the MX hosts of direct delivery added.
     async fn deliver(
         self,
         nodes: &mut Vec<Arc<Node>>,
-        log: DeliveryLog,
-        mut signals: crate::shutdown::Signals,
+        signals: crate::shutdown::Signals,
         stages: &Stages,
     ) -> Result<Delivered, SendError> {
         let (campaign, counters) = (self.campaign, self.counters);
-        let (dispatcher, shared) = Dispatcher::new(
+        let (mut dispatcher, shared) = Dispatcher::new(
             nodes.clone(),
             campaign.nodes.iter().map(|n| n.rate).collect(),
             campaign.limits.rate,
             campaign.retry.clone(),
             counters.clone(),
-            log.sender(),
-            self.journal.as_ref().map(|w| w.sender()),
+            self.sink.clone(),
+            self.shutdown.clone(),
             campaign.limits.queue_depth,
         );
-        match crate::bounce::suppression::Suppressions::open(&campaign.suppression.path) {
-            Ok(list) => shared.set_suppression(crate::send::dispatch::SyncSuppression {
-                campaign: campaign.id.clone(),
-                list: std::sync::Mutex::new(list),
-            }),
-            Err(e) => tracing::error!("{e}: 5xx user-unknown replies will not be suppressed"),
-        }
-        let mut dispatcher = dispatcher;
-        if let Some(rx) = stages.unrendered.clone() {
-            dispatcher.set_unrendered(rx);
-        }
         // What is known about recipient domains (pre-validation fills it, direct delivery
         // reads it).
         let domains = Arc::new(crate::dns::Domains::default());
@@ -496,26 +566,7 @@ impl Network<'_> {
         };
         let (dispatch_rx, stage) = self.prevalidation(&stages.messages, &domains, &shared);
         let mut tasks: Vec<_> = nodes.iter().flat_map(|n| n.spawn(&shared)).collect();
-        // Signals: the first asks for a clean stop, the second cuts the grace period short.
-        let signal = Arc::new(std::sync::Mutex::new(None::<Signal>));
-        let hurry = Arc::new(tokio::sync::Notify::new());
-        let watcher = {
-            let (shared, stop, signal, hurry) = (
-                shared.clone(),
-                self.stop_reading.clone(),
-                signal.clone(),
-                hurry.clone(),
-            );
-            tokio::spawn(async move {
-                let first = signals.next().await;
-                *signal.lock().expect("not poisoned") = Some(first);
-                tracing::warn!("{first:?}: stopping; running transactions may finish");
-                stop.store(true, Ordering::Relaxed);
-                shared.request_stop();
-                let _ = signals.next().await;
-                hurry.notify_one();
-            })
-        };
+        let watcher = self.shutdown.on_signals(signals);
         let end = dispatcher.run(dispatch_rx).await;
         tracing::debug!("dispatcher ended: {end:?}");
         if let Some(stage) = stage {
@@ -527,27 +578,16 @@ impl Network<'_> {
             tasks.extend(d.tasks.lock().expect("not poisoned").drain(..));
             nodes.extend(d.nodes.lock().expect("not poisoned").iter().cloned());
         }
-        wind_down(tasks, end, self.opts.grace, &hurry).await;
+        if end != End::Done {
+            // No node reachable: the run stops like after a signal (within the grace period).
+            self.shutdown.request_stop();
+        }
+        self.shutdown.wind_down(tasks, self.opts.grace).await;
+        tracing::debug!("connections closed");
         watcher.abort();
         let _ = watcher.await;
         counters.waiting_retry.store(0, Ordering::Relaxed);
-        let resumed_duplicates = shared.resumed_duplicates();
-        drop(shared);
-        self.stop_reading.store(true, Ordering::Relaxed);
-        let log_waits = log.sender().waits();
-        // The journal first: it must be committed on every way out, even if the log fails.
-        let journal = self.journal.map(|w| w.close());
-        let log_lines = log.close()?;
-        tracing::debug!("journal and delivery log closed");
-        let signal = *signal.lock().expect("not poisoned");
-        Ok(Delivered {
-            end,
-            signal,
-            log_lines,
-            log_waits,
-            journal: journal.transpose()?,
-            resumed_duplicates,
-        })
+        Ok(Delivered { end })
     }
 
     /// Pre-validation: a stage between the render threads and the dispatcher, if the
@@ -584,46 +624,14 @@ impl Network<'_> {
     }
 }
 
-/// Lets running transactions finish: all of them when the run is done; after a stop, within
-/// the grace period or until a second signal, then cuts the rest off (their recipients stay
-/// unfinished) and waits for the tasks to be gone (they hold the log's sender).
-async fn wind_down(
-    tasks: Vec<tokio::task::JoinHandle<()>>,
-    end: End,
-    grace: Duration,
-    hurry: &tokio::sync::Notify,
-) {
-    let aborts: Vec<_> = tasks.iter().map(|t| t.abort_handle()).collect();
-    let mut all = std::pin::pin!(futures_join(tasks));
-    if end == End::Done {
-        all.await;
-    } else {
-        let finished = tokio::select! {
-            _ = all.as_mut() => true,
-            _ = tokio::time::sleep(grace) => {
-                tracing::warn!("grace period over; closing connections");
-                false
-            }
-            _ = hurry.notified() => {
-                tracing::warn!("second signal; closing connections now");
-                false
-            }
-        };
-        if !finished {
-            for a in &aborts {
-                a.abort();
-            }
-            all.await;
-        }
-    }
-    tracing::debug!("connections closed");
-}
-
 /// What the end of a run adds to the report.
 struct Ended {
     peak_rate: f64,
     embedded_received: Option<u64>,
     dns: Option<crate::dns::DnsReport>,
+    /// What closing the outputs reported (none in a dry run).
+    closed: Option<Closed>,
+    signal: Option<Signal>,
 }
 
 fn report(
@@ -652,7 +660,7 @@ fn report(
     };
     Report {
         end: d.end,
-        signal: d.signal,
+        signal: e.signal,
         dry_run: opts.dry_run,
         source: read.stats,
         rendered,
@@ -679,29 +687,23 @@ fn report(
         duration: started.elapsed(),
         started_at: std::time::SystemTime::now() - started.elapsed(),
         peak_rate: e.peak_rate,
-        log_lines: d.log_lines,
-        log_waits: d.log_waits,
+        log_lines: e.closed.as_ref().map_or(0, |c| c.log_lines),
+        log_waits: e.closed.as_ref().map_or(0, |c| c.log_waits),
         embedded_received: e.embedded_received,
         list_complete: read.eof,
         skipped: read.skipped,
-        resumed_duplicates: d.resumed_duplicates,
-        journal: d.journal,
+        resumed_duplicates: e.closed.as_ref().map_or(0, |c| c.resumed_duplicates),
+        journal: e.closed.and_then(|c| c.journal),
         suppressed: read.suppressed,
         dns: e.dns,
         shard: opts.shard.map(|s| (s, read.other_shards)),
     }
 }
 
-async fn futures_join(tasks: Vec<tokio::task::JoinHandle<()>>) {
-    for t in tasks {
-        let _ = t.await;
-    }
-}
-
 fn read_loop(
     mut source: Source,
     tx: async_channel::Sender<Vec<Recipient>>,
-    stop: Arc<AtomicBool>,
+    stop: Arc<Shutdown>,
     limit: Option<u64>,
     suppressions: Option<&crate::bounce::suppression::Suppressions>,
     shard: Option<crate::send::shard::Shard>,
@@ -718,7 +720,7 @@ fn read_loop(
             })
         })
     };
-    while !stop.load(Ordering::Relaxed) {
+    while !stop.is_stopping() {
         if limit.is_some_and(|l| source.stats().rows >= l) {
             break;
         }
@@ -742,7 +744,7 @@ fn read_loop(
             }
         }
     }
-    if !batch.is_empty() && !stop.load(Ordering::Relaxed) && tx.send_blocking(batch).is_err() {
+    if !batch.is_empty() && !stop.is_stopping() && tx.send_blocking(batch).is_err() {
         eof = false;
     }
     let stats = source.finish()?;
@@ -776,7 +778,7 @@ fn render_loop(
     renderer: &Renderer,
     rx: async_channel::Receiver<Vec<Recipient>>,
     tx: async_channel::Sender<Vec<Message>>,
-    failed: Option<async_channel::Sender<Unrendered>>,
+    sink: Option<Arc<OutcomeSink>>,
     counters: &Counters,
 ) {
     let mut out = Vec::with_capacity(RENDER_BATCH);
@@ -797,18 +799,16 @@ fn render_loop(
                 Err(e) => {
                     inc(&counters.render_errors);
                     tracing::warn!("{e}");
-                    if let (Some(failed), crate::send::render::RenderError::Row { row, rcpt, .. }) =
-                        (&failed, &e)
+                    if let (Some(sink), crate::send::render::RenderError::Row { row, rcpt, .. }) =
+                        (&sink, &e)
                     {
-                        let u = Unrendered {
+                        // A final `failed` outcome, recorded here (this is not a tokio worker).
+                        sink.fail_unrendered(Unrendered {
                             row: *row,
                             message_id: renderer.message_id(*row, rcpt),
                             rcpt: rcpt.clone(),
                             reason: e.reason(),
-                        };
-                        if failed.send_blocking(u).is_err() {
-                            return;
-                        }
+                        });
                     }
                 }
             }

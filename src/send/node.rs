@@ -114,7 +114,7 @@ impl Node {
             accepted: self.counters.accepted.load(Ordering::Relaxed),
             failed_probes: 0,
         };
-        shared.node_event(&self.name, &event);
+        shared.outcomes.node_event(&self.name, &event);
         let mut h = self.history.lock().expect("not poisoned");
         if h.events.len() < HEALTH_EVENTS_KEPT {
             h.events.push(event);
@@ -272,7 +272,7 @@ async fn connection_loop(node: Arc<Node>, shared: Arc<Shared>) {
         shared.capacity.notify_one();
         // Journal: the attempt mark is committed before the relay can see the message.
         let mut job = job;
-        if !shared.mark_attempt(&mut job).await {
+        if !shared.outcomes.mark_attempt(&mut job).await {
             shared.redispatch(job);
             continue;
         }
@@ -353,7 +353,7 @@ fn handle(
                 inc(&node.counters.failed);
                 Status::Failed
             };
-            shared.finish(job, status, &node.name, result.ok());
+            shared.outcomes.finish(job, status, &node.name, result.ok());
         }
         Verdict::Deferred => {
             node.error_streak.store(0, Ordering::Relaxed);

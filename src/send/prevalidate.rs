@@ -3,7 +3,7 @@
 //! lookups at a time); rows of a domain being looked up wait in a per-domain pending list while
 //! other rows go on; in `enforce` mode (and always in direct delivery) rows of a domain that
 //! does not accept mail are final `failed` without touching a relay (through
-//! [`Shared::fail_unsent`]). What it learns goes into [`Domains`], which direct delivery reads.
+//! [`OutcomeSink::fail_unsent`](crate::send::outcomes::OutcomeSink::fail_unsent)). What it learns goes into [`Domains`], which direct delivery reads.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -135,7 +135,7 @@ impl Prevalidator {
         match route {
             Route::NoMail(why) if self.enforce => {
                 self.dns.stats.rows_failed.fetch_add(1, Ordering::Relaxed);
-                shared.fail_unsent(msg, why.reply_line());
+                shared.outcomes.fail_unsent(msg, why.reply_line());
             }
             Route::NoMail(why) => {
                 self.dns.stats.rows_warned.fetch_add(1, Ordering::Relaxed);
