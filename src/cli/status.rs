@@ -63,7 +63,7 @@ pub fn status(
         if let Some(s) = shard {
             println!("shard      {s} (journal {})", journal_path.display());
         }
-        println!("{}", report.text());
+        println!("{}", crate::report::StatusText(&report));
         if let Some(b) = bounces.filter(|b| !b.text().is_empty()) {
             print!("{}", b.text());
         }

@@ -1,13 +1,45 @@
-//! What blast shows people about a run: the end-of-run summary of `blast send` and (later)
-//! the `blast status` text, as `Display` types.
+//! What blast shows people about a run, as `Display` types: the end-of-run summary of
+//! `blast send` ([`RunSummary`], and [`summary_json`] for scripts) and `blast status`
+//! ([`StatusText`]); the lines both show are written once (the DNS line, [`DnsLine`]).
 //!
-//! Uses: send (its `Report`), clock. Prints nothing itself; the CLI does.
+//! Uses: send (its `Report`), journal (its `StatusReport`), clock. Prints nothing itself; the
+//! CLI does.
+
+mod status;
+
+pub use status::StatusText;
 
 use std::fmt;
 use std::fmt::Write;
 
 use crate::send::dispatch::End;
 use crate::send::{NodeReport, Report, Signal};
+
+/// The DNS line of the summary and of `blast status`: domain lookups and what pre-validation
+/// did with their rows.
+pub struct DnsLine {
+    pub lookups: u64,
+    pub cache_hits: u64,
+    pub negative: u64,
+    pub temporary: u64,
+    pub rows_failed: u64,
+    pub rows_warned: u64,
+}
+
+impl fmt::Display for DnsLine {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "dns        {} domain lookups, {} cache hits, {} negative (do not accept mail), {} temporary failures; {} rows failed by DNS, {} sent despite a warning",
+            self.lookups,
+            self.cache_hits,
+            self.negative,
+            self.temporary,
+            self.rows_failed,
+            self.rows_warned
+        )
+    }
+}
 
 /// The summary printed at the end of `blast send`, ending with `result …, exit code N`.
 pub struct RunSummary<'a> {
@@ -146,13 +178,15 @@ impl fmt::Display for RunSummary<'_> {
         if let Some(d) = &r.dns {
             let _ = writeln!(
                 s,
-                "dns        {} domain lookups, {} cache hits, {} negative (do not accept mail), {} temporary failures; {} rows failed unsent, {} sent despite a warning",
-                d.domain_lookups,
-                d.cache_hits,
-                d.negative,
-                d.temporary,
-                d.rows_failed,
-                d.rows_warned
+                "{}",
+                DnsLine {
+                    lookups: d.domain_lookups,
+                    cache_hits: d.cache_hits,
+                    negative: d.negative,
+                    temporary: d.temporary,
+                    rows_failed: d.rows_failed,
+                    rows_warned: d.rows_warned,
+                }
             );
         }
         if let Some(n) = r.embedded_received {
@@ -295,5 +329,26 @@ fn result_word(r: &Report) -> &'static str {
         (None, End::AllNodesDown) => "no_node_reachable",
         (None, End::Stopped) => "stopped",
         (None, End::Done) => "done",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_dns_line() {
+        let line = DnsLine {
+            lookups: 15,
+            cache_hits: 110,
+            negative: 2,
+            temporary: 4,
+            rows_failed: 4,
+            rows_warned: 6,
+        };
+        assert_eq!(
+            line.to_string(),
+            "dns        15 domain lookups, 110 cache hits, 2 negative (do not accept mail), 4 temporary failures; 4 rows failed by DNS, 6 sent despite a warning"
+        );
     }
 }
