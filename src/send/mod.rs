@@ -1,14 +1,26 @@
-//! `blast send`: wires the stages together and runs them to the end.
+//! `blast send`: the pipeline, one file per stage, and the wiring that runs it to the end.
 //!
 //! ```text
-//! reader thread ──batches──► render threads ──queue_depth──► dispatcher ──► node queues ──► connections
-//!  (CSV, rejects)            (templates+MIME)                 (retry heap)                  (SMTP)
-//!                                                                                  outcomes ──► delivery log thread
+//! stages (threads)                     network (tokio)
+//! reader ──batches──► render ──queue_depth──► [prevalidate] ──► dispatch ──► node queues ──► node (SMTP)
+//!  source.rs           render/                 prevalidate.rs    dispatch.rs  (direct.rs)      node.rs
+//!                        │ unrenderable rows                                                    │ outcomes, marks
+//!                        └──────────────────────────────► outcomes.rs (OutcomeSink) ◄───────────┘
+//!                                                           ├─► journal (writer + log threads)
+//!                                                           ├─► delivery log (log.rs, its thread)
+//!                                                           ├─► suppression list (its thread)
+//!                                                           └─► counters → progress.rs, the Report
 //! ```
-//! Every arrow is a bounded channel, so a slow pool slows the reader instead of growing memory.
-//! Rendering runs on OS threads of its own and the network side on tokio, which puts both
-//! cores to work. A stop (SIGINT/SIGTERM) stops the reader, lets running transactions finish
-//! within the grace period, flushes the log and reports.
+//! Every arrow is a bounded channel, so a slow pool slows the reader instead of growing memory;
+//! data flows one way (a connection hands jobs back to the dispatcher only through its queue of
+//! retries). Rendering runs on OS threads and the network side on tokio, which puts both
+//! cores to work. One [`Shutdown`] stops it all: stop reading, let running transactions finish
+//! within the grace period, cut the rest off, close the journal and the log, report.
+//! Around a run: `plan.rs` (which run: new, resume, finished; its guards), `pool.rs` (the
+//! nodes), `stages.rs` (reader and render threads), `retry.rs` (the retry policy), `shard.rs`.
+//!
+//! Uses: campaign, journal, bounce (the suppression list), dns, smtp, dkim (through render),
+//! outcome, shutdown, clock, address, verp, generate. Nothing above it (report, cli).
 
 pub mod direct;
 pub mod dispatch;
@@ -16,37 +28,34 @@ pub mod log;
 pub mod node;
 pub mod outcomes;
 pub mod plan;
+mod pool;
 pub mod prevalidate;
 pub mod progress;
 pub mod render;
 pub mod retry;
 pub mod shard;
 pub mod source;
+mod stages;
 
-use std::net::SocketAddr;
 use std::sync::Arc;
+
+pub use pool::{client_settings, send_one, shared_resolver};
+use pool::{direct_settings, start_pool};
+use stages::{RENDER_BATCH, ReadEnd, Stages, estimate_rows, start_stages};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use crate::bounce::suppression::Suppressions;
-use crate::campaign::{Campaign, NodeAddress, TlsSetting};
+use crate::campaign::Campaign;
 use crate::journal::{JournalWriter, RowSet, WriterStats};
-use crate::outcome::Unrendered;
-use crate::receiver::{Receiver, ReceiverHandle, ReceiverOptions};
 use crate::send::dispatch::{Dispatcher, End};
 use crate::send::log::DeliveryLog;
 use crate::send::node::Node;
 use crate::send::outcomes::{OutcomeSink, SuppressionWriter};
-use crate::send::progress::{Counters, Mode, Progress, get, inc};
+use crate::send::progress::{Counters, Mode, Progress, get};
 use crate::send::render::{Message, Renderer};
-use crate::send::source::{Recipient, Source, SourceStats};
+use crate::send::source::{Source, SourceStats};
 use crate::shutdown::Shutdown;
-use crate::smtp::{ClientSettings, Connection, Credentials, TlsMode};
-
-/// Recipients per hand-over from the reader to the render threads.
-const BATCH: usize = 512;
-/// Rendered messages per hand-over to the dispatcher: one thread wake-up per batch.
-const RENDER_BATCH: usize = 128;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SendError {
@@ -385,125 +394,6 @@ impl Outputs {
     }
 }
 
-/// Resolves and starts the node pool (and the embedded receivers of a demo campaign).
-async fn start_pool(
-    campaign: &Campaign,
-    dns: Option<&crate::dns::Dns>,
-) -> Result<(Vec<Arc<Node>>, Vec<ReceiverHandle>), SendError> {
-    let mut receivers: Vec<ReceiverHandle> = Vec::new();
-    let mut nodes: Vec<Arc<Node>> = Vec::new();
-    for n in &campaign.nodes {
-        let addr = match &n.address {
-            NodeAddress::Embedded => {
-                let r = start_embedded().await?;
-                let addr = r.addr();
-                receivers.push(r);
-                addr
-            }
-            NodeAddress::Remote { host, port } => resolve(dns, &n.name, host, *port).await?,
-        };
-        let settings = client_settings(campaign, n)?;
-        nodes.push(Arc::new(Node::new(
-            &n.name,
-            addr,
-            n.weight,
-            n.fallback,
-            n.max_connections,
-            n.messages_per_connection,
-            settings,
-        )));
-    }
-    Ok((nodes, receivers))
-}
-
-/// The reader thread and the render threads, and the queue out of them.
-struct Stages {
-    /// Rendered messages, in batches: `queue_depth` messages in all.
-    messages: async_channel::Receiver<Vec<Message>>,
-    reader: std::thread::JoinHandle<Result<ReadEnd, crate::send::source::SourceError>>,
-    renderers: Vec<std::thread::JoinHandle<()>>,
-}
-
-#[allow(clippy::too_many_arguments)]
-fn start_stages(
-    campaign: &Campaign,
-    mut source: Source,
-    renderer: Renderer,
-    opts: &SendOptions,
-    skip: Option<Arc<RowSet>>,
-    rows: u64,
-    counters: &Arc<Counters>,
-    shutdown: &Arc<Shutdown>,
-    sink: Option<Arc<OutcomeSink>>,
-) -> Result<Stages, SendError> {
-    let (msg_tx, messages) = async_channel::bounded::<Vec<Message>>(
-        campaign.limits.queue_depth.div_ceil(RENDER_BATCH).max(2),
-    );
-    let (batch_tx, batch_rx) =
-        async_channel::bounded::<Vec<Recipient>>(campaign.limits.render_threads * 2);
-    // The suppression list (a dry run only reads an existing one).
-    let suppressions = if opts.dry_run && !campaign.suppression.path.exists() {
-        None
-    } else {
-        Some(crate::bounce::suppression::Suppressions::open(
-            &campaign.suppression.path,
-        )?)
-    };
-    source.expect_rows(rows);
-    if let Some(done) = skip {
-        source.skip_done(done);
-    }
-    let reader = {
-        let stop = shutdown.clone();
-        let (limit, shard) = (opts.limit, opts.shard);
-        std::thread::Builder::new()
-            .name("blast-reader".into())
-            .spawn(move || read_loop(source, batch_tx, stop, limit, suppressions.as_ref(), shard))
-            .map_err(SendError::Runtime)?
-    };
-    let renderer = Arc::new(renderer);
-    let renderers = (0..campaign.limits.render_threads)
-        .map(|i| {
-            let (r, rx, tx, failed, c) = (
-                renderer.clone(),
-                batch_rx.clone(),
-                msg_tx.clone(),
-                sink.clone(),
-                counters.clone(),
-            );
-            std::thread::Builder::new()
-                .name(format!("blast-render-{i}"))
-                .spawn(move || render_loop(&r, rx, tx, failed, &c))
-                .map_err(SendError::Runtime)
-        })
-        .collect::<Result<_, _>>()?;
-    Ok(Stages {
-        messages,
-        reader,
-        renderers,
-    })
-}
-
-impl Stages {
-    /// Waits for the render threads and the reader (off the runtime's workers).
-    async fn join(self) -> Result<ReadEnd, SendError> {
-        let Stages {
-            reader, renderers, ..
-        } = self;
-        let read = tokio::task::spawn_blocking(move || {
-            for r in renderers {
-                let _ = r.join();
-            }
-            reader.join()
-        })
-        .await
-        .expect("join task")
-        .expect("reader thread")?;
-        tracing::debug!("reader and render threads joined");
-        Ok(read)
-    }
-}
-
 /// The network side of a run that sends: dispatcher, pre-validation, direct delivery and the
 /// connections.
 struct Network<'a> {
@@ -700,320 +590,7 @@ fn report(
     }
 }
 
-fn read_loop(
-    mut source: Source,
-    tx: async_channel::Sender<Vec<Recipient>>,
-    stop: Arc<Shutdown>,
-    limit: Option<u64>,
-    suppressions: Option<&crate::bounce::suppression::Suppressions>,
-    shard: Option<crate::send::shard::Shard>,
-) -> Result<ReadEnd, crate::send::source::SourceError> {
-    let mut batch = Vec::with_capacity(BATCH);
-    let (mut eof, mut suppressed) = (false, 0u64);
-    let mut other_shards = 0u64;
-    let is_suppressed = |address: &str| {
-        suppressions.is_some_and(|s| {
-            s.contains(address).unwrap_or_else(|e| {
-                // Fail closed: an unreadable list must not let a dead address through.
-                tracing::error!("{e}; skipping {address}");
-                true
-            })
-        })
-    };
-    while !stop.is_stopping() {
-        if limit.is_some_and(|l| source.stats().rows >= l) {
-            break;
-        }
-        match source.next_recipient()? {
-            // Another feeder's row (`--shard`): not rendered, not sent, not rejected.
-            Some(r) if shard.is_some_and(|s| !s.contains(&r.address)) => other_shards += 1,
-            // On the suppression list: never rendered, never sent.
-            Some(r) if is_suppressed(&r.address) => suppressed += 1,
-            Some(r) => {
-                batch.push(r);
-                if batch.len() == BATCH {
-                    let full = std::mem::replace(&mut batch, Vec::with_capacity(BATCH));
-                    if tx.send_blocking(full).is_err() {
-                        break;
-                    }
-                }
-            }
-            None => {
-                eof = true;
-                break;
-            }
-        }
-    }
-    if !batch.is_empty() && !stop.is_stopping() && tx.send_blocking(batch).is_err() {
-        eof = false;
-    }
-    let stats = source.finish()?;
-    Ok(ReadEnd {
-        // Final in an earlier session of the run: skipped by the source's fast path.
-        skipped: stats.done,
-        stats,
-        eof,
-        suppressed,
-        other_shards,
-    })
-}
-
-/// What the reader did.
-struct ReadEnd {
-    stats: SourceStats,
-    /// Rows skipped as final in an earlier session.
-    skipped: u64,
-    /// The whole list was read and handed on.
-    eof: bool,
-    /// Rows skipped because their address is suppressed.
-    suppressed: u64,
-    /// Rows skipped as belonging to another shard (`--shard`).
-    other_shards: u64,
-}
-
-/// Renders batches of recipients into batches of messages. A row that cannot be rendered is
-/// counted (`render_errors`) and, when `failed` is given (not a dry run), handed on as an
-/// [`Unrendered`] to the dispatcher, which records it as a final failure.
-fn render_loop(
-    renderer: &Renderer,
-    rx: async_channel::Receiver<Vec<Recipient>>,
-    tx: async_channel::Sender<Vec<Message>>,
-    sink: Option<Arc<OutcomeSink>>,
-    counters: &Counters,
-) {
-    let mut out = Vec::with_capacity(RENDER_BATCH);
-    while let Ok(batch) = rx.recv_blocking() {
-        let now = crate::clock::unix_now();
-        for recipient in batch {
-            match renderer.render(recipient, now) {
-                Ok(m) => {
-                    inc(&counters.rendered);
-                    out.push(m);
-                    if out.len() == RENDER_BATCH {
-                        let full = std::mem::replace(&mut out, Vec::with_capacity(RENDER_BATCH));
-                        if tx.send_blocking(full).is_err() {
-                            return;
-                        }
-                    }
-                }
-                Err(e) => {
-                    inc(&counters.render_errors);
-                    tracing::warn!("{e}");
-                    if let (Some(sink), crate::send::render::RenderError::Row { row, rcpt, .. }) =
-                        (&sink, &e)
-                    {
-                        // A final `failed` outcome, recorded here (this is not a tokio worker).
-                        sink.fail_unrendered(Unrendered {
-                            row: *row,
-                            message_id: renderer.message_id(*row, rcpt),
-                            rcpt: rcpt.clone(),
-                            reason: e.reason(),
-                        });
-                    }
-                }
-            }
-        }
-        // Nothing more waiting: hand over what we have rather than sit on it.
-        if !out.is_empty() && rx.is_empty() {
-            let part = std::mem::replace(&mut out, Vec::with_capacity(RENDER_BATCH));
-            if tx.send_blocking(part).is_err() {
-                return;
-            }
-        }
-    }
-    if !out.is_empty() {
-        let _ = tx.send_blocking(out);
-    }
-}
-
-/// Rows in the list, estimated from its line count (for the progress bar only).
-fn estimate_rows(path: &std::path::Path, limit: Option<u64>) -> u64 {
-    use std::io::Read;
-    let mut n = 0u64;
-    if let Ok(mut f) = std::fs::File::open(path) {
-        let mut buf = vec![0u8; 1 << 16];
-        while let Ok(k) = f.read(&mut buf) {
-            if k == 0 {
-                break;
-            }
-            n += buf[..k].iter().filter(|&&b| b == b'\n').count() as u64;
-        }
-    }
-    let rows = n.saturating_sub(1);
-    limit.map_or(rows, |l| l.min(rows))
-}
-
-/// A node's host name through the shared resolver (an IP literal as is).
-async fn resolve(
-    dns: Option<&crate::dns::Dns>,
-    node: &str,
-    host: &str,
-    port: u16,
-) -> Result<SocketAddr, SendError> {
-    let err = |source| SendError::Resolve {
-        node: node.to_string(),
-        host: host.to_string(),
-        port,
-        source,
-    };
-    if let Ok(ip) = host.parse::<std::net::IpAddr>() {
-        return Ok(SocketAddr::new(ip, port));
-    }
-    let dns = dns.ok_or_else(|| err(std::io::Error::other("no resolver")))?;
-    dns.socket_addr(host, port)
-        .await
-        .map_err(|e| err(std::io::Error::other(e.to_string())))
-}
-
 /// Pre-validation runs (`[dns] prevalidate` warn/enforce, or direct delivery).
-fn prevalidating(campaign: &Campaign) -> bool {
+pub(super) fn prevalidating(campaign: &Campaign) -> bool {
     campaign.direct.is_some() || campaign.dns.prevalidate != crate::dns::Prevalidate::Off
-}
-
-/// The run's one resolver, when anything needs it: a node given by host name, pre-validation
-/// or direct delivery (not for a dry run, which sends nothing).
-pub fn shared_resolver(
-    campaign: &Campaign,
-    dry_run: bool,
-) -> Result<Option<Arc<crate::dns::Dns>>, SendError> {
-    let named_node = campaign.nodes.iter().any(|n| {
-        matches!(&n.address, NodeAddress::Remote { host, .. } if host.parse::<std::net::IpAddr>().is_err())
-    });
-    if dry_run || !(named_node || prevalidating(campaign)) {
-        return Ok(None);
-    }
-    crate::dns::Dns::new(&campaign.dns)
-        .map(|d| Some(Arc::new(d)))
-        .map_err(SendError::Dns)
-}
-
-/// Client settings for MX hosts (direct delivery): no AUTH, TLS per `[direct] tls`.
-fn direct_settings(
-    campaign: &Campaign,
-    cfg: &crate::send::direct::DirectConfig,
-) -> Result<Arc<ClientSettings>, SendError> {
-    let s = &campaign.smtp;
-    let mode = match cfg.tls {
-        crate::send::direct::DirectTls::Opportunistic => TlsMode::Opportunistic,
-        crate::send::direct::DirectTls::Required => TlsMode::StartTls,
-        crate::send::direct::DirectTls::None => TlsMode::None,
-    };
-    let mut b = ClientSettings::builder(s.helo.clone())
-        .tls(mode, "localhost")
-        .connect_timeout(s.connect_timeout)
-        .command_timeout(s.command_timeout)
-        .data_timeout(s.data_timeout)
-        .pipelining(s.pipelining);
-    if let Some(ca) = &s.ca_file {
-        b = b.ca_file(ca.clone());
-    }
-    b.build().map_err(|source| SendError::Client {
-        node: "direct".into(),
-        source,
-    })
-}
-
-async fn start_embedded() -> Result<ReceiverHandle, SendError> {
-    Receiver::start(ReceiverOptions {
-        listen: SocketAddr::from(([127, 0, 0, 1], 0)),
-        pipelining: true,
-        ..ReceiverOptions::default()
-    })
-    .await
-    .map_err(SendError::Receiver)
-}
-
-/// SMTP client settings of one node; the password comes from the environment here and only here.
-pub fn client_settings(
-    campaign: &Campaign,
-    n: &crate::campaign::Node,
-) -> Result<Arc<ClientSettings>, SendError> {
-    let s = &campaign.smtp;
-    let mode = match n.tls {
-        TlsSetting::None => TlsMode::None,
-        TlsSetting::Starttls => TlsMode::StartTls,
-        TlsSetting::Tls => TlsMode::Tls,
-    };
-    let mut b = ClientSettings::builder(s.helo.clone())
-        .tls(mode, n.tls_server_name.clone())
-        .connect_timeout(s.connect_timeout)
-        .command_timeout(s.command_timeout)
-        .data_timeout(s.data_timeout)
-        .pipelining(s.pipelining);
-    if let Some(ca) = &s.ca_file {
-        b = b.ca_file(ca.clone());
-    }
-    if let Some(auth) = &n.auth {
-        let password =
-            std::env::var(&auth.password_env).map_err(|_| SendError::MissingPassword {
-                node: n.name.clone(),
-                var: auth.password_env.clone(),
-            })?;
-        b = b.auth(Credentials::new(auth.user.clone(), password));
-    }
-    b.build().map_err(|source| SendError::Client {
-        node: n.name.clone(),
-        source,
-    })
-}
-
-/// `--to ADDRESS`: renders the first accepted row and sends it to one test address through the
-/// first primary node (the embedded receiver included), reporting the reply.
-pub fn send_one(
-    campaign: &Campaign,
-    mut source: Source,
-    renderer: Renderer,
-    to: &str,
-) -> Result<String, SendError> {
-    let recipient = source
-        .next_recipient()?
-        .ok_or_else(|| SendError::To("the list has no valid row".into()))?;
-    let mut msg = renderer
-        .render(recipient, crate::clock::unix_now())
-        .map_err(|e| SendError::To(e.to_string()))?;
-    msg.rcpt = to.to_string();
-    let node = campaign
-        .nodes
-        .iter()
-        .find(|n| !n.fallback)
-        .ok_or_else(|| SendError::To("no primary node".into()))?;
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(SendError::Runtime)?;
-    runtime.block_on(async {
-        let mut receiver = None;
-        let addr = match &node.address {
-            NodeAddress::Embedded => {
-                let r = start_embedded().await?;
-                let a = r.addr();
-                receiver = Some(r);
-                a
-            }
-            NodeAddress::Remote { host, port } => {
-                let dns = shared_resolver(campaign, false)?;
-                resolve(dns.as_deref(), &node.name, host, *port).await?
-            }
-        };
-        let settings = client_settings(campaign, node)?;
-        let client_err = |source| SendError::Client {
-            node: node.name.clone(),
-            source,
-        };
-        let mut conn = Connection::connect(addr, settings)
-            .await
-            .map_err(client_err)?;
-        let d = conn
-            .send(&msg.mail_from, &msg.rcpt, &msg.bytes)
-            .await
-            .map_err(client_err)?;
-        conn.quit().await;
-        if let Some(r) = receiver {
-            r.shutdown().await;
-        }
-        Ok(format!(
-            "row {} sent to {} via {}: {} {}",
-            msg.row, msg.rcpt, node.name, d.reply.code, d.reply.text
-        ))
-    })
 }
