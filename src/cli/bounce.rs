@@ -122,7 +122,28 @@ pub fn cmd_suppress(
 }
 
 /// `blast sink …`: runs until SIGTERM/SIGINT, then stops cleanly.
-pub fn cmd_sink(mut opts: SinkOptions, secret_env: &str) -> anyhow::Result<std::process::ExitCode> {
+pub fn cmd_sink(a: super::SinkArgs) -> anyhow::Result<std::process::ExitCode> {
+    let journal = match (a.journal, a.campaign) {
+        (Some(j), _) => Some(j),
+        (None, Some(c)) => Some(
+            crate::campaign::Campaign::load(&c)
+                .map_err(|e| BadInput(e.to_string()))?
+                .output
+                .journal,
+        ),
+        (None, None) => None,
+    };
+    let mut opts = SinkOptions::new(a.listen, a.domains, a.db);
+    opts.discard = a.discard;
+    opts.quarantine = a.quarantine;
+    opts.max_connections = a.max_connections;
+    opts.max_size = a.max_size;
+    opts.soft_bounce_limit = a.soft_bounce_limit;
+    opts.bounce_log = a.bounce_log;
+    opts.journal = journal;
+    opts.command_timeout = a.command_timeout;
+    opts.data_timeout = a.data_timeout;
+    let secret_env = &a.secret_env;
     match std::env::var(secret_env) {
         Ok(s) => {
             opts.key = Some(

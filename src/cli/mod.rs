@@ -101,48 +101,7 @@ pub enum Command {
         out: Option<PathBuf>,
     },
     /// Send a campaign: stream the list, render, and pump it into the node pool.
-    Send {
-        campaign: PathBuf,
-        /// Render everything, send nothing.
-        #[arg(long)]
-        dry_run: bool,
-        /// Read only the first N rows.
-        #[arg(long)]
-        limit: Option<u64>,
-        /// Send the first valid row to this address only (a test send), then stop.
-        #[arg(long, value_name = "ADDRESS")]
-        to: Option<String>,
-        /// Print only the summary.
-        #[arg(long, short)]
-        quiet: bool,
-        /// After SIGINT/SIGTERM, how long running transactions may take to finish.
-        #[arg(long, default_value = "30s", value_parser = parse_duration)]
-        grace: std::time::Duration,
-        /// Start a new run even if the list's latest run is unfinished or finished.
-        #[arg(long)]
-        new_run: bool,
-        /// Resume an unfinished run even though its templates changed since it started; start a
-        /// run of a list that a journal of another sharding (a different `--shard` N, or sharded
-        /// vs not) already holds a run of, which sends its done rows again.
-        #[arg(long)]
-        force: bool,
-        /// Refuse (exit 75) to start or resume a run after this UTC time of day ("HH:MM");
-        /// overrides `[schedule] not_after`.
-        #[arg(long, value_name = "HH:MM", value_parser = parse_time_of_day)]
-        not_after: Option<TimeOfDay>,
-        /// Send only the rows whose address hash falls in shard K of N (1 ≤ K ≤ N ≤ 1024), with
-        /// a journal, lock, delivery log and rejects file of its own: N boxes split one list.
-        #[arg(long, value_name = "K/N")]
-        shard: Option<crate::send::shard::Shard>,
-        /// Also write the end-of-run summary as one JSON object to FILE (the same numbers as
-        /// the printed summary; see the README for the fields).
-        #[arg(long, value_name = "FILE")]
-        summary_json: Option<PathBuf>,
-        /// Benchmarking only (scripts/bench-journal): send without a journal — no resume, no
-        /// idempotence, no duplicate accounting. The campaign lock is still taken.
-        #[arg(long, hide = true)]
-        no_journal: bool,
-    },
+    Send(SendArgs),
     /// Show the journal of a campaign's current or last run: progress, counts per status, node
     /// and domain, top failure reasons. Read-only; works while a send runs.
     Status {
@@ -178,50 +137,7 @@ pub enum Command {
     },
     /// Run the bounce sink: an SMTP server for the bounce domain(s) that classifies bounces
     /// and complaints and records them in the suppression list. Runs until SIGTERM/SIGINT.
-    Sink {
-        /// Address to listen on, e.g. 0.0.0.0:25.
-        #[arg(long)]
-        listen: std::net::SocketAddr,
-        /// Bounce domain accepted in RCPT (repeatable). Anything else gets 550 5.7.1.
-        #[arg(long = "domain", required = true)]
-        domains: Vec<String>,
-        /// The suppression list file.
-        #[arg(long, default_value = "suppression.sqlite")]
-        db: PathBuf,
-        /// Accept and drop everything (pure sinkhole).
-        #[arg(long)]
-        discard: bool,
-        /// Keep messages that cannot be acted upon here.
-        #[arg(long)]
-        quarantine: Option<PathBuf>,
-        #[arg(long, default_value_t = 64)]
-        max_connections: usize,
-        /// Largest message accepted (advertised as SIZE).
-        #[arg(long, default_value_t = 10 * 1024 * 1024)]
-        max_size: usize,
-        /// Environment variable with the VERP HMAC secret.
-        #[arg(long, default_value = "BLAST_SECRET")]
-        secret_env: String,
-        /// Soft bounces of an address before it is suppressed (0: never).
-        #[arg(long, default_value_t = 3)]
-        soft_bounce_limit: u32,
-        /// Append one JSON line per bounce, delay warning and complaint (with a valid VERP
-        /// token) to this file: `{"outcome":"bounced"|"soft_bounced"|"delayed"|"complained",
-        /// "campaign", "row", "address", "reason", "status", "hard", "suppressed", …}`.
-        #[arg(long, value_name = "PATH")]
-        bounce_log: Option<PathBuf>,
-        /// The campaign journal: the bounced address is the one the VERP token's row was sent
-        /// to (its outcome there), else the address the report names.
-        #[arg(long, value_name = "PATH")]
-        journal: Option<PathBuf>,
-        /// Take the journal path from this campaign file (`[output] journal`).
-        #[arg(long, value_name = "FILE", conflicts_with = "journal")]
-        campaign: Option<PathBuf>,
-        #[arg(long, default_value = "5m", value_parser = parse_duration)]
-        command_timeout: std::time::Duration,
-        #[arg(long, default_value = "10m", value_parser = parse_duration)]
-        data_timeout: std::time::Duration,
-    },
+    Sink(SinkArgs),
     /// Write a realistic synthetic recipient list (CSV) for tests and benchmarks.
     #[command(hide = true)]
     GenRecipients {
@@ -237,6 +153,98 @@ pub enum Command {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+}
+
+/// `blast send` options.
+#[derive(Debug, clap::Args)]
+pub struct SendArgs {
+    pub campaign: PathBuf,
+    /// Render everything, send nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Read only the first N rows.
+    #[arg(long)]
+    pub limit: Option<u64>,
+    /// Send the first valid row to this address only (a test send), then stop.
+    #[arg(long, value_name = "ADDRESS")]
+    pub to: Option<String>,
+    /// Print only the summary.
+    #[arg(long, short)]
+    pub quiet: bool,
+    /// After SIGINT/SIGTERM, how long running transactions may take to finish.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    pub grace: std::time::Duration,
+    /// Start a new run even if the list's latest run is unfinished or finished.
+    #[arg(long)]
+    pub new_run: bool,
+    /// Resume an unfinished run even though its templates changed since it started; start a
+    /// run of a list that a journal of another sharding (a different `--shard` N, or sharded
+    /// vs not) already holds a run of, which sends its done rows again.
+    #[arg(long)]
+    pub force: bool,
+    /// Refuse (exit 75) to start or resume a run after this UTC time of day ("HH:MM");
+    /// overrides `[schedule] not_after`.
+    #[arg(long, value_name = "HH:MM", value_parser = parse_time_of_day)]
+    pub not_after: Option<TimeOfDay>,
+    /// Send only the rows whose address hash falls in shard K of N (1 ≤ K ≤ N ≤ 1024), with
+    /// a journal, lock, delivery log and rejects file of its own: N boxes split one list.
+    #[arg(long, value_name = "K/N")]
+    pub shard: Option<crate::send::shard::Shard>,
+    /// Also write the end-of-run summary as one JSON object to FILE (the same numbers as
+    /// the printed summary; see the README for the fields).
+    #[arg(long, value_name = "FILE")]
+    pub summary_json: Option<PathBuf>,
+    /// Benchmarking only (scripts/bench-journal): send without a journal — no resume, no
+    /// idempotence, no duplicate accounting. The campaign lock is still taken.
+    #[arg(long, hide = true)]
+    pub no_journal: bool,
+}
+
+/// `blast sink` options.
+#[derive(Debug, clap::Args)]
+pub struct SinkArgs {
+    /// Address to listen on, e.g. 0.0.0.0:25.
+    #[arg(long)]
+    pub listen: std::net::SocketAddr,
+    /// Bounce domain accepted in RCPT (repeatable). Anything else gets 550 5.7.1.
+    #[arg(long = "domain", required = true)]
+    pub domains: Vec<String>,
+    /// The suppression list file.
+    #[arg(long, default_value = "suppression.sqlite")]
+    pub db: PathBuf,
+    /// Accept and drop everything (pure sinkhole).
+    #[arg(long)]
+    pub discard: bool,
+    /// Keep messages that cannot be acted upon here.
+    #[arg(long)]
+    pub quarantine: Option<PathBuf>,
+    #[arg(long, default_value_t = 64)]
+    pub max_connections: usize,
+    /// Largest message accepted (advertised as SIZE).
+    #[arg(long, default_value_t = 10 * 1024 * 1024)]
+    pub max_size: usize,
+    /// Environment variable with the VERP HMAC secret.
+    #[arg(long, default_value = "BLAST_SECRET")]
+    pub secret_env: String,
+    /// Soft bounces of an address before it is suppressed (0: never).
+    #[arg(long, default_value_t = 3)]
+    pub soft_bounce_limit: u32,
+    /// Append one JSON line per bounce, delay warning and complaint (with a valid VERP
+    /// token) to this file: `{"outcome":"bounced"|"soft_bounced"|"delayed"|"complained",
+    /// "campaign", "row", "address", "reason", "status", "hard", "suppressed", …}`.
+    #[arg(long, value_name = "PATH")]
+    pub bounce_log: Option<PathBuf>,
+    /// The campaign journal: the bounced address is the one the VERP token's row was sent
+    /// to (its outcome there), else the address the report names.
+    #[arg(long, value_name = "PATH")]
+    pub journal: Option<PathBuf>,
+    /// Take the journal path from this campaign file (`[output] journal`).
+    #[arg(long, value_name = "FILE", conflicts_with = "journal")]
+    pub campaign: Option<PathBuf>,
+    #[arg(long, default_value = "5m", value_parser = parse_duration)]
+    pub command_timeout: std::time::Duration,
+    #[arg(long, default_value = "10m", value_parser = parse_duration)]
+    pub data_timeout: std::time::Duration,
 }
 
 /// `blast keys ...`.
@@ -306,7 +314,7 @@ pub enum SuppressCommand {
 /// log writer is flushed before this returns (see [`init_tracing`]).
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let _logs = match &args.command {
-        Command::Sink { .. } | Command::Send { .. } => Some(init_tracing()),
+        Command::Sink(_) | Command::Send(_) => Some(init_tracing()),
         _ => None,
     };
     let result = dispatch(args);
@@ -327,44 +335,7 @@ fn dispatch(args: Args) -> anyhow::Result<ExitCode> {
             campaign,
             command,
         } => bounce::cmd_suppress(db, campaign, command),
-        Command::Sink {
-            listen,
-            domains,
-            db,
-            discard,
-            quarantine,
-            max_connections,
-            max_size,
-            secret_env,
-            soft_bounce_limit,
-            bounce_log,
-            journal,
-            campaign,
-            command_timeout,
-            data_timeout,
-        } => {
-            let journal = match (journal, campaign) {
-                (Some(j), _) => Some(j),
-                (None, Some(c)) => Some(
-                    crate::campaign::Campaign::load(&c)
-                        .map_err(|e| BadInput(e.to_string()))?
-                        .output
-                        .journal,
-                ),
-                (None, None) => None,
-            };
-            let mut o = crate::bounce::sink::SinkOptions::new(listen, domains, db);
-            o.discard = discard;
-            o.quarantine = quarantine;
-            o.max_connections = max_connections;
-            o.max_size = max_size;
-            o.soft_bounce_limit = soft_bounce_limit;
-            o.bounce_log = bounce_log;
-            o.journal = journal;
-            o.command_timeout = command_timeout;
-            o.data_timeout = data_timeout;
-            bounce::cmd_sink(o, &secret_env)
-        }
+        Command::Sink(a) => bounce::cmd_sink(a),
         Command::Keys {
             command:
                 KeysCommand::Generate {
@@ -391,37 +362,7 @@ fn dispatch(args: Args) -> anyhow::Result<ExitCode> {
             dns,
         } => check::check(&campaign, rows, dns),
         Command::Preview { campaign, row, out } => check::preview(&campaign, row, out.as_deref()),
-        Command::Send {
-            campaign,
-            dry_run,
-            limit,
-            to,
-            quiet,
-            grace,
-            new_run,
-            force,
-            not_after,
-            shard,
-            summary_json,
-            no_journal,
-        } => send::send(
-            &campaign,
-            to.as_deref(),
-            summary_json.as_deref(),
-            &crate::send::SendOptions {
-                dry_run,
-                limit,
-                mode: crate::send::progress::Mode::detect(quiet),
-                grace,
-                shard,
-            },
-            &crate::send::plan::RunFlags {
-                new_run,
-                force,
-                not_after,
-                no_journal,
-            },
-        ),
+        Command::Send(a) => send::send(a),
         Command::Status {
             campaign,
             json,

@@ -46,13 +46,25 @@ fn write_summary_json(
         .with_context(|| format!("cannot write {}", path.display()))
 }
 
-pub fn send(
-    path: &Path,
-    to: Option<&str>,
-    summary_json: Option<&Path>,
-    opts: &SendOptions,
-    flags: &RunFlags,
-) -> anyhow::Result<ExitCode> {
+pub fn send(a: super::SendArgs) -> anyhow::Result<ExitCode> {
+    let opts = &SendOptions {
+        dry_run: a.dry_run,
+        limit: a.limit,
+        mode: crate::send::progress::Mode::detect(a.quiet),
+        grace: a.grace,
+        shard: a.shard,
+    };
+    let flags = &RunFlags {
+        new_run: a.new_run,
+        force: a.force,
+        not_after: a.not_after,
+        no_journal: a.no_journal,
+    };
+    let (path, to, summary_json) = (
+        a.campaign.as_path(),
+        a.to.as_deref(),
+        a.summary_json.as_deref(),
+    );
     let journaled = to.is_none() && !opts.dry_run && !flags.no_journal;
     let mut loaded = Campaign::load(path).map_err(|e| BadInput(e.to_string()))?;
     // The journal path without `--shard`: every sharding's journal is named after it.
