@@ -15,7 +15,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use blast::journal::Journal;
-use blast::receiver::{Receiver, ReceiverHandle, ReceiverOptions};
+use blast::smtp::receiver::{Receiver, ReceiverHandle, ReceiverOptions};
 use tokio::runtime::Runtime;
 
 const SECRET_VAR: &str = "BLAST_JOURNAL_TEST_SECRET";

@@ -19,10 +19,10 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use blast::cli;
-use blast::receiver::{Receiver, ReceiverHandle, ReceiverOptions};
 use blast::send::dispatch::End;
 use blast::send::progress::Mode;
 use blast::send::{self, Report, SendError, SendOptions};
+use blast::smtp::receiver::{Receiver, ReceiverHandle, ReceiverOptions};
 use serde_json::Value;
 use tokio::runtime::Runtime;
 

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use blast::receiver::{Receiver, ReceiverHandle, ReceiverOptions};
+use blast::smtp::receiver::{Receiver, ReceiverHandle, ReceiverOptions};
 use blast::smtp::{ClientSettings, Connection, Credentials, SmtpError, Stage, TlsMode};
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::TcpListener;

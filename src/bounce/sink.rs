@@ -33,7 +33,7 @@ use serde_json::json;
 
 use crate::bounce::dsn::{Kind, classify};
 use crate::bounce::suppression::{BounceEvent, Entry, Source, Suppressions};
-use crate::receiver::{Receiver, ReceiverHandle, ReceiverOptions, ReceiverPolicy};
+use crate::smtp::receiver::{Receiver, ReceiverHandle, ReceiverOptions, ReceiverPolicy};
 use crate::verp::{VerpError, VerpKey};
 
 /// Messages waiting for the worker, at most.

@@ -30,13 +30,13 @@ use std::time::{Duration, Instant};
 use crate::campaign::{Campaign, NodeAddress, TlsSetting};
 use crate::journal::{JournalWriter, RowSet, WriterStats};
 use crate::outcome::Unrendered;
-use crate::receiver::{Receiver, ReceiverHandle, ReceiverOptions};
 use crate::send::dispatch::{Dispatcher, End};
 use crate::send::log::DeliveryLog;
 use crate::send::node::Node;
 use crate::send::progress::{Counters, Mode, Progress, get, inc};
 use crate::send::render::{Message, Renderer};
 use crate::send::source::{Recipient, Source, SourceStats};
+use crate::smtp::receiver::{Receiver, ReceiverHandle, ReceiverOptions};
 use crate::smtp::{ClientSettings, Connection, Credentials, TlsMode};
 
 /// Recipients per hand-over from the reader to the render threads.

@@ -18,6 +18,7 @@
 
 mod auth;
 mod client;
+pub mod receiver;
 mod reply;
 mod settings;
 mod stream;
