@@ -36,7 +36,7 @@ use crate::send::node::Node;
 use crate::send::progress::{Counters, Mode, Progress, get, inc};
 use crate::send::render::{Message, Renderer};
 use crate::send::source::{Recipient, Source, SourceStats};
-use crate::smtp::receiver::{Receiver, ReceiverHandle, ReceiverOptions};
+use crate::smtp::receiver::{Receiver, ReceiverHandle, ReceiverOptions, Script};
 use crate::smtp::{ClientSettings, Connection, Credentials, TlsMode};
 
 /// Recipients per hand-over from the reader to the render threads.
@@ -917,6 +917,8 @@ async fn start_embedded() -> Result<ReceiverHandle, SendError> {
     Receiver::start(ReceiverOptions {
         listen: SocketAddr::from(([127, 0, 0, 1], 0)),
         pipelining: true,
+        // The demo's node answers scripted recipients (`tempfail+`, …) as it always has.
+        script: Some(Script::default()),
         ..ReceiverOptions::default()
     })
     .await
