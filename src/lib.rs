@@ -16,7 +16,6 @@ pub mod dns;
 pub mod generate;
 pub mod journal;
 pub mod outcome;
-pub mod receiver;
 pub mod report;
 pub mod send;
 pub mod shutdown;

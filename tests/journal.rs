@@ -15,7 +15,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use blast::journal::Journal;
-use blast::receiver::{Receiver, ReceiverHandle, ReceiverOptions};
+use blast::smtp::receiver::{Receiver, ReceiverHandle, ReceiverOptions, Script};
 use tokio::runtime::Runtime;
 
 const SECRET_VAR: &str = "BLAST_JOURNAL_TEST_SECRET";
@@ -75,7 +75,10 @@ fn setup_with(label: &str, o: &Opts, slow_delay: Duration) -> Setup {
 fn start_receiver(rt: &Runtime, slow_delay: Duration) -> ReceiverHandle {
     rt.block_on(Receiver::start(ReceiverOptions {
         keep_messages: 1_000_000,
-        slow_delay,
+        script: Some(Script {
+            slow_delay,
+            ..Script::default()
+        }),
         ..ReceiverOptions::default()
     }))
     .expect("receiver")

@@ -19,10 +19,10 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use blast::cli;
-use blast::receiver::{Receiver, ReceiverHandle, ReceiverOptions};
 use blast::send::dispatch::End;
 use blast::send::progress::Mode;
 use blast::send::{self, Report, SendError, SendOptions};
+use blast::smtp::receiver::{Receiver, ReceiverHandle, ReceiverOptions, Script};
 use serde_json::Value;
 use tokio::runtime::Runtime;
 
@@ -62,8 +62,9 @@ fn receiver(rt: &Runtime, opts: ReceiverOptions) -> ReceiverHandle {
     rt.block_on(Receiver::start(opts)).expect("start receiver")
 }
 
+/// A receiver with scripted recipients (`tempfail+`, …) and nothing else.
 fn plain(rt: &Runtime) -> ReceiverHandle {
-    receiver(rt, ReceiverOptions::default())
+    receiver(rt, ReceiverOptions::scripted())
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -501,7 +502,7 @@ fn pipelining_on_and_off_deliver_the_same() {
             ReceiverOptions {
                 pipelining,
                 keep_messages: 1000,
-                ..Default::default()
+                ..ReceiverOptions::scripted()
             },
         );
         let mut rows = addrs("user", 300);
@@ -568,7 +569,10 @@ fn deferring_primary_hands_over_to_fallback() {
     let primary = receiver(
         &rt,
         ReceiverOptions {
-            reply_all: Some((451, "4.3.0 spool full".into())),
+            script: Some(Script {
+                reply_all: Some((451, "4.3.0 spool full".into())),
+                ..Script::default()
+            }),
             ..Default::default()
         },
     );
@@ -613,7 +617,10 @@ fn fallback_takes_everything_when_the_primary_trips() {
     let primary = receiver(
         &rt,
         ReceiverOptions {
-            reply_all: Some((451, "4.3.0 spool full".into())),
+            script: Some(Script {
+                reply_all: Some((451, "4.3.0 spool full".into())),
+                ..Script::default()
+            }),
             ..Default::default()
         },
     );
@@ -705,7 +712,10 @@ fn tarpit_node_costs_only_connect_timeouts() {
     let tarpit = receiver(
         &rt,
         ReceiverOptions {
-            tarpit: true,
+            script: Some(Script {
+                tarpit: true,
+                ..Script::default()
+            }),
             ..Default::default()
         },
     );
@@ -1020,7 +1030,10 @@ fn sigterm_stops_cleanly_with_a_full_log() {
     let rx = receiver(
         &rt,
         ReceiverOptions {
-            slow_delay: Duration::from_millis(300),
+            script: Some(Script {
+                slow_delay: Duration::from_millis(300),
+                ..Script::default()
+            }),
             ..Default::default()
         },
     );
@@ -1081,7 +1094,10 @@ fn sigterm_grace_period_is_enforced() {
     let rx = receiver(
         &rt,
         ReceiverOptions {
-            slow_delay: Duration::from_secs(30),
+            script: Some(Script {
+                slow_delay: Duration::from_secs(30),
+                ..Script::default()
+            }),
             ..Default::default()
         },
     );
@@ -1146,7 +1162,7 @@ fn node_back_after_a_short_outage_is_probed_again_soon() {
         &rt_a2,
         ReceiverOptions {
             listen: ([127, 0, 0, 1], port).into(),
-            ..Default::default()
+            ..ReceiverOptions::scripted()
         },
     );
     let report = running.wait(RUN_LIMIT);
@@ -1187,7 +1203,10 @@ fn tiny_queue_and_one_slow_connection_do_not_deadlock() {
     let rx = receiver(
         &rt,
         ReceiverOptions {
-            slow_delay: Duration::from_millis(20),
+            script: Some(Script {
+                slow_delay: Duration::from_millis(20),
+                ..Script::default()
+            }),
             pipelining: false,
             ..Default::default()
         },

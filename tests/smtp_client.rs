@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use blast::receiver::{Receiver, ReceiverHandle, ReceiverOptions};
+use blast::smtp::receiver::{Receiver, ReceiverHandle, ReceiverOptions, Script};
 use blast::smtp::{ClientSettings, Connection, Credentials, SmtpError, Stage, TlsMode};
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::TcpListener;
@@ -40,10 +40,11 @@ async fn receiver(opts: ReceiverOptions) -> ReceiverHandle {
     Receiver::start(opts).await.unwrap()
 }
 
+/// Keeps `n` messages; recipients are scripted (`tempfail+`, …).
 fn keep(n: usize) -> ReceiverOptions {
     ReceiverOptions {
         keep_messages: n,
-        ..Default::default()
+        ..ReceiverOptions::scripted()
     }
 }
 
@@ -204,7 +205,10 @@ async fn refusals_report_stage_and_connection_stays_reusable() {
 async fn reply_all_421_retires_connection_but_451_does_not() {
     bounded(async {
         let rx = receiver(ReceiverOptions {
-            reply_all: Some((421, "4.3.2 shutting down".into())),
+            script: Some(Script {
+                reply_all: Some((421, "4.3.2 shutting down".into())),
+                ..Script::default()
+            }),
             ..Default::default()
         })
         .await;
@@ -220,7 +224,10 @@ async fn reply_all_421_retires_connection_but_451_does_not() {
         rx.shutdown().await;
 
         let rx = receiver(ReceiverOptions {
-            reply_all: Some((451, "4.3.0 spool full".into())),
+            script: Some(Script {
+                reply_all: Some((451, "4.3.0 spool full".into())),
+                ..Script::default()
+            }),
             ..Default::default()
         })
         .await;
@@ -244,7 +251,10 @@ async fn reply_all_421_retires_connection_but_451_does_not() {
 async fn tarpit_hits_connect_timeout() {
     bounded(async {
         let rx = receiver(ReceiverOptions {
-            tarpit: true,
+            script: Some(Script {
+                tarpit: true,
+                ..Script::default()
+            }),
             ..Default::default()
         })
         .await;
@@ -268,7 +278,7 @@ async fn drop_during_body() {
     bounded(async {
         let rx = receiver(ReceiverOptions {
             max_message_size: 64 << 20,
-            ..Default::default()
+            ..ReceiverOptions::scripted()
         })
         .await;
 

@@ -31,9 +31,9 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use crate::bounce::dsn::{Kind, classify};
+use crate::bounce::dsn::{BouncedRecipient, Classification, Kind, classify};
 use crate::bounce::suppression::{BounceEvent, Entry, Source, Suppressions};
-use crate::receiver::{Receiver, ReceiverHandle, ReceiverOptions, ReceiverPolicy};
+use crate::smtp::receiver::{Receiver, ReceiverHandle, ReceiverOptions, ReceiverPolicy};
 use crate::verp::{VerpError, VerpKey};
 
 /// Messages waiting for the worker, at most.
@@ -281,129 +281,232 @@ fn handle(
     stats: &mut SinkStats,
 ) {
     let reported = classify(&job.data);
-    for rcpt in &job.rcpts {
-        let token = check_token(opts.key.as_ref(), rcpt);
+    for address in &job.rcpts {
+        let rcpt = Rcpt::read(address, opts.key.as_ref(), rows);
+        let c = match &rcpt.sent_to {
+            Some(addr) => crate::bounce::dsn::with_verp_address(reported.clone(), addr),
+            None => reported.clone(),
+        };
+        if rcpt.token == Token::Forged {
+            stats.forged += 1;
+        }
+        if needs_quarantine(&c, &rcpt.token) {
+            quarantine_job(job, &rcpt, &c, opts, stats);
+        }
+        for r in &c.recipients {
+            let outcome = outcome(&c, r);
+            let action = match list {
+                Some(list) if rcpt.token_str == "valid" => {
+                    act(list, &rcpt, &c, r, outcome, opts, stats)
+                }
+                _ if rcpt.token == Token::Forged => "ignored_forged_token",
+                _ => "logged",
+            };
+            log_recipient(&rcpt, &c, r, action);
+        }
+    }
+}
+
+/// One RCPT of a received message: what its VERP token says.
+struct Rcpt<'a> {
+    address: &'a str,
+    token: Token,
+    /// `token` in the log: `valid`, `forged` or `missing`.
+    token_str: &'static str,
+    campaign: Option<String>,
+    row: Option<u64>,
+    /// The address the token's row was sent to, if the journal knows it.
+    sent_to: Option<String>,
+}
+
+impl<'a> Rcpt<'a> {
+    /// Checks the token of RCPT `address` and looks its row up in the journal.
+    fn read(address: &'a str, key: Option<&VerpKey>, rows: &mut RowAddresses) -> Rcpt<'a> {
+        let token = check_token(key, address);
         let (token_str, campaign, row) = match &token {
             Token::Valid { campaign, row } => ("valid", Some(campaign.clone()), Some(*row)),
             Token::Forged => ("forged", None, None),
             Token::Missing => ("missing", None, None),
         };
-        // The address the token's row was sent to, if the journal knows it.
         let sent_to = match (&campaign, row) {
             (Some(campaign), Some(row)) => rows.lookup(campaign, row),
             _ => None,
         };
-        let c = match &sent_to {
-            Some(addr) => crate::bounce::dsn::with_verp_address(reported.clone(), addr),
-            None => reported.clone(),
-        };
-        if token == Token::Forged {
-            stats.forged += 1;
-        }
-        let keep = matches!(c.kind, Kind::Unparseable | Kind::NotBounce)
-            || (c.kind == Kind::Bounce && c.recipients.is_empty())
-            || (token == Token::Missing && matches!(c.kind, Kind::Bounce | Kind::Complaint));
-        if keep {
-            let file = quarantine(opts, &job.data);
-            if file.is_some() {
-                stats.quarantined += 1;
-            }
-            log(json!({
-                "rcpt": rcpt, "token": token_str, "kind": c.kind.as_str(),
-                "action": "quarantined", "file": file, "size": job.data.len(),
-            }));
-        }
-        for r in &c.recipients {
-            let mut action = "logged";
-            // What the report means for the address (the bounce log's `outcome`).
-            let outcome = match c.kind {
-                Kind::Complaint => Some("complained"),
-                Kind::Bounce if r.action == "delayed" => Some("delayed"),
-                // Hard: suppressed now. A delay warning never suppresses, whatever its reason.
-                Kind::Bounce if c.suppresses(r) => Some("bounced"),
-                Kind::Bounce => Some("soft_bounced"),
-                _ => None,
-            };
-            if token_str == "valid"
-                && let Some(list) = list
-            {
-                if c.suppresses(r) && outcome != Some("delayed") {
-                    let mut e = Entry::new(
-                        &r.address,
-                        if c.kind == Kind::Complaint {
-                            Source::Complaint
-                        } else {
-                            Source::Bounce
-                        },
-                        r.reason.as_str(),
-                    );
-                    e.status = r.status.clone();
-                    e.diagnostic = Some(r.diagnostic.clone()).filter(|d| !d.is_empty());
-                    e.campaign = campaign.clone();
-                    e.row = row;
-                    match list.add(&e) {
-                        Ok(_) => {
-                            stats.suppressed += 1;
-                            action = "suppressed";
-                        }
-                        Err(err) => {
-                            tracing::error!("{err}");
-                            action = "error";
-                        }
-                    }
-                } else if outcome == Some("delayed") {
-                    // A delay warning: the MTA is still trying. Not a bounce; not counted.
-                    stats.delayed += 1;
-                    action = "delay_warning";
-                } else if outcome == Some("soft_bounced") {
-                    stats.soft += 1;
-                    action = match list.record_soft(
-                        &r.address,
-                        r.reason.as_str(),
-                        opts.soft_bounce_limit,
-                    ) {
-                        Ok(true) => {
-                            stats.suppressed += 1;
-                            "suppressed_soft_limit"
-                        }
-                        Ok(false) => "soft_counted",
-                        Err(err) => {
-                            tracing::error!("{err}");
-                            "error"
-                        }
-                    };
-                }
-                if let (Some(outcome), Some(campaign)) = (outcome, &campaign) {
-                    let suppressed = matches!(action, "suppressed" | "suppressed_soft_limit");
-                    let event = BounceEvent {
-                        campaign: campaign.clone(),
-                        row,
-                        address: r.address.clone(),
-                        outcome: outcome.to_string(),
-                        reason: r.reason.as_str().to_string(),
-                        status: r.status.clone(),
-                        hard: r.hard,
-                        suppressed,
-                    };
-                    if let Err(err) = list.record_event(&event) {
-                        tracing::error!("{err}");
-                    }
-                    if let Some(path) = &opts.bounce_log {
-                        append_bounce_log(path, &event, &r.diagnostic);
-                    }
-                }
-            } else if token == Token::Forged {
-                action = "ignored_forged_token";
-            }
-            log(json!({
-                "rcpt": rcpt, "token": token_str, "campaign": campaign, "row": row,
-                "kind": c.kind.as_str(), "recipient": r.address, "action_reported": r.action,
-                "status": r.status, "reason": r.reason.as_str(), "hard": r.hard,
-                "diagnostic": r.diagnostic, "action": action,
-                "address_source": if sent_to.as_deref().is_some_and(|a| a.trim().eq_ignore_ascii_case(&r.address)) { "journal" } else { "report" },
-            }));
+        Rcpt {
+            address,
+            token,
+            token_str,
+            campaign,
+            row,
+            sent_to,
         }
     }
+}
+
+/// Whether nothing can be done with the message for this RCPT, so it is kept in the quarantine:
+/// unparseable, not a bounce, a bounce naming no recipient, or a bounce or complaint without a
+/// token.
+fn needs_quarantine(c: &Classification, token: &Token) -> bool {
+    matches!(c.kind, Kind::Unparseable | Kind::NotBounce)
+        || (c.kind == Kind::Bounce && c.recipients.is_empty())
+        || (*token == Token::Missing && matches!(c.kind, Kind::Bounce | Kind::Complaint))
+}
+
+/// Writes the message to the quarantine directory (if any) and logs it.
+fn quarantine_job(
+    job: &Job,
+    rcpt: &Rcpt,
+    c: &Classification,
+    opts: &SinkOptions,
+    stats: &mut SinkStats,
+) {
+    let file = quarantine(opts, &job.data);
+    if file.is_some() {
+        stats.quarantined += 1;
+    }
+    log(json!({
+        "rcpt": rcpt.address, "token": rcpt.token_str, "kind": c.kind.as_str(),
+        "action": "quarantined", "file": file, "size": job.data.len(),
+    }));
+}
+
+/// What the report means for the address (the bounce log's `outcome`).
+fn outcome(c: &Classification, r: &BouncedRecipient) -> Option<&'static str> {
+    match c.kind {
+        Kind::Complaint => Some("complained"),
+        Kind::Bounce if r.action == "delayed" => Some("delayed"),
+        // Hard: suppressed now. A delay warning never suppresses, whatever its reason.
+        Kind::Bounce if c.suppresses(r) => Some("bounced"),
+        Kind::Bounce => Some("soft_bounced"),
+        _ => None,
+    }
+}
+
+/// Acts on a report for reported recipient `r` of a valid token: suppresses the address (hard
+/// bounce, complaint), counts a delay warning or a soft bounce, and records the event for the
+/// token's campaign. Returns the action logged.
+fn act(
+    list: &Suppressions,
+    rcpt: &Rcpt,
+    c: &Classification,
+    r: &BouncedRecipient,
+    outcome: Option<&'static str>,
+    opts: &SinkOptions,
+    stats: &mut SinkStats,
+) -> &'static str {
+    let mut action = "logged";
+    if c.suppresses(r) && outcome != Some("delayed") {
+        action = suppress(list, rcpt, c, r, stats);
+    } else if outcome == Some("delayed") {
+        // A delay warning: the MTA is still trying. Not a bounce; not counted.
+        stats.delayed += 1;
+        action = "delay_warning";
+    } else if outcome == Some("soft_bounced") {
+        action = count_soft(list, r, opts, stats);
+    }
+    if let (Some(outcome), Some(campaign)) = (outcome, &rcpt.campaign) {
+        record_event(list, campaign, rcpt.row, r, outcome, action, opts);
+    }
+    action
+}
+
+/// Adds a hard bounce or a complaint to the suppression list.
+fn suppress(
+    list: &Suppressions,
+    rcpt: &Rcpt,
+    c: &Classification,
+    r: &BouncedRecipient,
+    stats: &mut SinkStats,
+) -> &'static str {
+    let mut e = Entry::new(
+        &r.address,
+        if c.kind == Kind::Complaint {
+            Source::Complaint
+        } else {
+            Source::Bounce
+        },
+        r.reason.as_str(),
+    );
+    e.status = r.status.clone();
+    e.diagnostic = Some(r.diagnostic.clone()).filter(|d| !d.is_empty());
+    e.campaign = rcpt.campaign.clone();
+    e.row = rcpt.row;
+    match list.add(&e) {
+        Ok(_) => {
+            stats.suppressed += 1;
+            "suppressed"
+        }
+        Err(err) => {
+            tracing::error!("{err}");
+            "error"
+        }
+    }
+}
+
+/// Counts a soft bounce; at `soft_bounce_limit` the address is suppressed.
+fn count_soft(
+    list: &Suppressions,
+    r: &BouncedRecipient,
+    opts: &SinkOptions,
+    stats: &mut SinkStats,
+) -> &'static str {
+    stats.soft += 1;
+    match list.record_soft(&r.address, r.reason.as_str(), opts.soft_bounce_limit) {
+        Ok(true) => {
+            stats.suppressed += 1;
+            "suppressed_soft_limit"
+        }
+        Ok(false) => "soft_counted",
+        Err(err) => {
+            tracing::error!("{err}");
+            "error"
+        }
+    }
+}
+
+/// Records what the report meant for the campaign's row (its bounce events) and appends it to
+/// the bounce log, if any.
+fn record_event(
+    list: &Suppressions,
+    campaign: &str,
+    row: Option<u64>,
+    r: &BouncedRecipient,
+    outcome: &str,
+    action: &str,
+    opts: &SinkOptions,
+) {
+    let suppressed = matches!(action, "suppressed" | "suppressed_soft_limit");
+    let event = BounceEvent {
+        campaign: campaign.to_string(),
+        row,
+        address: r.address.clone(),
+        outcome: outcome.to_string(),
+        reason: r.reason.as_str().to_string(),
+        status: r.status.clone(),
+        hard: r.hard,
+        suppressed,
+    };
+    if let Err(err) = list.record_event(&event) {
+        tracing::error!("{err}");
+    }
+    if let Some(path) = &opts.bounce_log {
+        append_bounce_log(path, &event, &r.diagnostic);
+    }
+}
+
+/// The log line of one reported recipient.
+fn log_recipient(rcpt: &Rcpt, c: &Classification, r: &BouncedRecipient, action: &str) {
+    let journal_address = rcpt
+        .sent_to
+        .as_deref()
+        .is_some_and(|a| a.trim().eq_ignore_ascii_case(&r.address));
+    log(json!({
+        "rcpt": rcpt.address, "token": rcpt.token_str, "campaign": rcpt.campaign, "row": rcpt.row,
+        "kind": c.kind.as_str(), "recipient": r.address, "action_reported": r.action,
+        "status": r.status, "reason": r.reason.as_str(), "hard": r.hard,
+        "diagnostic": r.diagnostic, "action": action,
+        "address_source": if journal_address { "journal" } else { "report" },
+    }));
 }
 
 /// Appends one JSON line to the bounce log (`--bounce-log`): the delivery-log shape

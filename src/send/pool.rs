@@ -7,10 +7,10 @@ use std::sync::Arc;
 
 use super::{SendError, prevalidating};
 use crate::campaign::{Campaign, NodeAddress, TlsSetting};
-use crate::receiver::{Receiver, ReceiverHandle, ReceiverOptions};
 use crate::send::node::Node;
 use crate::send::render::Renderer;
 use crate::send::source::Source;
+use crate::smtp::receiver::{Receiver, ReceiverHandle, ReceiverOptions, Script};
 use crate::smtp::{ClientSettings, Connection, Credentials, TlsMode};
 
 /// Resolves and starts the node pool (and the embedded receivers of a demo campaign).
@@ -113,6 +113,8 @@ async fn start_embedded() -> Result<ReceiverHandle, SendError> {
     Receiver::start(ReceiverOptions {
         listen: SocketAddr::from(([127, 0, 0, 1], 0)),
         pipelining: true,
+        // The demo's node answers scripted recipients (`tempfail+`, …) as it always has.
+        script: Some(Script::default()),
         ..ReceiverOptions::default()
     })
     .await

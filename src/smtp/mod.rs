@@ -1,4 +1,6 @@
-//! A small SMTP client built for bulk submission into relays we run.
+//! SMTP, both sides: a small client built for bulk submission into relays we run, and
+//! [`receiver`], the in-process server behind the demo's embedded node, `blast sink` and the
+//! tests.
 //!
 //! Why not `mail-send` 0.7: its `send()` walks MAIL/RCPT/DATA in lockstep and
 //! never uses PIPELINING (RFC 2920), it does not say which stage failed, it
@@ -14,10 +16,13 @@
 //! Layout: `reply` parses server replies, `settings` holds per-node
 //! configuration (including the rustls config, built once), `tls` builds
 //! that config, `stream` buffers a plain or TLS socket, and `client` is
-//! the [`Connection`] state machine.
+//! the [`Connection`] state machine. `receiver` (the server) shares no code with them.
+//!
+//! `smtp` uses no other module of the crate: it sits at the bottom of the graph.
 
 mod auth;
 mod client;
+pub mod receiver;
 mod reply;
 mod settings;
 mod stream;

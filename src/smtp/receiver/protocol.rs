@@ -1,413 +1,21 @@
-//! Embedded in-process SMTP receiver.
-//!
-//! The demo must run with no mail server installed, and tests need a server
-//! whose answers can be scripted per recipient (`tempfail+`, `permfail+`,
-//! `datatemp+`, `datafail+`, `drop+`, `slow+` local-part prefixes). The
-//! bounce sink will grow from it, so the SMTP dialogue lives in
-//! `Protocol`, a state machine with no I/O (bytes in, replies out), and
-//! the socket loop around it stays dumb.
-//!
-//! It is built for loopback throughput: one read buffer per session, every
-//! complete pipelined command parsed before replying, all replies for a
-//! batch sent in one write, and no allocation per line.
+//! The SMTP dialogue of the receiver, free of I/O: [`Protocol::feed`] consumes input (command
+//! lines, or the DATA body with its dot-unstuffing) and appends replies; the [`Step`] it returns
+//! tells the socket loop what to do next.
 
-use std::io;
-use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
-use tokio::task::{JoinHandle, JoinSet};
-use tokio::time::timeout;
-use tokio_rustls::TlsAcceptor;
-use tokio_rustls::rustls::ServerConfig;
+use super::script::Marks;
+use super::{HOSTNAME, ReceivedMessage, Shared};
 
 /// Longest command line accepted, CRLF included (RFC 5321 allows 512; we
 /// are lenient, but bounded).
 const MAX_LINE: usize = 1000;
-const READ_BUF: usize = 64 * 1024;
 const MAX_RECIPIENTS: usize = 100;
-const IDLE_TIMEOUT: Duration = Duration::from_secs(300);
-const HOSTNAME: &str = "localhost";
-
-/// How the receiver behaves; see the module doc for scripted recipients.
-#[derive(Debug, Clone)]
-pub struct ReceiverOptions {
-    /// Usually `127.0.0.1:0`; the bound address is [`ReceiverHandle::addr`].
-    pub listen: SocketAddr,
-    /// Advertise PIPELINING.
-    pub pipelining: bool,
-    /// Keep up to N received messages (one per recipient) for inspection;
-    /// 0 keeps only the counters.
-    pub keep_messages: usize,
-    /// Delay before the final reply for `slow+` recipients.
-    pub slow_delay: Duration,
-    /// Answer every MAIL with this reply instead of accepting; a 421 also
-    /// closes the connection, as a real server shutting down would.
-    pub reply_all: Option<(u16, String)>,
-    /// Accept TCP but never greet, to exercise client timeouts.
-    pub tarpit: bool,
-    /// Advertised as SIZE; larger messages get 552. Also bounds memory.
-    pub max_message_size: usize,
-    /// Offer STARTTLS with this config.
-    pub tls: Option<Arc<ServerConfig>>,
-    /// Who may receive mail and what happens to it (the bounce sink). With a policy the
-    /// scripted local-part prefixes are off, VRFY is disabled and every accepted message goes
-    /// to [`ReceiverPolicy::message`].
-    pub policy: Option<Arc<dyn ReceiverPolicy>>,
-    /// Sessions served at once; further clients wait in the listen backlog (the permit is
-    /// taken before `accept`). None: unbounded.
-    pub max_connections: Option<usize>,
-    /// Longest wait for a command line (and the greeting's reply).
-    pub command_timeout: Duration,
-    /// Longest time from the 354 to the final dot, however the client trickles it in.
-    pub data_timeout: Duration,
-}
-
-/// The bounce sink's hooks into the SMTP dialogue. Called on the session's task: keep them
-/// quick (hand work to another thread).
-pub trait ReceiverPolicy: std::fmt::Debug + Send + Sync {
-    /// RCPT TO: `Ok` accepts; `Err(reply line without CRLF)` refuses.
-    fn rcpt(&self, address: &str) -> Result<(), String>;
-    /// A message accepted for `rcpts`; `Err(reply)` turns the final 250 into that reply
-    /// (e.g. `451 4.3.0 busy` when the worker queue is full).
-    fn message(&self, mail_from: &str, rcpts: &[String], data: Vec<u8>) -> Result<(), String>;
-}
-
-impl Default for ReceiverOptions {
-    fn default() -> ReceiverOptions {
-        ReceiverOptions {
-            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
-            pipelining: true,
-            keep_messages: 0,
-            slow_delay: Duration::from_secs(1),
-            reply_all: None,
-            tarpit: false,
-            max_message_size: 10 * 1024 * 1024,
-            tls: None,
-            policy: None,
-            max_connections: None,
-            command_timeout: IDLE_TIMEOUT,
-            data_timeout: Duration::from_secs(600),
-        }
-    }
-}
-
-/// Counter snapshot.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct ReceiverStats {
-    /// TCP connections accepted.
-    pub connections: u64,
-    /// MAIL commands accepted (transactions started).
-    pub transactions: u64,
-    /// Messages accepted after the final ".".
-    pub accepted: u64,
-    /// Rejections: scripted RCPT/final-dot failures, `reply_all`, size.
-    pub rejected: u64,
-    /// Body bytes (after dot-unstuffing) of accepted messages.
-    pub bytes: u64,
-}
-
-/// One accepted message as seen by one recipient.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ReceivedMessage {
-    pub mail_from: String,
-    pub rcpt: String,
-    /// The message as the client meant it: unstuffed, ending in CRLF.
-    pub data: Vec<u8>,
-}
-
-/// Entry point; see [`Receiver::start`].
-pub struct Receiver;
-
-impl Receiver {
-    /// Binds and starts accepting in a background task.
-    pub async fn start(opts: ReceiverOptions) -> io::Result<ReceiverHandle> {
-        let listener = TcpListener::bind(opts.listen).await?;
-        let addr = listener.local_addr()?;
-        let shared = Arc::new(Shared::new(opts));
-        let (tx, rx) = watch::channel(false);
-        let task = tokio::spawn(accept_loop(listener, shared.clone(), rx));
-        Ok(ReceiverHandle {
-            addr,
-            shared,
-            shutdown: tx,
-            task,
-        })
-    }
-}
-
-/// A running receiver. Dropping it also stops it, without waiting.
-pub struct ReceiverHandle {
-    addr: SocketAddr,
-    shared: Arc<Shared>,
-    shutdown: watch::Sender<bool>,
-    task: JoinHandle<()>,
-}
-
-impl ReceiverHandle {
-    pub fn addr(&self) -> SocketAddr {
-        self.addr
-    }
-
-    pub fn stats(&self) -> ReceiverStats {
-        let c = &self.shared.counters;
-        ReceiverStats {
-            connections: c.connections.load(Ordering::Relaxed),
-            transactions: c.transactions.load(Ordering::Relaxed),
-            accepted: c.accepted.load(Ordering::Relaxed),
-            rejected: c.rejected.load(Ordering::Relaxed),
-            bytes: c.bytes.load(Ordering::Relaxed),
-        }
-    }
-
-    /// Messages kept so far (at most `keep_messages`).
-    pub fn messages(&self) -> Vec<ReceivedMessage> {
-        self.shared.messages().clone()
-    }
-
-    /// Stops accepting, closes every session and waits for them to end.
-    pub async fn shutdown(self) {
-        let _ = self.shutdown.send(true);
-        let _ = self.task.await;
-    }
-}
-
-#[derive(Default)]
-struct Counters {
-    connections: AtomicU64,
-    transactions: AtomicU64,
-    accepted: AtomicU64,
-    rejected: AtomicU64,
-    bytes: AtomicU64,
-}
-
-struct Shared {
-    opts: ReceiverOptions,
-    counters: Counters,
-    messages: Mutex<Vec<ReceivedMessage>>,
-    next_id: AtomicU64,
-    /// EHLO replies are identical for every session: built once.
-    ehlo: Vec<u8>,
-    ehlo_with_starttls: Vec<u8>,
-}
-
-impl Shared {
-    fn new(opts: ReceiverOptions) -> Shared {
-        let size = format!("SIZE {}", opts.max_message_size);
-        let mut caps = vec![HOSTNAME];
-        if opts.pipelining {
-            caps.push("PIPELINING");
-        }
-        caps.extend([size.as_str(), "8BITMIME", "ENHANCEDSTATUSCODES"]);
-        let ehlo = multiline(250, &caps);
-        caps.push("STARTTLS");
-        let ehlo_with_starttls = multiline(250, &caps);
-        Shared {
-            opts,
-            counters: Counters::default(),
-            messages: Mutex::new(Vec::new()),
-            next_id: AtomicU64::new(1),
-            ehlo,
-            ehlo_with_starttls,
-        }
-    }
-
-    /// A poisoned lock only means a test panicked mid-push; the data is fine.
-    fn messages(&self) -> MutexGuard<'_, Vec<ReceivedMessage>> {
-        self.messages.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    fn count(&self, counter: impl Fn(&Counters) -> &AtomicU64, n: u64) {
-        counter(&self.counters).fetch_add(n, Ordering::Relaxed);
-    }
-}
-
-fn multiline(code: u16, lines: &[&str]) -> Vec<u8> {
-    let mut out = Vec::new();
-    for (i, line) in lines.iter().enumerate() {
-        let sep = if i + 1 == lines.len() { ' ' } else { '-' };
-        out.extend_from_slice(format!("{code}{sep}{line}\r\n").as_bytes());
-    }
-    out
-}
-
-async fn accept_loop(
-    listener: TcpListener,
-    shared: Arc<Shared>,
-    mut shutdown: watch::Receiver<bool>,
-) {
-    let mut sessions = JoinSet::new();
-    let limit = shared
-        .opts
-        .max_connections
-        .map(|n| Arc::new(tokio::sync::Semaphore::new(n.max(1))));
-    loop {
-        // The permit comes before accept: over the limit, clients wait in the backlog.
-        let permit = match &limit {
-            Some(sem) => tokio::select! {
-                _ = shutdown.changed() => break,
-                p = sem.clone().acquire_owned() => match p {
-                    Ok(p) => Some(p),
-                    Err(_) => break,
-                },
-            },
-            None => None,
-        };
-        tokio::select! {
-            // A send or a dropped handle both end the loop.
-            _ = shutdown.changed() => break,
-            accepted = listener.accept() => match accepted {
-                Ok((tcp, peer)) => {
-                    shared.count(|c| &c.connections, 1);
-                    let shared = shared.clone();
-                    sessions.spawn(async move {
-                        serve(tcp, peer, shared).await;
-                        drop(permit);
-                    });
-                }
-                Err(e) => {
-                    // Typically EMFILE: back off instead of spinning.
-                    tracing::warn!(error = %e, "receiver accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-            },
-        }
-        while sessions.try_join_next().is_some() {}
-    }
-    drop(listener);
-    sessions.shutdown().await;
-}
-
-async fn serve(tcp: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
-    if shared.opts.tarpit {
-        // Hold the socket open and silent until shutdown aborts us.
-        let _held = tcp;
-        std::future::pending::<()>().await;
-        return;
-    }
-    let _ = tcp.set_nodelay(true);
-    if let Err(e) = run_session(Stream::Plain(tcp), shared).await {
-        tracing::debug!(%peer, error = %e, "receiver session ended");
-    }
-}
-
-/// The socket loop: feed input to the protocol, write replies when the
-/// input is drained, and carry out what the protocol asks for.
-async fn run_session(mut stream: Stream, shared: Arc<Shared>) -> io::Result<()> {
-    let tls = shared.opts.tls.clone();
-    let slow_delay = shared.opts.slow_delay;
-    let (command_timeout, data_timeout) = (shared.opts.command_timeout, shared.opts.data_timeout);
-    let mut data_deadline: Option<tokio::time::Instant> = None;
-    let mut proto = Protocol::new(shared, tls.is_some());
-    let mut buf = vec![0u8; READ_BUF];
-    let (mut start, mut end) = (0, 0);
-    proto.greet();
-    loop {
-        let (used, step) = proto.feed(&buf[start..end]);
-        start += used;
-        match step {
-            Step::NeedInput => {
-                if !proto.out.is_empty() {
-                    stream.write_all(&proto.out).await?;
-                    proto.out.clear();
-                }
-                if start == end {
-                    (start, end) = (0, 0);
-                } else if end == buf.len() {
-                    buf.copy_within(start..end, 0);
-                    (start, end) = (0, end - start);
-                }
-                // In DATA the whole body must arrive by a deadline, so a client trickling
-                // bytes cannot hold the session forever.
-                let wait = if proto.phase == Phase::Data {
-                    let deadline = *data_deadline
-                        .get_or_insert_with(|| tokio::time::Instant::now() + data_timeout);
-                    deadline.saturating_duration_since(tokio::time::Instant::now())
-                } else {
-                    data_deadline = None;
-                    command_timeout
-                };
-                let n = match timeout(wait, stream.read(&mut buf[end..])).await {
-                    Ok(n) => n?,
-                    Err(_) => {
-                        stream
-                            .write_all(b"421 4.4.2 Timeout, closing connection\r\n")
-                            .await?;
-                        return Ok(());
-                    }
-                };
-                if n == 0 {
-                    return Ok(());
-                }
-                end += n;
-            }
-            Step::Slow => {
-                stream.write_all(&proto.out).await?;
-                proto.out.clear();
-                tokio::time::sleep(slow_delay).await;
-                proto.finish_data();
-            }
-            Step::Close => {
-                stream.write_all(&proto.out).await?;
-                return stream.shutdown().await;
-            }
-            Step::Drop => return Ok(()),
-            Step::StartTls => {
-                stream.write_all(&proto.out).await?;
-                proto.out.clear();
-                // Plaintext pipelined behind STARTTLS must not be treated
-                // as if it arrived over TLS.
-                if start != end {
-                    return Ok(());
-                }
-                let (Stream::Plain(tcp), Some(config)) = (stream, tls.clone()) else {
-                    return Ok(());
-                };
-                stream = Stream::Tls(Box::new(TlsAcceptor::from(config).accept(tcp).await?));
-                proto.tls_started();
-            }
-        }
-    }
-}
-
-enum Stream {
-    Plain(TcpStream),
-    Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
-}
-
-impl Stream {
-    async fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        match self {
-            Stream::Plain(s) => s.read(buf).await,
-            Stream::Tls(s) => s.read(buf).await,
-        }
-    }
-
-    async fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
-        match self {
-            Stream::Plain(s) => s.write_all(buf).await,
-            Stream::Tls(s) => {
-                s.write_all(buf).await?;
-                s.flush().await
-            }
-        }
-    }
-
-    async fn shutdown(&mut self) -> io::Result<()> {
-        match self {
-            Stream::Plain(s) => s.shutdown().await,
-            Stream::Tls(s) => s.shutdown().await,
-        }
-    }
-}
 
 /// What the socket loop must do after [`Protocol::feed`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Step {
+pub(super) enum Step {
     /// All complete input handled: flush replies, read more.
     NeedInput,
     /// End of data for a `slow+` recipient: flush, sleep, `finish_data`.
@@ -421,7 +29,7 @@ enum Step {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Phase {
+pub(super) enum Phase {
     /// Before EHLO/HELO.
     Connected,
     /// Greeted, no transaction.
@@ -432,22 +40,14 @@ enum Phase {
     Data,
 }
 
-/// Scripted behaviour collected from a transaction's recipients.
-#[derive(Debug, Clone, Copy, Default)]
-struct Script {
-    data_temp: bool,
-    data_fail: bool,
-    drop: bool,
-    slow: bool,
-}
-
 /// Per-transaction state, reused across transactions.
 #[derive(Default)]
 struct Transaction {
     mail_from: String,
     rcpts: Vec<String>,
     rcpt_attempted: bool,
-    script: Script,
+    /// What a [`Script`](super::Script) made of the recipients (`datafail+`, `slow+`, …).
+    marks: Marks,
     /// Keep the body (only while `keep_messages` is not reached).
     keep: bool,
     body: Vec<u8>,
@@ -464,7 +64,7 @@ impl Transaction {
         self.mail_from.clear();
         self.rcpts.clear();
         self.rcpt_attempted = false;
-        self.script = Script::default();
+        self.marks = Marks::default();
         self.keep = false;
         self.body.clear();
         self.size = 0;
@@ -474,11 +74,11 @@ impl Transaction {
 
 /// The SMTP server dialogue, free of I/O: [`feed`](Self::feed) consumes
 /// input and appends replies to `out`.
-struct Protocol {
-    shared: Arc<Shared>,
-    phase: Phase,
+pub(super) struct Protocol {
+    pub(super) shared: Arc<Shared>,
+    pub(super) phase: Phase,
     tx: Transaction,
-    out: Vec<u8>,
+    pub(super) out: Vec<u8>,
     /// Inside an over-long command line; skip to its end, then 500.
     discarding: bool,
     tls_offered: bool,
@@ -486,7 +86,7 @@ struct Protocol {
 }
 
 impl Protocol {
-    fn new(shared: Arc<Shared>, tls_offered: bool) -> Protocol {
+    pub(super) fn new(shared: Arc<Shared>, tls_offered: bool) -> Protocol {
         Protocol {
             shared,
             phase: Phase::Connected,
@@ -498,11 +98,11 @@ impl Protocol {
         }
     }
 
-    fn greet(&mut self) {
+    pub(super) fn greet(&mut self) {
         self.reply(format!("220 {HOSTNAME} ESMTP blast receiver\r\n").as_bytes());
     }
 
-    fn tls_started(&mut self) {
+    pub(super) fn tls_started(&mut self) {
         self.tls_active = true;
         self.phase = Phase::Connected;
         self.tx.reset();
@@ -514,7 +114,7 @@ impl Protocol {
 
     /// Handles every complete command (or body bytes) in `input`.
     /// Returns how much was consumed and what to do next.
-    fn feed(&mut self, input: &[u8]) -> (usize, Step) {
+    pub(super) fn feed(&mut self, input: &[u8]) -> (usize, Step) {
         let mut pos = 0;
         loop {
             let rest = &input[pos..];
@@ -551,7 +151,7 @@ impl Protocol {
     /// Consumes body bytes. `Some(step)` stops the feed loop; `None` means
     /// the data ended and commands follow.
     fn feed_body(&mut self, input: &[u8]) -> (usize, Option<Step>) {
-        if self.tx.script.drop && !input.is_empty() {
+        if self.tx.marks.drop && !input.is_empty() {
             return (0, Some(Step::Drop));
         }
         let mut pos = 0;
@@ -609,7 +209,7 @@ impl Protocol {
     }
 
     fn end_of_data(&mut self) -> Step {
-        if self.tx.script.slow {
+        if self.tx.marks.slow {
             return Step::Slow;
         }
         self.finish_data();
@@ -617,19 +217,14 @@ impl Protocol {
     }
 
     /// Sends the reply to the final "." and ends the transaction.
-    fn finish_data(&mut self) {
+    pub(super) fn finish_data(&mut self) {
         let tx = &mut self.tx;
         if tx.oversize {
             self.out
                 .extend_from_slice(b"552 5.3.4 Message size exceeds fixed limit\r\n");
             self.shared.count(|c| &c.rejected, 1);
-        } else if tx.script.data_fail {
-            self.out
-                .extend_from_slice(b"554 5.6.0 Message rejected (scripted)\r\n");
-            self.shared.count(|c| &c.rejected, 1);
-        } else if tx.script.data_temp {
-            self.out
-                .extend_from_slice(b"451 4.3.0 Temporary failure (scripted)\r\n");
+        } else if let Some(reply) = tx.marks.final_reply() {
+            self.out.extend_from_slice(reply);
             self.shared.count(|c| &c.rejected, 1);
         } else if let Some(policy) = &self.shared.opts.policy {
             let data = std::mem::take(&mut tx.body);
@@ -762,7 +357,7 @@ impl Protocol {
             self.reply(b"501 5.5.4 Syntax: MAIL FROM:<address>\r\n");
             return Step::NeedInput;
         };
-        if let Some((code, text)) = &self.shared.opts.reply_all {
+        if let Some((code, text)) = self.shared.script().and_then(|s| s.reply_all.as_ref()) {
             self.out
                 .extend_from_slice(format!("{code} {text}\r\n").as_bytes());
             self.shared.count(|c| &c.rejected, 1);
@@ -814,20 +409,13 @@ impl Protocol {
                 }
             };
         }
-        let local = path.split(|&b| b == b'@').next().unwrap_or(path);
-        if strip_prefix_ci(local, b"tempfail+").is_some() {
-            self.shared.count(|c| &c.rejected, 1);
-            return self.reply(b"451 4.3.0 Temporary failure (scripted)\r\n");
+        if let Some(script) = self.shared.script() {
+            let local = path.split(|&b| b == b'@').next().unwrap_or(path);
+            if let Err(reply) = script.rcpt(local, &mut self.tx.marks) {
+                self.shared.count(|c| &c.rejected, 1);
+                return self.reply(reply);
+            }
         }
-        if strip_prefix_ci(local, b"permfail+").is_some() {
-            self.shared.count(|c| &c.rejected, 1);
-            return self.reply(b"550 5.1.1 User unknown (scripted)\r\n");
-        }
-        let script = &mut self.tx.script;
-        script.data_temp |= strip_prefix_ci(local, b"datatemp+").is_some();
-        script.data_fail |= strip_prefix_ci(local, b"datafail+").is_some();
-        script.drop |= strip_prefix_ci(local, b"drop+").is_some();
-        script.slow |= strip_prefix_ci(local, b"slow+").is_some();
         self.tx
             .rcpts
             .push(String::from_utf8_lossy(path).into_owned());
@@ -872,7 +460,7 @@ fn parse_path<'a>(arg: &'a [u8], keyword: &[u8]) -> Option<(&'a [u8], &'a [u8])>
     Some((path, rest[close + 1..].trim_ascii()))
 }
 
-fn strip_prefix_ci<'a>(s: &'a [u8], prefix: &[u8]) -> Option<&'a [u8]> {
+pub(super) fn strip_prefix_ci<'a>(s: &'a [u8], prefix: &[u8]) -> Option<&'a [u8]> {
     let head = s.get(..prefix.len())?;
     head.eq_ignore_ascii_case(prefix)
         .then(|| &s[prefix.len()..])
@@ -894,10 +482,11 @@ fn push_hex(out: &mut Vec<u8>, n: u64) {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
+    use super::super::ReceiverOptions;
     use super::*;
 
-    fn protocol(opts: ReceiverOptions) -> Protocol {
+    pub(in super::super) fn protocol(opts: ReceiverOptions) -> Protocol {
         let tls = opts.tls.is_some();
         let mut p = Protocol::new(Arc::new(Shared::new(opts)), tls);
         p.greet();
@@ -906,7 +495,7 @@ mod tests {
 
     /// Feeds everything (honouring Slow by finishing immediately) and
     /// returns the replies and the last step.
-    fn run(p: &mut Protocol, input: &[u8]) -> (String, Step) {
+    pub(in super::super) fn run(p: &mut Protocol, input: &[u8]) -> (String, Step) {
         let mut pos = 0;
         let step = loop {
             let (used, step) = p.feed(&input[pos..]);
@@ -921,7 +510,7 @@ mod tests {
         (out, step)
     }
 
-    fn codes(out: &str) -> Vec<&str> {
+    pub(in super::super) fn codes(out: &str) -> Vec<&str> {
         out.lines()
             .filter(|l| l.as_bytes().get(3) != Some(&b'-'))
             .map(|l| &l[..3])
@@ -992,7 +581,7 @@ mod tests {
 
     #[test]
     fn bad_sequences() {
-        let mut p = protocol(ReceiverOptions::default());
+        let mut p = protocol(ReceiverOptions::scripted());
         let (out, _) = run(
             &mut p,
             b"MAIL FROM:<a@x>\r\nHELO c\r\nRCPT TO:<b@y>\r\nDATA\r\nMAIL FROM:<a@x>\r\n\
@@ -1041,40 +630,6 @@ mod tests {
             0,
             "oversize body must not be buffered"
         );
-    }
-
-    #[test]
-    fn scripted_recipients() {
-        let mut p = protocol(ReceiverOptions::default());
-        let (out, _) = run(
-            &mut p,
-            b"EHLO c\r\nMAIL FROM:<a@x>\r\nRCPT TO:<tempfail+1@y>\r\nRCPT TO:<datatemp+1@y>\r\nDATA\r\nx\r\n.\r\n\
-              MAIL FROM:<a@x>\r\nRCPT TO:<DataFail+1@y>\r\nDATA\r\nx\r\n.\r\n\
-              MAIL FROM:<a@x>\r\nRCPT TO:<slow+1@y>\r\nDATA\r\nx\r\n.\r\n",
-        );
-        assert_eq!(
-            codes(&out),
-            [
-                "220", "250", "250", "451", "250", "354", "451", "250", "250", "354", "554", "250",
-                "250", "354", "250"
-            ]
-        );
-        assert!(out.contains("554 5.6.0 "));
-        let stats = &p.shared.counters;
-        assert_eq!(stats.transactions.load(Ordering::Relaxed), 3);
-        assert_eq!(stats.accepted.load(Ordering::Relaxed), 1);
-        assert_eq!(stats.rejected.load(Ordering::Relaxed), 3);
-    }
-
-    #[test]
-    fn reply_all_421_closes() {
-        let mut p = protocol(ReceiverOptions {
-            reply_all: Some((421, "4.3.2 shutting down".into())),
-            ..Default::default()
-        });
-        let (out, step) = run(&mut p, b"EHLO c\r\nMAIL FROM:<a@x>\r\nRCPT TO:<b@y>\r\n");
-        assert!(out.ends_with("421 4.3.2 shutting down\r\n"), "{out}");
-        assert_eq!(step, Step::Close);
     }
 
     #[test]
