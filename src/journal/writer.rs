@@ -27,13 +27,14 @@
 //! inside a write) is ignored, as nobody was told it was durable. So `blast status` of a killed run
 //! may miss up to two batches until the next `blast send`.
 //!
-//! Why: with one SQLite commit per group, a 1.2M-row send into smtp-sink did 2.4M records in
-//! ~320k commits (~7 records each, each rewriting the outcomes, index and attempts pages in the
-//! WAL) and cost ~14 % of the throughput (issue 4); with the log, ~2,400 commits. With the marks
-//! written by the writer thread (each waiting connection woke it, then was woken by it), a
-//! send into the embedded receiver spent ~7 µs of writer CPU per outcome, ~5 µs of it in those
-//! wake-ups and context switches (one per ~2 marks); with the connections writing their own
-//! marks, ~2 µs (the SQLite inserts), plus one write(2) per mark on the connection's thread.
+//! Why: one SQLite commit per group of records (~7 records, each commit rewriting the outcomes,
+//! index and attempts pages in the WAL) made ~320k commits for a 1.2M-row send and cost a large
+//! share of the throughput; batching through the log makes ~2,400. The connections write their
+//! own marks because a mark made durable by the writer thread costs two thread wake-ups and a
+//! context switch, more than the SQLite inserts themselves. The writer thread's CPU per outcome
+//! is printed in the send summary's `journal` line; `scripts/bench-journal` measures the
+//! journal's cost (the 1.2M-row send with the journal on and off) and the README keeps the last
+//! figures.
 //! Outcomes are encoded from a reference (no copy of the outcome for the journal), their time
 //! formatted once per millisecond. The writer's connection sets `ignore_check_constraints`
 //! (the `status IN (…)` CHECK built an ephemeral b-tree per outcome insert, ~half the SQLite
@@ -186,9 +187,8 @@ impl WriterShared {
 ///
 /// No round trip to the writer thread: a record is encoded into the log's buffer under a lock,
 /// and a mark (or barrier) writes the buffer's unwritten records to the log itself, with one
-/// write(2), before it returns. (With marks made durable by the writer thread, each mark cost a
-/// wake-up of the writer, a context switch and a wake-up of the waiting task: ~5 µs of the
-/// writer's ~7 µs per outcome, plus the senders' side.)
+/// write(2), before it returns. (Made durable by the writer thread, each mark would cost a
+/// wake-up of the writer, a context switch and a wake-up of the waiting task.)
 #[derive(Clone)]
 pub struct JournalSender {
     shared: Arc<WriterShared>,
