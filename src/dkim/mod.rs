@@ -6,22 +6,38 @@
 //!
 //! # Why not mail-auth
 //!
-//! mail-send uses mail-auth; blast does not, measured on Rust 1.95 (the pinned toolchain):
-//! - mail-auth 0.14 / 0.15 do not build: `mail-parser@1.0.1 requires rustc 1.98`.
-//! - mail-auth 0.7.5 (the newest with a `ring` backend) builds, but adds 30 crates to blast's
-//!   tree for a job that needs none of them: an alpha DNS resolver (hickory 0.26.0-alpha.1) with
-//!   a moka cache, a second mail-builder (0.4.4 next to our 2.0.1), flate2, uuid, url,
-//!   mail-parser as a normal dependency. Signing needs SHA-256, RSA PKCS#1 v1.5 and Ed25519.
+//! mail-send uses mail-auth; blast does not. Signing needs SHA-256, RSA PKCS#1 v1.5 and
+//! Ed25519, which aws-lc-rs (already in blast's tree for rustls and the journal's list
+//! fingerprint) provides, so this signer adds no crate. mail-auth's crypto is a backend feature
+//! (`ring` or `aws-lc-rs` since 0.8; 0.7.5 has `ring` and RustCrypto only), but each version
+//! brings flate2 and a second mail-builder, and with either backend hickory-resolver (and its
+//! moka cache in 0.8). Measured on Rust 1.95 (the
+//! pinned toolchain), in scratch crates under /tmp, crates counted with
+//! `cargo tree --prefix none -e normal,build | sed 's/ (\*)//' | sort -u` (root excluded) and
+//! clean builds timed with `CARGO_TARGET_DIR=… /usr/bin/time cargo build --release` on this
+//! project's 2-core machine while other builds ran (load average 5–10: wall times inflated,
+//! user+sys CPU the fairer comparison):
+//! - `aws-lc-rs = "1"` alone: 13 crates (4 without build-dependencies); 97 s wall, 53 s CPU.
+//! - `mail-auth = { version = "0.8", default-features = false, features = ["aws-lc-rs"] }`:
+//!   133 crates (124); 295 s wall, 179 s CPU. It cannot be added to blast at all: it pins
+//!   `hickory-resolver = "=0.26.0-alpha.1"`, blast uses hickory-resolver 0.26, and cargo finds
+//!   no version that satisfies both (0.7.5 pins the same alpha).
+//! - mail-auth 0.13.3, the newest that resolves and builds next to blast's dependencies
+//!   (0.14 and 0.15 need mail-parser 1.0, whose rust-version is 1.98), with only `aws-lc-rs`:
+//!   141 crates (131); 347 s wall, 207 s CPU. Added to blast's own tree it brings 17 more
+//!   crates (flate2 and its deflate back ends, mail-builder 1.0 next to blast's 2.0, lru-cache,
+//!   similar, encoding_rs, rustls-platform-verifier, rustls-native-certs, openssl-probe, …)
+//!   and turns on hickory's DNSSEC and DNS-over-TLS code.
 //!
 //! # Why aws-lc-rs
 //!
-//! Ed25519 signing is most of what DKIM costs a send (issue: ed25519 ≤ 15 % of throughput).
-//! Measured on this project's 2-core machine (AMD EPYC), one Ed25519 signature of a 32-byte
-//! hash: ring 0.17 17.1 µs, curve25519-dalek 5 with batched point compression (what blast used
-//! before) 10.1 µs, aws-lc-rs 1.19 5.4 µs (AWS-LC's s2n-bignum fixed-base multiplication). So
-//! aws-lc-rs is the one crypto library of the build: DKIM, the journal's list fingerprint and
-//! rustls's provider (its default) all use it, and ring and curve25519-dalek are gone. RSA-2048
-//! signing got faster too: 216 µs per message (ring: 420 µs).
+//! Ed25519 signing is most of what DKIM costs a send. One Ed25519 signature of a 32-byte input
+//! on this project's 2-core machine (AMD EPYC): aws-lc-rs 1.19 5.4 µs (AWS-LC's s2n-bignum
+//! fixed-base multiplication), curve25519-dalek 5 10.1 µs, ring 0.17 17.1 µs — a one-off
+//! comparison made when the library was chosen; no script in the repository reruns it. So
+//! aws-lc-rs is the crypto library of the build: DKIM, the journal's list fingerprint and
+//! rustls's provider (its default) use it. Per message, with hashing and canonicalisation,
+//! `scripts/bench-dkim --skip-pipeline` measures the current cost (last figures in the README).
 //!
 //! This module is the whole signer: relaxed header and body canonicalisation (RFC 6376
 //! §3.4.2, §3.4.4), the body hash, the DKIM-Signature header. It is checked against an

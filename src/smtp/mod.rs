@@ -2,16 +2,22 @@
 //! [`receiver`], the in-process server behind the demo's embedded node, `blast sink` and the
 //! tests.
 //!
-//! Why not `mail-send` 0.7: its `send()` walks MAIL/RCPT/DATA in lockstep and
-//! never uses PIPELINING (RFC 2920), it does not say which stage failed, it
-//! issues no RSET after a failed transaction (so the connection cannot be
-//! reused safely), and its `read()` drops any bytes buffered after the first
-//! reply, which means its command API cannot be pipelined by hand either.
-//! It also needs TCP_NODELAY set on the socket, or Nagle plus delayed ACKs
-//! hold it to ~20 msg/s per connection. Blast sends one recipient per
-//! transaction at tens of thousands of messages per second, so round trips
-//! and stage-accurate outcomes are the whole game; this client is small and
-//! does exactly that on tokio + tokio-rustls.
+//! Why not `mail-send` 0.7 (read in its 0.7.0 source): its `send()` walks MAIL, RCPT and DATA
+//! in lockstep, one round trip each, and never uses PIPELINING (RFC 2920); its error does not
+//! say which stage failed; and after a refusal it sends no RSET, so the connection is left
+//! inside a transaction. Its command API *can* be pipelined by hand — `cmds()` writes MAIL,
+//! RCPT and DATA at once and `read_many(3)` reads their replies, then `write_message()` and
+//! `read()` carry the body — which gives the same two round trips per message as this client.
+//! But that leaves to the caller the stage logic, the RSET after any refusal (also after a
+//! pipelined refusal answered with 354, which needs an empty body first), 421 handling and
+//! knowing whether the final dot went out (for duplicate accounting): most of what `client`
+//! is. Its readers also start a fresh 1 KiB buffer and parser per call and drop any bytes
+//! past the replies asked for, and a 421 followed by a close inside `read_many` comes back as
+//! "unparseable reply", not as the 421. Nor does it set TCP_NODELAY (its stream is public, so
+//! a caller could): the body and the final dot are two writes, so Nagle can hold the dot until
+//! the server's delayed ACK (40 ms on Linux: at most ~25 msg/s per connection). Blast sends one recipient per transaction at tens of
+//! thousands of messages per second, so round trips and stage-accurate outcomes are the whole
+//! game; this client is small and does exactly that on tokio + tokio-rustls.
 //!
 //! Layout: `reply` parses server replies, `settings` holds per-node
 //! configuration (including the rustls config, built once), `tls` builds
