@@ -2,11 +2,15 @@
 //! their exit codes and output. `preview` output is parsed by Python's `email` package (an
 //! independent MIME implementation), so these tests need `python3` on the PATH.
 
+mod common;
+
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
+
+use common::{Blast, BlastOutput};
 
 const SECRET: &str = "cli-test-secret-0123456789abcdef";
 
@@ -14,20 +18,10 @@ fn project() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// `blast ARGS` from the project directory, with a clean, known environment for the variables
-/// blast reads (other variables, e.g. PATH, are inherited).
-fn blast(args: &[&str], env: &[(&str, &str)]) -> Output {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_blast"));
-    cmd.args(args)
-        .current_dir(project())
-        .env_remove("BLAST_SECRET")
-        .env_remove("BLAST_RELAY_PASSWORD")
-        .env_remove("RUST_LOG")
-        .stdin(Stdio::null());
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    cmd.output().expect("run blast")
+/// `blast ARGS` from the project directory, with `env` on top of the clean environment for the
+/// variables blast reads (other variables, e.g. PATH, are inherited).
+fn blast(args: &[&str], env: &[(&str, &str)]) -> BlastOutput {
+    Blast::new().args(args).envs(env.iter().copied()).output()
 }
 
 fn example_env() -> [(&'static str, &'static str); 2] {
@@ -39,12 +33,6 @@ fn example_env() -> [(&'static str, &'static str); 2] {
 
 fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
-}
-
-fn code(o: &Output) -> i32 {
-    o.status
-        .code()
-        .unwrap_or_else(|| panic!("killed by a signal: {o:?}"))
 }
 
 struct TempDir(PathBuf);
@@ -168,8 +156,8 @@ name = "no-host"
     fs::write(&path, toml).unwrap();
     let file = path.to_str().unwrap();
     let o = blast(&["check", file], &[("BLAST_SECRET", SECRET)]);
-    assert_eq!(code(&o), 2, "{o:?}");
-    let stderr = text(&o.stderr);
+    assert_eq!(o.code(), 2, "{o:?}");
+    let stderr = o.stderr();
     let problems = problem_lines(&stderr, file);
     assert!(
         stderr.contains(&format!("{} problems found", problems.len())),
@@ -199,7 +187,7 @@ name = "no-host"
             "no {fragment:?} at {line}:{col} in\n{stderr}"
         );
     }
-    assert!(o.stdout.is_empty(), "{}", text(&o.stdout));
+    assert!(o.stdout_bytes().is_empty(), "{}", o.stdout());
 }
 
 #[test]
@@ -235,15 +223,15 @@ password_env = "BLAST_RELAY_PASSWORD"
     fs::write(&path, toml).unwrap();
     // The secret is needed to build the renderer, so without it only environment problems.
     let o = blast(&["check", path.to_str().unwrap()], &[]);
-    assert_eq!(code(&o), 2);
-    let stderr = text(&o.stderr);
+    assert_eq!(o.code(), 2);
+    let stderr = o.stderr();
     assert!(stderr.contains("2 problems found"), "{stderr}");
     assert!(stderr.contains("BLAST_SECRET is not set"), "{stderr}");
     assert!(stderr.contains("BLAST_RELAY_PASSWORD"), "{stderr}");
     // With both set, the template's unknown variable, with its file and line.
     let o = blast(&["check", path.to_str().unwrap()], &example_env());
-    assert_eq!(code(&o), 2);
-    let stderr = text(&o.stderr);
+    assert_eq!(o.code(), 2);
+    let stderr = o.stderr();
     let body = dir.0.join("body.txt");
     assert!(
         stderr.contains(&format!(
@@ -257,8 +245,8 @@ password_env = "BLAST_RELAY_PASSWORD"
 #[test]
 fn check_example_with_secrets_exits_0() {
     let o = blast(&["check", "campaigns/example.toml"], &example_env());
-    let stdout = text(&o.stdout);
-    assert_eq!(code(&o), 0, "{stdout}\n{}", text(&o.stderr));
+    let stdout = o.stdout();
+    assert_eq!(o.code(), 0, "{stdout}\n{}", o.stderr());
     assert!(stdout.contains("campaign   spring-sale-2026 (Spring sale 2026)"));
     assert!(
         stdout.contains("sampled    8 rows: 6 accepted, 2 rejected, 6 rendered"),
@@ -272,8 +260,8 @@ fn check_example_with_secrets_exits_0() {
         &["check", "campaigns/example.toml"],
         &[("BLAST_SECRET", SECRET)],
     );
-    assert_eq!(code(&o), 2);
-    assert!(text(&o.stderr).contains("BLAST_RELAY_PASSWORD"));
+    assert_eq!(o.code(), 2);
+    assert!(o.stderr().contains("BLAST_RELAY_PASSWORD"));
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -286,8 +274,8 @@ fn preview_is_a_valid_mime_message() {
         &["preview", "campaigns/example.toml", "--row", "1"],
         &example_env(),
     );
-    assert_eq!(code(&o), 0, "{}", text(&o.stderr));
-    let m = python_parse(&o.stdout);
+    assert_eq!(o.code(), 0, "{}", o.stderr());
+    let m = python_parse(o.stdout_bytes());
     assert_eq!(m["defects"], serde_json::json!([]), "{m:#}");
     assert_eq!(m["subject"], "Alice, our spring sale starts today");
     assert_eq!(m["to_name"], "Alice Archer");
@@ -317,7 +305,7 @@ fn preview_is_a_valid_mime_message() {
         .collect();
     assert!(!keys.contains(&"bcc"));
     // stderr names the envelope.
-    let stderr = text(&o.stderr);
+    let stderr = o.stderr();
     assert!(
         stderr.contains("row 1 → alice@example.com (MAIL FROM:<b-spring-sale-2026-1-"),
         "{stderr}"
@@ -327,7 +315,10 @@ fn preview_is_a_valid_mime_message() {
         &["preview", "campaigns/example.toml", "--row", "1"],
         &example_env(),
     );
-    assert_eq!(python_parse(&again.stdout)["message_id"], m["message_id"]);
+    assert_eq!(
+        python_parse(again.stdout_bytes())["message_id"],
+        m["message_id"]
+    );
 }
 
 #[test]
@@ -336,10 +327,14 @@ fn preview_encodes_non_ascii_names() {
         &["preview", "campaigns/example.toml", "--row", "3"],
         &example_env(),
     );
-    assert_eq!(code(&o), 0, "{}", text(&o.stderr));
-    let head_end = o.stdout.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
-    assert!(o.stdout[..head_end].is_ascii(), "headers are 7-bit");
-    let m = python_parse(&o.stdout);
+    assert_eq!(o.code(), 0, "{}", o.stderr());
+    let head_end = o
+        .stdout_bytes()
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .unwrap();
+    assert!(o.stdout_bytes()[..head_end].is_ascii(), "headers are 7-bit");
+    let m = python_parse(o.stdout_bytes());
     assert_eq!(m["defects"], serde_json::json!([]), "{m:#}");
     assert_eq!(m["subject"], "Zoë, our spring sale starts today");
     assert_eq!(m["to_name"], "Zoë Żółć");
@@ -353,20 +348,20 @@ fn preview_of_a_rejected_row_exits_2() {
         &["preview", "campaigns/example.toml", "--row", "5"],
         &example_env(),
     );
-    assert_eq!(code(&o), 2);
-    assert!(o.stdout.is_empty());
-    let stderr = text(&o.stderr);
+    assert_eq!(o.code(), 2);
+    assert!(o.stdout_bytes().is_empty());
+    let stderr = o.stderr();
     assert!(stderr.contains("row 5 was rejected"), "{stderr}");
     // A row past the end of the list.
     let o = blast(
         &["preview", "campaigns/example.toml", "--row", "99"],
         &example_env(),
     );
-    assert_eq!(code(&o), 2);
+    assert_eq!(o.code(), 2);
     assert!(
-        text(&o.stderr).contains("row 99 not found: the list has 8 rows"),
+        o.stderr().contains("row 99 not found: the list has 8 rows"),
         "{}",
-        text(&o.stderr)
+        o.stderr()
     );
 }
 
@@ -385,8 +380,8 @@ fn preview_writes_to_a_file_with_out() {
         ],
         &example_env(),
     );
-    assert_eq!(code(&o), 0, "{}", text(&o.stderr));
-    assert!(o.stdout.is_empty());
+    assert_eq!(o.code(), 0, "{}", o.stderr());
+    assert!(o.stdout_bytes().is_empty());
     let m = python_parse(&fs::read(&out).unwrap());
     assert_eq!(m["defects"], serde_json::json!([]));
     // The domain is lowercased, the local part kept.
@@ -429,8 +424,8 @@ fn the_last_log_line_before_exit_reaches_stderr() {
             ],
             &[("RUST_LOG", "blast=debug")],
         );
-        assert_eq!(code(&o), 0, "{}", text(&o.stderr));
-        let stderr = text(&o.stderr);
+        assert_eq!(o.code(), 0, "{}", o.stderr());
+        let stderr = o.stderr();
         assert!(
             stderr
                 .lines()
@@ -461,8 +456,8 @@ fn dry_run_send_of_the_demo_prints_a_summary() {
         ],
         &[],
     );
-    let stdout = text(&o.stdout);
-    assert_eq!(code(&o), 0, "{stdout}\n{}", text(&o.stderr));
+    let stdout = o.stdout();
+    assert_eq!(o.code(), 0, "{stdout}\n{}", o.stderr());
     // The same numbers, machine-readable.
     let summary: serde_json::Value =
         serde_json::from_str(&fs::read_to_string(dir.0.join("summary.json")).unwrap()).unwrap();
@@ -516,5 +511,5 @@ fn dry_run_send_of_the_demo_prints_a_summary() {
     assert_eq!(written, ["recipients.csv"]);
     assert!(dir.0.join("summary.json").exists());
     // The embedded-only demo runs without a secret, with a warning.
-    assert!(text(&o.stderr).contains("BLAST_SECRET is not set"));
+    assert!(o.stderr().contains("BLAST_SECRET is not set"));
 }

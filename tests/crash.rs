@@ -14,11 +14,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use blast::journal::Journal;
-use common::{SmtpSink, remove_dir_unless_panicking, test_dir};
+use common::{Blast, BlastChild, SmtpSink, remove_dir_unless_panicking, test_dir};
 
 const SECRET_VAR: &str = "BLAST_CRASH_SECRET";
 const SECRET: &str = "crash-test-secret-0123456789";
@@ -89,21 +88,14 @@ messages_per_connection = 100000
     toml
 }
 
-fn spawn(toml: &Path, dir: &Path, session: usize) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_blast"))
+fn spawn(toml: &Path, dir: &Path, session: usize) -> BlastChild {
+    Blast::new()
         .args(["send", "-q"])
         .arg(toml)
         .env(SECRET_VAR, SECRET)
-        .env_remove("RUST_LOG")
-        .stdout(std::fs::File::create(dir.join(format!("out-{session}.txt"))).unwrap())
-        .stderr(std::fs::File::create(dir.join(format!("err-{session}.txt"))).unwrap())
+        .stdout_to(dir.join(format!("out-{session}.txt")))
+        .stderr_to(dir.join(format!("err-{session}.txt")))
         .spawn()
-        .expect("spawn blast")
-}
-
-fn output(dir: &Path, session: usize) -> String {
-    let read = |name: String| std::fs::read_to_string(dir.join(name)).unwrap_or_default();
-    read(format!("out-{session}.txt")) + &read(format!("err-{session}.txt"))
 }
 
 /// "… N attempted without an outcome …" of a resuming session's first line.
@@ -188,17 +180,16 @@ fn two_hundred_thousand_rows_five_kill_9s_nothing_lost() {
         let mut child = spawn(&toml, &dir, session);
         let t0 = Instant::now();
         while (sink.completed_count() as u64) < before + kill_after {
-            if let Some(s) = child.try_wait().unwrap() {
+            if let Some(s) = child.try_wait() {
                 panic!(
                     "blast ended ({s}) before the kill:\n{}",
-                    output(&dir, session)
+                    child.wait_bounded(SESSION_LIMIT).text()
                 );
             }
             assert!(t0.elapsed() < SESSION_LIMIT, "session {session} too slow");
             std::thread::sleep(Duration::from_millis(2));
         }
-        child.kill().expect("SIGKILL"); // std's kill is SIGKILL
-        let _ = child.wait();
+        let killed = child.kill();
         eprintln!(
             "session {session}: killed after {} new messages at the sink ({:.1} s)",
             sink.completed_count() as u64 - before,
@@ -207,19 +198,14 @@ fn two_hundred_thousand_rows_five_kill_9s_nothing_lost() {
         // The journal survives a kill -9 intact.
         integrity_ok(&journal);
         if session > 0 {
-            unconfirmed_at_resume.push(resumed_unconfirmed(&output(&dir, session)));
+            unconfirmed_at_resume.push(resumed_unconfirmed(&killed.text()));
         }
     }
 
     // The last session runs to the end.
-    let mut child = spawn(&toml, &dir, CRASHES);
-    let t0 = Instant::now();
-    while child.try_wait().unwrap().is_none() {
-        assert!(t0.elapsed() < SESSION_LIMIT, "last session too slow");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let out = output(&dir, CRASHES);
-    assert_eq!(child.wait().unwrap().code(), Some(0), "{out}");
+    let last = spawn(&toml, &dir, CRASHES).wait_bounded(SESSION_LIMIT);
+    let out = last.text();
+    assert_eq!(last.status().code(), Some(0), "{out}");
     assert!(out.contains("run        1 finished"), "{out}");
     unconfirmed_at_resume.push(resumed_unconfirmed(&out));
     integrity_ok(&journal);
@@ -282,12 +268,8 @@ fn two_hundred_thousand_rows_five_kill_9s_nothing_lost() {
         .filter(|(_, n)| **n > 1)
         .map(|(r, _)| *r)
         .collect();
-    let status = Command::new(env!("CARGO_BIN_EXE_blast"))
-        .args(["status", "--json"])
-        .arg(&toml)
-        .output()
-        .unwrap();
-    let v: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    let status = Blast::new().args(["status", "--json"]).arg(&toml).output();
+    let v: serde_json::Value = serde_json::from_slice(status.stdout_bytes()).unwrap();
     eprintln!(
         "crash test: {ROWS} rows, {CRASHES} kill -9s in {:.1} s; sink: {files} files ({partial} partial), {} rows delivered twice or more; blast: {} flagged possibly duplicated (unconfirmed at each resume: {unconfirmed_at_resume:?}), status says {}",
         started.elapsed().as_secs_f64(),

@@ -26,14 +26,11 @@ use std::sync::{Arc, Once};
 use std::time::Instant;
 
 use blast::campaign::Campaign;
+use common::{Blast, BlastOutput};
 
-fn blast(args: &[&str], dir: &Path) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_blast"))
-        .args(args)
-        .current_dir(dir)
-        .env_remove("BLAST_SECRET")
-        .output()
-        .expect("run blast")
+/// `blast ARGS` in `dir`.
+fn blast(args: &[&str], dir: &Path) -> BlastOutput {
+    Blast::new().args(args).current_dir(dir).output()
 }
 
 fn text(o: &Output) -> String {
@@ -111,8 +108,11 @@ fn generate(dir: &Path, selector: &str, algorithm: &str) -> (PathBuf, String) {
         ],
         dir,
     );
-    assert!(out.status.success(), "keys generate: {}", text(&out));
-    let record = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    assert!(out.success(), "keys generate: {}", out.text());
+    let record = std::str::from_utf8(out.stdout_bytes())
+        .unwrap()
+        .trim()
+        .to_string();
     (
         dir.join(format!("keys/example.com.{selector}.key.pem")),
         record,
@@ -349,7 +349,7 @@ fn preview_shows_signed_compliance_headers() {
         ],
         &dir,
     );
-    assert!(out.status.success(), "{}", text(&out));
+    assert!(out.success(), "{}", out.text());
     let msg = fs::read_to_string(dir.join("p.eml")).unwrap();
     let f = fields(&msg);
     let get = |name: &str| -> Vec<&str> {
@@ -428,8 +428,8 @@ fn check_reports_key_problems_at_key_file() {
             &format!("[dkim]\ndomain = \"example.com\"\nselector = \"s1\"\nkey_file = \"{key}\"\n"),
         );
         let out = blast(&["check", path.to_str().unwrap()], &dir);
-        let t = text(&out);
-        assert_eq!(out.status.code(), Some(2), "{t}");
+        let t = out.text();
+        assert_eq!(out.status().code(), Some(2), "{t}");
         // [dkim] starts on line 21 of the generated file; key_file is its 4th line, column 12.
         let line = fs::read_to_string(&path)
             .unwrap()
@@ -451,8 +451,8 @@ fn check_reports_key_problems_at_key_file() {
         ),
     );
     let out = blast(&["check", path.to_str().unwrap()], &dir);
-    assert_eq!(out.status.code(), Some(2));
-    assert!(text(&out).contains("holds a ed25519 key"), "{}", text(&out));
+    assert_eq!(out.status().code(), Some(2));
+    assert!(out.text().contains("holds a ed25519 key"), "{}", out.text());
 
     // A good key: ok, the signer is listed; a bounce domain outside From's organisational
     // domain gets a DMARC warning, a subdomain of it does not.
@@ -462,8 +462,8 @@ fn check_reports_key_problems_at_key_file() {
     );
     let path = campaign(&dir, &good);
     let out = blast(&["check", path.to_str().unwrap()], &dir);
-    let t = text(&out);
-    assert!(out.status.success(), "{t}");
+    let t = out.text();
+    assert!(out.success(), "{t}");
     assert!(
         t.contains("dkim       d=example.com s=s1 a=ed25519-sha256"),
         "{t}"
@@ -475,8 +475,8 @@ fn check_reports_key_problems_at_key_file() {
         .replace("@bounce.example.com", "@bounces.esp-mail.net");
     fs::write(&path, toml).unwrap();
     let out = blast(&["check", path.to_str().unwrap()], &dir);
-    let t = text(&out);
-    assert!(out.status.success(), "a warning, not a problem: {t}");
+    let t = out.text();
+    assert!(out.success(), "a warning, not a problem: {t}");
     assert!(
         t.contains("warning: envelope domain bounces.esp-mail.net and From domain example.com have different organisational domains"),
         "{t}"
@@ -521,8 +521,8 @@ fn keys_generate_writes_private_key_0600_and_never_overwrites() {
         ],
         &dir,
     );
-    assert_eq!(again.status.code(), Some(2), "{}", text(&again));
-    assert!(text(&again).contains("never overwrites"));
+    assert_eq!(again.status().code(), Some(2), "{}", again.text());
+    assert!(again.text().contains("never overwrites"));
     assert_eq!(fs::read_to_string(&key).unwrap(), pem, "key unchanged");
 
     // RSA (through openssl): a 2048-bit key, and a TXT value split into <= 255-octet strings.

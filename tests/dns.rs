@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use blast::dns::{Dns, DnsConfig, LookupError, NoMail, Route};
+use common::Blast;
 
 /// dnsmasq on 127.0.0.1:PORT, stopped on drop.
 struct DnsServer {
@@ -392,33 +393,22 @@ struct Run {
 
 fn send(campaign: &Path) -> Run {
     let t = Instant::now();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_blast"))
+    let out = Blast::new()
         .args(["send", "--quiet"])
         .arg(campaign)
         .env(SECRET_VAR, "dns-tests-secret-0123456789abcdef")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while child.try_wait().unwrap().is_none() {
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("blast send did not finish in 60 s");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let out = child.wait_with_output().unwrap();
+        .timeout(Duration::from_secs(60))
+        .output();
     let log_path = campaign.with_file_name("c.delivery.jsonl");
     let log = std::fs::read_to_string(&log_path)
         .unwrap_or_default()
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    eprintln!("{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    let stdout = out.stdout();
+    eprintln!("{stdout}\n{}", out.stderr());
     Run {
-        code: out.status.code().unwrap_or(-1),
+        code: out.status().code().unwrap_or(-1),
         stdout,
         log,
         elapsed: t.elapsed(),
@@ -488,23 +478,17 @@ tls = "none"
         run.stdout
     );
     // The counters are in the journal: `blast status` shows them (text and --json).
-    let status = Command::new(env!("CARGO_BIN_EXE_blast"))
+    let status = Blast::new()
         .args(["status", "--json"])
         .arg(&campaign)
-        .output()
-        .unwrap();
-    assert!(status.status.success(), "{status:?}");
-    let v: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+        .output();
+    assert!(status.success(), "{status:?}");
+    let v: serde_json::Value = serde_json::from_slice(status.stdout_bytes()).unwrap();
     assert_eq!(v["dns"]["domain_lookups"], 3, "{v}");
     assert_eq!(v["dns"]["cache_hits"], 29, "{v}");
     assert_eq!(v["dns"]["negative"], 2, "{v}");
     assert_eq!(v["dns"]["rows_failed"], 12, "{v}");
-    let text = Command::new(env!("CARGO_BIN_EXE_blast"))
-        .arg("status")
-        .arg(&campaign)
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&text.stdout);
+    let text = Blast::new().arg("status").arg(&campaign).output().stdout();
     assert!(
         text.contains("dns        3 domain lookups, 29 cache hits, 2 negative (do not accept mail), 0 temporary failures; 12 rows failed by DNS"),
         "{text}"
@@ -712,14 +696,13 @@ fn check_warns_about_missing_spf_and_dmarc() {
             .replace("news@example.com", from)
             .replace("bounce.example.com", "bounce.good.test");
         std::fs::write(&campaign, text).unwrap();
-        let out = Command::new(env!("CARGO_BIN_EXE_blast"))
+        let out = Blast::new()
             .arg("check")
             .arg(&campaign)
             .env(SECRET_VAR, "dns-tests-secret-0123456789abcdef")
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{out:?}");
-        String::from_utf8_lossy(&out.stderr).into_owned()
+            .output();
+        assert!(out.success(), "{out:?}");
+        out.stderr()
     };
     let good = check("news@good.test");
     assert!(!good.contains("SPF") && !good.contains("DMARC"), "{good}");

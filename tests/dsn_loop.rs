@@ -11,13 +11,13 @@
 
 mod common;
 
-use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use blast::bounce::suppression::Suppressions;
-use common::{PostfixNodes, SmtpSink, free_port, remove_dir_unless_panicking, test_dir};
+use common::{
+    Blast, BlastChild, PostfixNodes, SmtpSink, free_port, remove_dir_unless_panicking, test_dir,
+};
 
 const SECRET_VAR: &str = "BLAST_DSN_LOOP_SECRET";
 const SECRET: &str = "dsn-loop-secret-0123456789";
@@ -27,14 +27,14 @@ const HARD: &[&str] = &["gone1@hard.test", "gone2@hard.test", "gone3@hard.test"]
 const SOFT: &[&str] = &["later1@soft.test", "later2@soft.test"];
 const OK: &[&str] = &["fine1@ok.test", "fine2@ok.test"];
 
-/// `blast sink` as a child process; SIGTERM and reaped on drop.
+/// `blast sink` as a child process; killed if dropped while running.
 struct Sink {
-    child: Child,
+    child: BlastChild,
 }
 
 impl Sink {
     fn start(port: u16, db: &Path, log: &Path, out: &Path) -> Sink {
-        let child = Command::new(env!("CARGO_BIN_EXE_blast"))
+        let child = Blast::new()
             .args(["sink", "--listen", &format!("127.0.0.1:{port}")])
             .args(["--domain", BOUNCE_DOMAIN, "--secret-env", SECRET_VAR])
             .arg("--db")
@@ -44,10 +44,8 @@ impl Sink {
             .arg("--quarantine")
             .arg(out.join("quarantine"))
             .env(SECRET_VAR, SECRET)
-            .stdout(std::fs::File::create(out.join("sink.stdout")).unwrap())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
+            .stdout_to(out.join("sink.stdout"))
+            .spawn();
         let deadline = Instant::now() + Duration::from_secs(10);
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
             assert!(Instant::now() < deadline, "blast sink did not listen");
@@ -56,36 +54,11 @@ impl Sink {
         Sink { child }
     }
 
-    /// SIGTERM, then the exit status and stderr.
-    fn stop(&mut self) -> (Option<i32>, String) {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        let status = loop {
-            if let Some(s) = self.child.try_wait().unwrap() {
-                break Some(s);
-            }
-            if Instant::now() > deadline {
-                let _ = self.child.kill();
-                break self.child.wait().ok();
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        };
-        let mut err = String::new();
-        if let Some(mut e) = self.child.stderr.take() {
-            let _ = e.read_to_string(&mut err);
-        }
-        (status.and_then(|s| s.code()), err)
-    }
-}
-
-impl Drop for Sink {
-    fn drop(&mut self) {
-        if self.child.try_wait().ok().flatten().is_none() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
+    /// SIGTERM, then (bounded) the exit code and stderr.
+    fn stop(self) -> (Option<i32>, String) {
+        self.child.signal("TERM");
+        let o = self.child.wait_bounded(Duration::from_secs(10));
+        (o.status().code(), o.stderr())
     }
 }
 
@@ -149,15 +122,12 @@ max_connections = 2
 }
 
 fn blast(args: &[&str], campaign: &Path) -> (i32, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_blast"))
+    let out = Blast::new()
         .args(args)
         .arg(campaign)
         .env(SECRET_VAR, SECRET)
-        .output()
-        .unwrap();
-    let text =
-        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
-    (out.status.code().unwrap_or(-1), text)
+        .output();
+    (out.status().code().unwrap_or(-1), out.text())
 }
 
 fn summary_number(summary: &str, prefix: &str, word: &str) -> u64 {
@@ -214,7 +184,7 @@ fn postfix_dsns_feed_the_suppression_list() {
     );
     let db = dir.join("suppression.sqlite");
     let log_path = dir.join("bounces.jsonl");
-    let mut sink = Sink::start(sink_port, &db, &log_path, &dir);
+    let sink = Sink::start(sink_port, &db, &log_path, &dir);
     let path = campaign(&dir, relay.ports()[0]);
     let rows = (HARD.len() + SOFT.len() + OK.len()) as u64;
 

@@ -6,12 +6,11 @@ mod common;
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
 use blast::generate::{GenOptions, write_recipients};
 use blast::verp::VerpKey;
-use common::{PostfixNodes, SmtpSink, remove_dir_unless_panicking, test_dir};
+use common::{Blast, PostfixNodes, SmtpSink, remove_dir_unless_panicking, test_dir};
 
 const SECRET_VAR: &str = "BLAST_E2E_SECRET";
 const SECRET: &str = "e2e-secret-0123456789";
@@ -84,15 +83,12 @@ fn rows_by_address(list: &Path) -> HashMap<String, (u64, String, String)> {
 }
 
 fn send(campaign: &Path) -> (i32, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_blast"))
+    let out = Blast::new()
         .args(["send", "--quiet"])
         .arg(campaign)
         .env(SECRET_VAR, SECRET)
-        .output()
-        .unwrap();
-    let text =
-        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
-    (out.status.code().unwrap_or(-1), text)
+        .output();
+    (out.status().code().unwrap_or(-1), out.text())
 }
 
 fn summary_number(summary: &str, prefix: &str, word: &str) -> u64 {

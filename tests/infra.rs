@@ -1,10 +1,11 @@
 //! The real-server test infrastructure works end to end: an smtp-sink, two
 //! Postfix relay nodes relaying to it, 20 messages through each node, all 40
-//! arrive; and the nodes carry the relay tuning of scripts/postfix-relay-config.
+//! arrive; and the nodes carry the relay tuning of scripts/postfix-relay-config. And the runner
+//! of the `blast` binary (`common::Blast`) keeps its bounds.
 
 mod common;
 
-use common::{PostfixNodes, SmtpSink, parse_main_cf, script, send_messages};
+use common::{Blast, PostfixNodes, SmtpSink, free_port, parse_main_cf, script, send_messages};
 use std::collections::BTreeSet;
 use std::fs;
 use std::process::Command;
@@ -177,4 +178,45 @@ fn nodes_carry_the_relay_tuning() {
             i + 1
         );
     }
+}
+
+/// `common::Blast`: a blast still running at its time limit is killed and the test fails with
+/// what it wrote; `signal("TERM")` stops it the way an operator would.
+#[test]
+fn blast_runner_kills_at_the_time_limit_and_signals() {
+    let dir = common::test_dir("blast-runner");
+    let port = free_port();
+    // `blast sink` runs until it is signalled.
+    let sink = || {
+        Blast::new()
+            .args(["sink", "--listen", &format!("127.0.0.1:{port}")])
+            .args(["--domain", "bounce.runner.test", "--db"])
+            .arg(dir.join("suppression.sqlite"))
+            .env("BLAST_SECRET", "runner-test-secret-0123456789")
+    };
+    let started = Instant::now();
+    let panic = std::panic::catch_unwind(|| sink().timeout(Duration::from_secs(2)).output())
+        .expect_err("blast sink ended by itself");
+    let message = panic
+        .downcast_ref::<String>()
+        .expect("a formatted panic message");
+    assert!(
+        message.contains("blast did not finish within 2s, killed: `blast sink --listen"),
+        "{message}"
+    );
+    assert!(message.contains("--- stderr ---"), "{message}");
+    assert!(started.elapsed() < Duration::from_secs(30));
+
+    let mut child = sink().spawn();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(child.try_wait().is_none(), "blast sink exited");
+        assert!(Instant::now() < deadline, "blast sink did not listen");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child.signal("TERM");
+    let o = child.wait_bounded(Duration::from_secs(10));
+    assert_eq!(o.code(), 0, "{o:?}");
+    assert!(o.stderr().contains("sink stopped"), "{o:?}");
+    common::remove_dir_unless_panicking(&dir);
 }

@@ -11,11 +11,12 @@ mod common;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use blast::journal::Journal;
 use blast::smtp::receiver::{Receiver, ReceiverHandle, ReceiverOptions, Script};
+use common::{Blast, BlastChild, BlastOutput};
 use tokio::runtime::Runtime;
 
 const SECRET_VAR: &str = "BLAST_JOURNAL_TEST_SECRET";
@@ -150,80 +151,34 @@ fn write_list(dir: &Path, rows: u64, address: fn(u64) -> String) {
     std::fs::write(dir.join("list.csv"), csv).expect("write list");
 }
 
-fn command(toml: &Path, args: &[&str]) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_blast"));
-    c.arg(args[0])
+/// `blast ARGS[0] TOML ARGS[1..]` with the campaign's secret.
+fn command(toml: &Path, args: &[&str]) -> Blast {
+    Blast::new()
+        .arg(args[0])
         .arg(toml)
         .args(&args[1..])
         .env(SECRET_VAR, SECRET)
-        .env_remove("RUST_LOG");
-    c
 }
 
 /// Runs blast to its end (bounded).
-fn blast(toml: &Path, args: &[&str]) -> Output {
-    let child = command(toml, args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn blast");
-    wait_output(child)
+fn blast(toml: &Path, args: &[&str]) -> BlastOutput {
+    command(toml, args).timeout(LIMIT).output()
 }
 
-fn wait_output(mut child: Child) -> Output {
-    let start = Instant::now();
-    loop {
-        if child.try_wait().expect("try_wait").is_some() {
-            return child.wait_with_output().expect("output");
-        }
-        if start.elapsed() > LIMIT {
-            let _ = child.kill();
-            panic!("blast did not finish within {LIMIT:?}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-fn spawn(toml: &Path, args: &[&str]) -> Child {
-    command(toml, args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn blast")
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
-fn code(o: &Output) -> i32 {
-    o.status
-        .code()
-        .unwrap_or_else(|| panic!("killed by a signal: {}", text(o)))
+fn spawn(toml: &Path, args: &[&str]) -> BlastChild {
+    command(toml, args).spawn()
 }
 
 /// Waits until the receiver accepted at least `n` messages (bounded).
-fn wait_received(rx: &ReceiverHandle, n: u64, child: &mut Child) {
+fn wait_received(rx: &ReceiverHandle, n: u64, child: &mut BlastChild) {
     let start = Instant::now();
     while rx.stats().accepted < n {
-        if let Some(s) = child.try_wait().expect("try_wait") {
+        if let Some(s) = child.try_wait() {
             panic!("blast ended ({s}) before {n} messages were received");
         }
         assert!(start.elapsed() < LIMIT, "only {:?} received", rx.stats());
         std::thread::sleep(Duration::from_millis(10));
     }
-}
-
-fn signal(child: &Child, sig: &str) {
-    let ok = Command::new("kill")
-        .args([sig, &child.id().to_string()])
-        .status()
-        .expect("kill");
-    assert!(ok.success());
 }
 
 /// Received messages per recipient address.
@@ -328,8 +283,8 @@ fn journal_matches_the_log_and_a_finished_run_is_a_no_op() {
         &s.toml,
         &["send", "-q", "--summary-json", json_path.to_str().unwrap()],
     );
-    assert_eq!(code(&o), 1, "{}", text(&o));
-    assert!(text(&o).contains("run        1 finished"), "{}", text(&o));
+    assert_eq!(o.code(), 1, "{}", o.text());
+    assert!(o.text().contains("run        1 finished"), "{}", o.text());
     let summary: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&json_path).unwrap()).unwrap();
     assert_eq!(summary["run"]["id"], 1, "{summary}");
@@ -367,11 +322,11 @@ fn journal_matches_the_log_and_a_finished_run_is_a_no_op() {
         .unwrap()
         .len();
     let o = blast(&s.toml, &["send", "-q"]);
-    assert_eq!(code(&o), 0, "{}", text(&o));
+    assert_eq!(o.code(), 0, "{}", o.text());
     assert!(
-        text(&o).contains("run 1 already finished at") && text(&o).contains("nothing to do"),
+        o.text().contains("run 1 already finished at") && o.text().contains("nothing to do"),
         "{}",
-        text(&o)
+        o.text()
     );
     assert_eq!(s.rx.stats().transactions, received_before.transactions);
     assert_eq!(outcomes(&j).len(), 200);
@@ -385,11 +340,11 @@ fn journal_matches_the_log_and_a_finished_run_is_a_no_op() {
     // --new-run sends the whole list again, as run 2 — except the 20 addresses that got a
     // 550 5.1.1 in run 1: they are on the suppression list now, so nothing fails.
     let o = blast(&s.toml, &["send", "-q", "--new-run"]);
-    assert_eq!(code(&o), 0, "{}", text(&o));
+    assert_eq!(o.code(), 0, "{}", o.text());
     assert!(
-        text(&o).contains("suppressed 20 rows skipped"),
+        o.text().contains("suppressed 20 rows skipped"),
         "{}",
-        text(&o)
+        o.text()
     );
     assert_eq!(s.rx.stats().accepted, 360);
     assert_eq!(
@@ -400,7 +355,7 @@ fn journal_matches_the_log_and_a_finished_run_is_a_no_op() {
     // A regenerated list (one more row) is a new run, sent in full.
     write_list(&s.dir, 201, |row| format!("new{row}@d{}.test", row % 5));
     let o = blast(&s.toml, &["send", "-q"]);
-    assert_eq!(code(&o), 0, "{}", text(&o));
+    assert_eq!(o.code(), 0, "{}", o.text());
     assert_eq!(s.rx.stats().accepted, 561);
     assert_eq!(runs(&j).len(), 3);
     assert_eq!(
@@ -427,8 +382,7 @@ fn crashes_with_sigkill_then_resume_lose_nothing_and_count_duplicates() {
     for &n in &kill_at {
         let mut child = spawn(&s.toml, &["send", "-q"]);
         wait_received(&s.rx, n, &mut child);
-        child.kill().expect("SIGKILL"); // std's kill is SIGKILL
-        let _ = child.wait();
+        child.kill();
         let j = journal(&s);
         integrity_ok(&j);
         assert_eq!(runs(&j), vec![(1, "running".to_string())]);
@@ -440,8 +394,8 @@ fn crashes_with_sigkill_then_resume_lose_nothing_and_count_duplicates() {
 
     // The last resume runs to the end: same run, 4 sessions.
     let o = blast(&s.toml, &["send", "-q"]);
-    let out = text(&o);
-    assert_eq!(code(&o), 0, "{out}");
+    let out = o.text();
+    assert_eq!(o.code(), 0, "{out}");
     assert!(out.contains("run        1 finished"), "{out}");
     let skipped = summary_number(&out, "resumed", "rows skipped");
     let reported_last = summary_number(&out, "resumed", "possibly duplicated (resumed");
@@ -507,10 +461,8 @@ fn a_second_signal_cuts_transactions_off_and_the_journal_stays_consistent() {
     let stderr_path = s.dir.join("stderr.txt");
     let mut child = command(&s.toml, &["send", "-q", "--grace", "120s"])
         .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(std::fs::File::create(&stderr_path).unwrap())
-        .spawn()
-        .expect("spawn");
+        .stderr_to(&stderr_path)
+        .spawn();
     wait_received(&s.rx, 60, &mut child);
     // Wait until the four connections are each in a slow transaction (committed marks).
     let in_flight = |j: &Journal| -> i64 {
@@ -527,7 +479,7 @@ fn a_second_signal_cuts_transactions_off_and_the_journal_stays_consistent() {
         assert!(start.elapsed() < LIMIT);
         std::thread::sleep(Duration::from_millis(20));
     }
-    signal(&child, "-TERM");
+    child.signal("TERM");
     let start = Instant::now();
     while !std::fs::read_to_string(&stderr_path)
         .unwrap()
@@ -536,14 +488,10 @@ fn a_second_signal_cuts_transactions_off_and_the_journal_stays_consistent() {
         assert!(start.elapsed() < LIMIT, "first signal not seen");
         std::thread::sleep(Duration::from_millis(20));
     }
-    signal(&child, "-TERM");
-    let o = wait_output(child);
-    let out = format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        std::fs::read_to_string(&stderr_path).unwrap()
-    );
-    assert_eq!(code(&o), 143, "{out}");
+    child.signal("TERM");
+    let o = child.wait_bounded(LIMIT);
+    let out = o.text();
+    assert_eq!(o.code(), 143, "{out}");
     assert!(out.contains("second signal"), "{out}");
     let j = journal(&s);
     integrity_ok(&j);
@@ -564,8 +512,8 @@ fn a_second_signal_cuts_transactions_off_and_the_journal_stays_consistent() {
         },
     );
     let o = blast(&s.toml, &["send", "-q"]);
-    let out = text(&o);
-    assert_eq!(code(&o), 0, "{out}");
+    let out = o.text();
+    assert_eq!(o.code(), 0, "{out}");
     assert_eq!(summary_number(&out, "resumed", "rows skipped"), 60);
     assert_eq!(
         summary_number(&out, "resumed", "possibly duplicated (resumed"),
@@ -591,10 +539,10 @@ fn sigterm_stops_cleanly_with_a_consistent_journal() {
     );
     let mut child = spawn(&s.toml, &["send", "-q", "--grace", "10s"]);
     wait_received(&s.rx, 300, &mut child);
-    signal(&child, "-TERM");
-    let o = wait_output(child);
-    let out = text(&o);
-    assert_eq!(code(&o), 143, "{out}");
+    child.signal("TERM");
+    let o = child.wait_bounded(LIMIT);
+    let out = o.text();
+    assert_eq!(o.code(), 143, "{out}");
     let j = journal(&s);
     integrity_ok(&j);
     assert_eq!(runs(&j), vec![(1, "stopped".to_string())]);
@@ -608,7 +556,7 @@ fn sigterm_stops_cleanly_with_a_consistent_journal() {
 
     // The stopped run resumes and completes without sending anything twice.
     let o = blast(&s.toml, &["send", "-q"]);
-    assert_eq!(code(&o), 0, "{}", text(&o));
+    assert_eq!(o.code(), 0, "{}", o.text());
     assert_eq!(outcomes(&j).len() as u64, ROWS);
     assert_eq!(s.rx.stats().accepted, ROWS);
     assert!(received(&s.rx).values().all(|&n| n == 1));
@@ -628,28 +576,25 @@ fn a_second_sender_of_the_same_campaign_exits_75() {
     let mut first = spawn(&s.toml, &["send", "-q"]);
     wait_received(&s.rx, 50, &mut first);
     let o = blast(&s.toml, &["send", "-q"]);
-    assert_eq!(code(&o), 75, "{}", text(&o));
+    assert_eq!(o.code(), 75, "{}", o.text());
     assert!(
-        text(&o).contains(&format!(
+        o.text().contains(&format!(
             "campaign journal-test is being sent by another blast (pid {})",
             first.id()
         )),
         "{}",
-        text(&o)
+        o.text()
     );
-    assert!(
-        first.try_wait().unwrap().is_none(),
-        "first sender still running"
-    );
+    assert!(first.try_wait().is_none(), "first sender still running");
     // status works while the send runs (read-only, WAL).
     let st = blast(&s.toml, &["status", "--json"]);
-    assert_eq!(code(&st), 0, "{}", text(&st));
-    let v: serde_json::Value = serde_json::from_slice(&st.stdout).unwrap();
+    assert_eq!(st.code(), 0, "{}", st.text());
+    let v: serde_json::Value = serde_json::from_slice(st.stdout_bytes()).unwrap();
     assert_eq!(v["run"]["state"], "running");
     assert_eq!(v["sender_pid"], first.id());
-    signal(&first, "-TERM");
-    let o = wait_output(first);
-    assert_eq!(code(&o), 143, "{}", text(&o));
+    first.signal("TERM");
+    let o = first.wait_bounded(LIMIT);
+    assert_eq!(o.code(), 143, "{}", o.text());
     done(s);
 }
 
@@ -662,23 +607,23 @@ fn changed_templates_are_refused_unless_forced() {
     let s = setup("journal-template", &opts);
     // An unfinished run: --limit stops after 30 rows.
     let o = blast(&s.toml, &["send", "-q", "--limit", "30"]);
-    assert_eq!(code(&o), 0, "{}", text(&o));
-    assert!(text(&o).contains("run        1 stopped"), "{}", text(&o));
+    assert_eq!(o.code(), 0, "{}", o.text());
+    assert!(o.text().contains("run        1 stopped"), "{}", o.text());
     assert_eq!(s.rx.stats().accepted, 30);
 
     opts.subject = "A new subject for {{ name }}";
     write_campaign(&s.toml, s.rx.addr().port(), &opts);
     let o = blast(&s.toml, &["send", "-q"]);
-    assert_eq!(code(&o), 2, "{}", text(&o));
-    assert!(text(&o).contains("templates"), "{}", text(&o));
-    assert!(text(&o).contains("--force"), "{}", text(&o));
+    assert_eq!(o.code(), 2, "{}", o.text());
+    assert!(o.text().contains("templates"), "{}", o.text());
+    assert!(o.text().contains("--force"), "{}", o.text());
     assert_eq!(s.rx.stats().accepted, 30, "nothing sent");
 
     let o = blast(&s.toml, &["send", "-q", "--force"]);
-    assert_eq!(code(&o), 0, "{}", text(&o));
-    assert!(text(&o).contains("run        1 finished"), "{}", text(&o));
+    assert_eq!(o.code(), 0, "{}", o.text());
+    assert!(o.text().contains("run        1 finished"), "{}", o.text());
     // Resumed: the 30 done rows were skipped, the other 70 sent once.
-    assert_eq!(summary_number(&text(&o), "resumed", "rows skipped"), 30);
+    assert_eq!(summary_number(&o.text(), "resumed", "rows skipped"), 30);
     assert_eq!(s.rx.stats().accepted, 100);
     assert!(received(&s.rx).values().all(|&n| n == 1));
     let j = journal(&s);
@@ -701,9 +646,9 @@ fn rows_that_cannot_be_rendered_are_final_failures_and_the_run_finishes() {
     let bad: Vec<u64> = (1..=200).filter(|r| r % 7 == 0).collect();
     assert_eq!(bad.len(), 28);
     let o = blast(&s.toml, &["send", "-q"]);
-    let out = text(&o);
+    let out = o.text();
     // Like 5xx failures: done, some failed, exit 1; and the run is finished.
-    assert_eq!(code(&o), 1, "{out}");
+    assert_eq!(o.code(), 1, "{out}");
     assert!(out.contains("run        1 finished"), "{out}");
     assert_eq!(summary_number(&out, "outcomes", "accepted"), 172, "{out}");
     assert_eq!(summary_number(&out, "outcomes", "failed"), 28, "{out}");
@@ -792,19 +737,19 @@ fn rows_that_cannot_be_rendered_are_final_failures_and_the_run_finishes() {
     assert_eq!(failed, bad);
     // `blast status`: one failure reason for the 28 rows.
     let o = blast(&s.toml, &["status", "--json"]);
-    assert_eq!(code(&o), 0, "{}", text(&o));
-    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(o.code(), 0, "{}", o.text());
+    let v: serde_json::Value = serde_json::from_slice(o.stdout_bytes()).unwrap();
     assert_eq!(v["by_status"]["failed"], 28);
     assert_eq!(v["failure_reasons"][0]["count"], 28);
     assert!(v["failure_reasons"][0]["code"].is_null());
 
     // The nightly re-run: nothing to render, nothing to send, exit 0.
     let o = blast(&s.toml, &["send", "-q"]);
-    assert_eq!(code(&o), 0, "{}", text(&o));
+    assert_eq!(o.code(), 0, "{}", o.text());
     assert!(
-        text(&o).contains("run 1 already finished at") && text(&o).contains("nothing to do"),
+        o.text().contains("run 1 already finished at") && o.text().contains("nothing to do"),
         "{}",
-        text(&o)
+        o.text()
     );
     assert_eq!(s.rx.stats().accepted, 172);
     assert_eq!(outcomes(&j).len(), 200);
@@ -826,15 +771,15 @@ fn status_json_reports_the_run() {
     );
     // No journal yet.
     let o = blast(&s.toml, &["status", "--json"]);
-    assert_eq!(code(&o), 0, "{}", text(&o));
-    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(o.code(), 0, "{}", o.text());
+    let v: serde_json::Value = serde_json::from_slice(o.stdout_bytes()).unwrap();
     assert!(v["run"].is_null());
 
     let o = blast(&s.toml, &["send", "-q"]);
-    assert_eq!(code(&o), 1, "{}", text(&o));
+    assert_eq!(o.code(), 1, "{}", o.text());
     let o = blast(&s.toml, &["status", "--json"]);
-    assert_eq!(code(&o), 0, "{}", text(&o));
-    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(o.code(), 0, "{}", o.text());
+    let v: serde_json::Value = serde_json::from_slice(o.stdout_bytes()).unwrap();
     assert_eq!(v["campaign"], "journal-test");
     assert_eq!(v["run"]["id"], 1);
     assert_eq!(v["run"]["state"], "finished");
@@ -859,9 +804,9 @@ fn status_json_reports_the_run() {
     // The text form too.
     let o = blast(&s.toml, &["status"]);
     assert!(
-        text(&o).contains("100 final: 95 accepted, 5 failed"),
+        o.text().contains("100 final: 95 accepted, 5 failed"),
         "{}",
-        text(&o)
+        o.text()
     );
     done(s);
 }
@@ -877,11 +822,11 @@ fn not_after_in_the_past_refuses_to_start() {
         },
     );
     let o = blast(&s.toml, &["send", "-q"]);
-    assert_eq!(code(&o), 75, "{}", text(&o));
+    assert_eq!(o.code(), 75, "{}", o.text());
     assert!(
-        text(&o).contains(&format!("not_after {past} UTC")),
+        o.text().contains(&format!("not_after {past} UTC")),
         "{}",
-        text(&o)
+        o.text()
     );
     assert_eq!(s.rx.stats().transactions, 0, "nothing sent");
     assert!(
@@ -890,7 +835,7 @@ fn not_after_in_the_past_refuses_to_start() {
     );
     // --not-after on the command line overrides the campaign.
     let o = blast(&s.toml, &["send", "-q", "--not-after", "23:59"]);
-    assert_eq!(code(&o), 0, "{}", text(&o));
+    assert_eq!(o.code(), 0, "{}", o.text());
     assert_eq!(s.rx.stats().accepted, 200);
     done(s);
 }
@@ -903,7 +848,7 @@ fn blast_cron_logs_and_passes_exit_codes_through() {
         let o = Command::new(common::script("blast-cron"))
             .arg(&s.toml)
             .args(args)
-            .env("BLAST", env!("CARGO_BIN_EXE_blast"))
+            .env("BLAST", common::blast_bin())
             .env("BLAST_LOG", &log)
             .env(SECRET_VAR, SECRET)
             .output()
@@ -996,21 +941,21 @@ fn three_shards_split_one_list_with_no_overlap() {
     );
     for bad in ["0/3", "4/3", "1/1025", "3", "a/b"] {
         let o = blast(&s.toml, &["send", "-q", "--shard", bad]);
-        assert_eq!(code(&o), 2, "{bad}: {}", text(&o));
-        assert!(text(&o).contains("--shard"), "{}", text(&o));
+        assert_eq!(o.code(), 2, "{bad}: {}", o.text());
+        assert!(o.text().contains("--shard"), "{}", o.text());
     }
     assert_eq!(s.rx.stats().transactions, 0);
 
     // Three feeders at once, no coordination: each takes its own lock and journal.
-    let feeders: Vec<Child> = (1..=3)
+    let feeders: Vec<BlastChild> = (1..=3)
         .map(|k| spawn(&s.toml, &["send", "-q", "--shard", &format!("{k}/3")]))
         .collect();
-    let outs: Vec<Output> = feeders.into_iter().map(wait_output).collect();
+    let outs: Vec<BlastOutput> = feeders.into_iter().map(|c| c.wait_bounded(LIMIT)).collect();
     let mut all = std::collections::BTreeSet::new();
     for (i, o) in outs.iter().enumerate() {
         let k = i as u64 + 1;
-        let out = text(o);
-        assert_eq!(code(o), 0, "shard {k}: {out}");
+        let out = o.text();
+        assert_eq!(o.code(), 0, "shard {k}: {out}");
         assert!(out.contains("run        1 finished"), "{out}");
         let accepted = summary_number(&out, "outcomes", "accepted");
         let other = summary_number(&out, &format!("shard      {k}/3"), "rows of other shards");
@@ -1057,13 +1002,13 @@ fn three_shards_split_one_list_with_no_overlap() {
 
     // Status reads the shard's journal; a finished shard is a no-op.
     let st = blast(&s.toml, &["status", "--json", "--shard", "2/3"]);
-    assert_eq!(code(&st), 0, "{}", text(&st));
-    let v: serde_json::Value = serde_json::from_slice(&st.stdout).unwrap();
+    assert_eq!(st.code(), 0, "{}", st.text());
+    let v: serde_json::Value = serde_json::from_slice(st.stdout_bytes()).unwrap();
     assert_eq!(v["shard"], "2/3");
     assert_eq!(v["run"]["state"], "finished");
     let o = blast(&s.toml, &["send", "-q", "--shard", "2/3"]);
-    assert_eq!(code(&o), 0, "{}", text(&o));
-    assert!(text(&o).contains("nothing to do"), "{}", text(&o));
+    assert_eq!(o.code(), 0, "{}", o.text());
+    assert!(o.text().contains("nothing to do"), "{}", o.text());
     assert_eq!(s.rx.stats().accepted, ROWS);
     done(s);
 }
@@ -1080,11 +1025,11 @@ fn a_list_sent_under_another_sharding_is_refused_unless_forced() {
     );
     // Shard 1 of 3 sends its part, then stops halfway through shard 2 (--limit).
     let o = blast(&s.toml, &["send", "-q", "--shard", "1/3"]);
-    assert_eq!(code(&o), 0, "{}", text(&o));
-    let shard1 = summary_number(&text(&o), "outcomes", "accepted");
+    assert_eq!(o.code(), 0, "{}", o.text());
+    let shard1 = summary_number(&o.text(), "outcomes", "accepted");
     let o = blast(&s.toml, &["send", "-q", "--shard", "2/3", "--limit", "100"]);
-    assert_eq!(code(&o), 0, "{}", text(&o));
-    assert!(text(&o).contains("run        1 stopped"), "{}", text(&o));
+    assert_eq!(o.code(), 0, "{}", o.text());
+    assert!(o.text().contains("run        1 stopped"), "{}", o.text());
     let sent = s.rx.stats().accepted;
     assert!(shard1 > 0 && sent > shard1, "{sent} {shard1}");
 
@@ -1095,8 +1040,8 @@ fn a_list_sent_under_another_sharding_is_refused_unless_forced() {
         &["send", "-q", "--shard", "1/1", "--new-run"][..],
     ] {
         let o = blast(&s.toml, args);
-        let out = text(&o);
-        assert_eq!(code(&o), 2, "{args:?}: {out}");
+        let out = o.text();
+        assert_eq!(o.code(), 2, "{args:?}: {out}");
         assert!(out.contains("another sharding"), "{out}");
         assert!(out.contains("journal.shard-1-of-3.sqlite"), "{out}");
         assert!(out.contains("journal.shard-2-of-3.sqlite"), "{out}");
@@ -1116,8 +1061,8 @@ fn a_list_sent_under_another_sharding_is_refused_unless_forced() {
     // The same N is the same sharding: shard 2 resumes, shard 3 starts.
     for k in ["2/3", "3/3"] {
         let o = blast(&s.toml, &["send", "-q", "--shard", k]);
-        assert_eq!(code(&o), 0, "{k}: {}", text(&o));
-        assert!(text(&o).contains("run        1 finished"), "{}", text(&o));
+        assert_eq!(o.code(), 0, "{k}: {}", o.text());
+        assert!(o.text().contains("run        1 finished"), "{}", o.text());
     }
     assert_eq!(s.rx.stats().accepted, ROWS);
     assert!(received(&s.rx).values().all(|&n| n == 1));
@@ -1125,18 +1070,18 @@ fn a_list_sent_under_another_sharding_is_refused_unless_forced() {
     // A regenerated list is another list: no conflict.
     write_list(&s.dir, ROWS, |row| format!("new{row}@d{}.test", row % 5));
     let o = blast(&s.toml, &["send", "-q"]);
-    assert_eq!(code(&o), 0, "{}", text(&o));
+    assert_eq!(o.code(), 0, "{}", o.text());
     assert_eq!(s.rx.stats().accepted, 2 * ROWS);
 
     // Back to the first list: the unsharded journal now holds a run of the new list only, so
     // --shard K/2 is refused because of the K/3 journals (not the unsharded one); --force sends.
     write_list(&s.dir, ROWS, Opts::default().address);
     let o = blast(&s.toml, &["send", "-q", "--shard", "1/2"]);
-    assert_eq!(code(&o), 2, "{}", text(&o));
-    assert!(!text(&o).contains("journal.sqlite "), "{}", text(&o));
+    assert_eq!(o.code(), 2, "{}", o.text());
+    assert!(!o.text().contains("journal.sqlite "), "{}", o.text());
     let o = blast(&s.toml, &["send", "-q", "--shard", "1/2", "--force"]);
-    assert_eq!(code(&o), 0, "{}", text(&o));
-    let forced = summary_number(&text(&o), "outcomes", "accepted");
+    assert_eq!(o.code(), 0, "{}", o.text());
+    let forced = summary_number(&o.text(), "outcomes", "accepted");
     assert!(forced > 0);
     assert_eq!(s.rx.stats().accepted, 2 * ROWS + forced);
     done(s);

@@ -23,7 +23,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use blast::generate::{GenOptions, write_recipients};
-use common::{PostfixNodes, SmtpSink, test_dir};
+use common::{Blast, BlastChild, PostfixNodes, SmtpSink, test_dir};
 
 const SECRET_VAR: &str = "BLAST_FAULTS_SECRET";
 const SECRET: &str = "faults-secret-0123456789";
@@ -93,64 +93,40 @@ fn generate(dir: &Path, rows: u64) -> PathBuf {
     list
 }
 
-/// `blast send --quiet CAMPAIGN` in the background, with its output in files.
-struct Blast {
-    child: std::process::Child,
-    out: PathBuf,
+/// `blast send --quiet CAMPAIGN` in the background, with its output in a file (`blast.out`
+/// beside the campaign); killed if dropped while running.
+struct Sending {
+    child: BlastChild,
     started: Instant,
 }
 
-impl Blast {
-    fn start(campaign: &Path, env: &[(&str, &str)]) -> Blast {
-        let out = campaign.with_file_name("blast.out");
-        let file = std::fs::File::create(&out).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_blast"))
+impl Sending {
+    fn start(campaign: &Path, env: &[(&str, &str)]) -> Sending {
+        let child = Blast::new()
             .args(["send", "--quiet"])
             .arg(campaign)
             .env(SECRET_VAR, SECRET)
             .envs(env.iter().copied())
-            .stdin(Stdio::null())
-            .stdout(file.try_clone().unwrap())
-            .stderr(file)
-            .spawn()
-            .unwrap();
-        Blast {
+            .output_to(campaign.with_file_name("blast.out"))
+            .spawn();
+        Sending {
             child,
-            out,
             started: Instant::now(),
         }
     }
 
-    /// Waits at most `limit` for blast to exit (kills it after that): (exit code, output).
-    fn wait(mut self, limit: Duration) -> (i32, String) {
-        let code = loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                break status.code().unwrap_or(-1);
-            }
-            if self.started.elapsed() > limit {
-                let _ = self.child.kill();
-                let _ = self.child.wait();
-                panic!(
-                    "blast did not finish within {limit:?}; output:\n{}",
-                    std::fs::read_to_string(&self.out).unwrap_or_default()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        };
-        (code, std::fs::read_to_string(&self.out).unwrap())
-    }
-}
-
-impl Drop for Blast {
-    fn drop(&mut self) {
-        // Only if the test panicked before `wait`: never leave a sender behind.
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+    /// Waits for blast to exit, until at most `limit` after its start (then kills it and
+    /// panics with its output): (exit code, output).
+    fn wait(self, limit: Duration) -> (i32, String) {
+        let o = self
+            .child
+            .wait_bounded(limit.saturating_sub(self.started.elapsed()));
+        (o.status().code().unwrap_or(-1), o.text())
     }
 }
 
 fn send(campaign: &Path, env: &[(&str, &str)], limit: Duration) -> (i32, String) {
-    Blast::start(campaign, env).wait(limit)
+    Sending::start(campaign, env).wait(limit)
 }
 
 /// The number just before `word` on the summary line starting with `prefix` (and containing
@@ -227,12 +203,7 @@ fn relay_nodes(ports: &[u16], extra: &str) -> String {
 
 /// `blast status` of the campaign.
 fn status(campaign: &Path) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_blast"))
-        .arg("status")
-        .arg(campaign)
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
+    Blast::new().arg("status").arg(campaign).output().text()
 }
 
 #[test]
@@ -256,7 +227,7 @@ fn fifty_thousand_through_two_relays_one_stopped_and_restarted() {
             "tls = \"none\"\nmax_connections = 8\nmessages_per_connection = 1000",
         ),
     );
-    let blast = Blast::start(&path, &[]);
+    let blast = Sending::start(&path, &[]);
 
     // Stop relay-1 once a fifth of the list went through, start it again 5 s later.
     let t0 = Instant::now();

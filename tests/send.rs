@@ -13,7 +13,6 @@ mod common;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::sync::Once;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -23,6 +22,7 @@ use blast::send::dispatch::End;
 use blast::send::progress::Mode;
 use blast::send::{self, Report, SendError, SendOptions};
 use blast::smtp::receiver::{Receiver, ReceiverHandle, ReceiverOptions, Script};
+use common::Blast;
 use serde_json::Value;
 use tokio::runtime::Runtime;
 
@@ -955,58 +955,34 @@ fn send_and_terminate(
     ready: impl Fn() -> bool,
     exit_limit: Duration,
 ) -> Exit {
-    let child = Command::new(env!("CARGO_BIN_EXE_blast"))
+    let mut child = Blast::new()
         .arg("send")
         .arg(&camp.toml)
         .args(["--quiet", "--grace", grace])
         .env(SECRET_VAR, SECRET)
         .env("RUST_LOG", "warn,blast::send=debug")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn blast");
-    let pid = child.id();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(child.wait_with_output());
-    });
-    let kill = |sig: &str| {
-        let _ = Command::new("kill").args([sig, &pid.to_string()]).status();
-    };
+        .spawn();
     let deadline = Instant::now() + Duration::from_secs(30);
     while !ready() {
         if Instant::now() > deadline {
-            kill("-KILL");
             panic!("blast send never got going");
         }
-        if let Ok(out) = rx.try_recv() {
-            panic!("blast exited early: {out:?}");
+        if child.try_wait().is_some() {
+            panic!(
+                "blast exited early: {:?}",
+                child.wait_bounded(Duration::from_secs(30))
+            );
         }
         std::thread::sleep(Duration::from_millis(10));
     }
-    let status = Command::new("kill")
-        .args(["-TERM", &pid.to_string()])
-        .status()
-        .expect("run kill");
-    assert!(status.success(), "kill -TERM {pid} failed");
+    child.signal("TERM");
     let signalled = Instant::now();
-    let out = match rx.recv_timeout(exit_limit) {
-        Ok(out) => out.expect("wait for blast"),
-        Err(_) => {
-            kill("-KILL");
-            // What it logged says which stage of the stop it was stuck in.
-            let out = rx.recv().expect("wait for blast").expect("wait for blast");
-            panic!(
-                "blast did not exit within {exit_limit:?} of SIGTERM; its stderr:\n{}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-    };
+    // On a timeout: what it logged says which stage of the stop it was stuck in.
+    let out = child.wait_bounded(exit_limit);
     Exit {
-        code: out.status.code(),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        code: out.status().code(),
+        stdout: out.stdout(),
+        stderr: out.stderr(),
         after_signal: signalled.elapsed(),
     }
 }

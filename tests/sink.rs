@@ -1,6 +1,8 @@
 //! `blast sink` on loopback: relay refusal, size, connection limit, timeouts, VERP trust, and a
 //! real DSN from the corpus landing in the suppression list.
 
+mod common;
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -8,6 +10,7 @@ use std::time::Duration;
 use blast::bounce::sink::{SinkHandle, SinkOptions, start};
 use blast::bounce::suppression::Suppressions;
 use blast::verp::VerpKey;
+use common::{Blast, BlastOutput};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 use tokio::time::timeout;
@@ -460,27 +463,14 @@ async fn missing_journal_falls_back_to_the_report() {
     );
 }
 
-fn blast_cmd(args: &[&str], stdin: Option<&[u8]>) -> std::process::Output {
-    use std::io::Write;
-    use std::process::{Command, Stdio};
-    let mut child = Command::new(env!("CARGO_BIN_EXE_blast"))
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut input = child.stdin.take().unwrap();
+/// `blast ARGS`, with `stdin` fed to it; asserts success.
+fn blast_cmd(args: &[&str], stdin: Option<&[u8]>) -> BlastOutput {
+    let mut cmd = Blast::new().args(args);
     if let Some(bytes) = stdin {
-        input.write_all(bytes).unwrap();
+        cmd = cmd.stdin(bytes);
     }
-    drop(input);
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "blast {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = cmd.output();
+    assert!(out.success(), "blast {args:?}: {}", out.stderr());
     out
 }
 
@@ -545,12 +535,7 @@ fn suppress_export_import_round_trip() {
         Suppressions::open(&a).unwrap(),
         Suppressions::open(&b).unwrap(),
     );
-    assert_eq!(
-        eb.len().unwrap(),
-        4,
-        "{}",
-        String::from_utf8_lossy(&again.stderr)
-    );
+    assert_eq!(eb.len().unwrap(), 4, "{}", again.stderr());
     for addr in [
         "dead@example.org",
         "angry@example.net",
@@ -565,7 +550,7 @@ fn suppress_export_import_round_trip() {
     }
     // Byte for byte: exporting the imported list gives the same CSV.
     let out = blast_cmd(&["suppress", "--db", b_s, "export"], None);
-    assert_eq!(String::from_utf8(out.stdout).unwrap(), exported);
+    assert_eq!(std::str::from_utf8(out.stdout_bytes()).unwrap(), exported);
     // A plain list (header `email`, one address a line, mixed case, blank line) is accepted too:
     // new addresses get the --reason, known ones are left alone.
     blast_cmd(

@@ -6,6 +6,8 @@
 //!   message (via `scripts/smtp-sink`); stopped on drop.
 //! - [`PostfixNodes`]: N real Postfix relay instances relaying to a port (via
 //!   `scripts/postfix-nodes`); stopped on drop. Needs root.
+//! - [`Blast`]: runs the `blast` binary (clean environment, bounded waits, captured output);
+//!   [`blast_bin`] is its path for scripts that run it (module `blast`).
 //! - [`free_port`], [`free_port_range`], [`test_dir`], [`send_messages`],
 //!   [`parse_main_cf`].
 //!
@@ -13,6 +15,12 @@
 //! Temporary directories live under `target/test-tmp/` and are removed when a
 //! test passes; they are kept (and their path printed) when it panics.
 #![allow(dead_code)]
+
+mod blast;
+
+// Not every test crate runs the binary.
+#[allow(unused_imports)]
+pub use blast::{Blast, BlastChild, BlastOutput, DEFAULT_LIMIT, blast_bin};
 
 use std::collections::BTreeMap;
 use std::fs;
