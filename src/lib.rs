@@ -1,9 +1,15 @@
 //! blast: a high-volume bulk-mail campaign sender.
 //!
-//! Data flows one way:
-//! `campaign` (validated config) + `source` (streaming CSV) → `render` (templates + MIME)
-//! → `dispatch` (bounded queue, retry, fallback) → `node` (SMTP connections via `smtp`)
-//! → `outcome` → delivery `log` / `progress`.
+//! Data flows one way: `campaign` (validated config) + `send::source` (streaming CSV) →
+//! `send::render` (templates, MIME, DKIM) → `send::prevalidate` (DNS) → `send::dispatch`
+//! (retry heap, fallback, rates) → `send::node` (SMTP connections via `smtp`) →
+//! `send::outcomes` (the one owner of outcomes) → `journal` / delivery log / suppression list /
+//! progress. `blast sink`: `smtp::receiver` → `bounce` (classify, token check, suppression).
+//! `report` shows people what happened; `cli` is the only place that knows clap and exit codes.
+//!
+//! One module or folder per concept; dependencies point one way (layers, leaves first):
+//! address, clock, generate, shutdown, smtp, verp → dkim, outcome → campaign → dns → journal →
+//! bounce → send → report → cli. `tests/module_graph.rs` fails on a cycle or an upward import.
 
 pub mod address;
 pub mod bounce;

@@ -57,141 +57,10 @@ impl<'a> RunSummary<'a> {
 impl fmt::Display for RunSummary<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let r = self.report;
-        let secs = r.duration.as_secs_f64().max(0.001);
         let mut s = String::new();
-        let _ = writeln!(
-            s,
-            "rows       {} read, {} rejected (see the rejects file), {} rendered{}",
-            r.source.rows,
-            r.source.rejected,
-            r.rendered,
-            if r.render_errors > 0 {
-                format!(", {} render errors", r.render_errors)
-            } else {
-                String::new()
-            }
-        );
-        for (kind, n) in r.source.rejected_by_kind().filter(|(_, n)| *n > 0) {
-            let _ = writeln!(s, "  rejected {n:>9}  {kind}");
-        }
-        if r.skipped > 0 || r.resumed_duplicates > 0 {
-            let _ = writeln!(
-                s,
-                "resumed    {} rows skipped (final in an earlier session), {} possibly duplicated (resumed: in flight when a session died)",
-                r.skipped, r.resumed_duplicates
-            );
-        }
-        if let Some((shard, other)) = r.shard {
-            let _ = writeln!(
-                s,
-                "shard      {shard}: {other} rows of other shards skipped"
-            );
-        }
-        if r.suppressed > 0 {
-            let _ = writeln!(
-                s,
-                "suppressed {} rows skipped (address on the suppression list)",
-                r.suppressed
-            );
-        }
-        if r.dry_run {
-            let _ = writeln!(s, "dry run    nothing sent");
-        } else {
-            let _ = writeln!(
-                s,
-                "outcomes   {} accepted, {} failed{}, {} expired, {} unfinished",
-                r.accepted,
-                r.failed,
-                if r.render_errors > 0 {
-                    format!(" ({} render errors)", r.render_errors)
-                } else {
-                    String::new()
-                },
-                r.expired,
-                r.unfinished
-            );
-            let _ = writeln!(
-                s,
-                "retries    {} deferrals (4xx), {} re-sent after lost connections, {} possibly duplicated",
-                r.deferrals, r.requeues, r.possibly_duplicated
-            );
-            // Direct delivery has a node per MX host: show the first ones.
-            const NODES_SHOWN: usize = 20;
-            if r.nodes.len() > NODES_SHOWN {
-                let _ = writeln!(
-                    s,
-                    "nodes      {} (MX hosts); the first {NODES_SHOWN}:",
-                    r.nodes.len()
-                );
-            }
-            for n in r.nodes.iter().take(NODES_SHOWN) {
-                let _ = writeln!(
-                    s,
-                    "node       {:<16} {} accepted, {} deferred, {} failed, {} connection errors",
-                    n.name, n.accepted, n.deferred, n.failed, n.errors
-                );
-                health_lines(&mut s, n, r.started_at);
-            }
-        }
-        let done = if r.dry_run {
-            r.rendered
-        } else {
-            r.accepted + r.failed + r.expired
-        };
-        // The peak is measured on final outcomes, which a dry run has none of.
-        let peak = if r.dry_run {
-            String::new()
-        } else {
-            format!(", {:.0} msg/s peak", r.peak_rate)
-        };
-        let _ = writeln!(
-            s,
-            "time       {:.1} s, {:.0} msg/s average{peak}",
-            secs,
-            done as f64 / secs,
-        );
-        if !r.dry_run {
-            let _ = writeln!(
-                s,
-                "log        {} lines, {} waits for the writer",
-                r.log_lines, r.log_waits
-            );
-        }
-        if let Some(j) = &r.journal {
-            let _ = writeln!(
-                s,
-                "journal    {} outcomes, {} attempt marks, {} transactions, {} log writes{}",
-                j.outcomes,
-                j.attempts,
-                j.transactions,
-                j.log_writes,
-                match j.cpu {
-                    Some(cpu) => format!(
-                        ", writer CPU {:.2} s ({:.1} µs per outcome)",
-                        cpu.as_secs_f64(),
-                        cpu.as_secs_f64() * 1e6 / j.outcomes.max(1) as f64
-                    ),
-                    None => String::new(),
-                }
-            );
-        }
-        if let Some(d) = &r.dns {
-            let _ = writeln!(
-                s,
-                "{}",
-                DnsLine {
-                    lookups: d.domain_lookups,
-                    cache_hits: d.cache_hits,
-                    negative: d.negative,
-                    temporary: d.temporary,
-                    rows_failed: d.rows_failed,
-                    rows_warned: d.rows_warned,
-                }
-            );
-        }
-        if let Some(n) = r.embedded_received {
-            let _ = writeln!(s, "embedded   receiver accepted {n} messages");
-        }
+        rows_lines(&mut s, r);
+        outcome_lines(&mut s, r);
+        rate_and_output_lines(&mut s, r);
         let why = match (r.signal, r.end) {
             (Some(Signal::Interrupt), _) => "interrupted (SIGINT)",
             (Some(Signal::Terminate), _) => "terminated (SIGTERM)",
@@ -201,6 +70,152 @@ impl fmt::Display for RunSummary<'_> {
         };
         let _ = write!(s, "result     {why}, exit code {}", self.exit_code);
         f.write_str(&s)
+    }
+}
+
+/// What was read: rows, rejects by reason, rows skipped (resumed, other shards, suppressed).
+fn rows_lines(s: &mut String, r: &Report) {
+    let _ = writeln!(
+        s,
+        "rows       {} read, {} rejected (see the rejects file), {} rendered{}",
+        r.source.rows,
+        r.source.rejected,
+        r.rendered,
+        if r.render_errors > 0 {
+            format!(", {} render errors", r.render_errors)
+        } else {
+            String::new()
+        }
+    );
+    for (kind, n) in r.source.rejected_by_kind().filter(|(_, n)| *n > 0) {
+        let _ = writeln!(s, "  rejected {n:>9}  {kind}");
+    }
+    if r.skipped > 0 || r.resumed_duplicates > 0 {
+        let _ = writeln!(
+            s,
+            "resumed    {} rows skipped (final in an earlier session), {} possibly duplicated (resumed: in flight when a session died)",
+            r.skipped, r.resumed_duplicates
+        );
+    }
+    if let Some((shard, other)) = r.shard {
+        let _ = writeln!(
+            s,
+            "shard      {shard}: {other} rows of other shards skipped"
+        );
+    }
+    if r.suppressed > 0 {
+        let _ = writeln!(
+            s,
+            "suppressed {} rows skipped (address on the suppression list)",
+            r.suppressed
+        );
+    }
+}
+
+/// What was sent: outcomes, retries and each node (direct delivery: the first MX hosts).
+fn outcome_lines(s: &mut String, r: &Report) {
+    if r.dry_run {
+        let _ = writeln!(s, "dry run    nothing sent");
+    } else {
+        let _ = writeln!(
+            s,
+            "outcomes   {} accepted, {} failed{}, {} expired, {} unfinished",
+            r.accepted,
+            r.failed,
+            if r.render_errors > 0 {
+                format!(" ({} render errors)", r.render_errors)
+            } else {
+                String::new()
+            },
+            r.expired,
+            r.unfinished
+        );
+        let _ = writeln!(
+            s,
+            "retries    {} deferrals (4xx), {} re-sent after lost connections, {} possibly duplicated",
+            r.deferrals, r.requeues, r.possibly_duplicated
+        );
+        // Direct delivery has a node per MX host: show the first ones.
+        const NODES_SHOWN: usize = 20;
+        if r.nodes.len() > NODES_SHOWN {
+            let _ = writeln!(
+                s,
+                "nodes      {} (MX hosts); the first {NODES_SHOWN}:",
+                r.nodes.len()
+            );
+        }
+        for n in r.nodes.iter().take(NODES_SHOWN) {
+            let _ = writeln!(
+                s,
+                "node       {:<16} {} accepted, {} deferred, {} failed, {} connection errors",
+                n.name, n.accepted, n.deferred, n.failed, n.errors
+            );
+            health_lines(s, n, r.started_at);
+        }
+    }
+}
+
+/// Time and rates, the delivery log, the journal writer, DNS and the embedded receiver.
+fn rate_and_output_lines(s: &mut String, r: &Report) {
+    let secs = r.duration.as_secs_f64().max(0.001);
+    let done = if r.dry_run {
+        r.rendered
+    } else {
+        r.accepted + r.failed + r.expired
+    };
+    // The peak is measured on final outcomes, which a dry run has none of.
+    let peak = if r.dry_run {
+        String::new()
+    } else {
+        format!(", {:.0} msg/s peak", r.peak_rate)
+    };
+    let _ = writeln!(
+        s,
+        "time       {:.1} s, {:.0} msg/s average{peak}",
+        secs,
+        done as f64 / secs,
+    );
+    if !r.dry_run {
+        let _ = writeln!(
+            s,
+            "log        {} lines, {} waits for the writer",
+            r.log_lines, r.log_waits
+        );
+    }
+    if let Some(j) = &r.journal {
+        let _ = writeln!(
+            s,
+            "journal    {} outcomes, {} attempt marks, {} transactions, {} log writes{}",
+            j.outcomes,
+            j.attempts,
+            j.transactions,
+            j.log_writes,
+            match j.cpu {
+                Some(cpu) => format!(
+                    ", writer CPU {:.2} s ({:.1} µs per outcome)",
+                    cpu.as_secs_f64(),
+                    cpu.as_secs_f64() * 1e6 / j.outcomes.max(1) as f64
+                ),
+                None => String::new(),
+            }
+        );
+    }
+    if let Some(d) = &r.dns {
+        let _ = writeln!(
+            s,
+            "{}",
+            DnsLine {
+                lookups: d.domain_lookups,
+                cache_hits: d.cache_hits,
+                negative: d.negative,
+                temporary: d.temporary,
+                rows_failed: d.rows_failed,
+                rows_warned: d.rows_warned,
+            }
+        );
+    }
+    if let Some(n) = r.embedded_received {
+        let _ = writeln!(s, "embedded   receiver accepted {n} messages");
     }
 }
 

@@ -1,4 +1,6 @@
-//! Rendering: one CSV row in, one wire-ready message (with its envelope) out.
+//! Rendering: one CSV row in, one wire-ready message (with its envelope) out. One concept in
+//! one file (templates, headers, MIME assembly and the per-thread buffers they share; the
+//! engine-free template path is `simple.rs`).
 //!
 //! Templates are compiled once, at load time, and every variable they use is checked against
 //! the CSV columns there, so a typo fails `blast check` instead of sending a thousand messages
