@@ -151,13 +151,45 @@ fn write_list(dir: &Path, rows: u64, address: fn(u64) -> String) {
     std::fs::write(dir.join("list.csv"), csv).expect("write list");
 }
 
-/// `blast ARGS[0] TOML ARGS[1..]` with the campaign's secret.
+/// `blast ARGS[0] TOML ARGS[1..]` with the campaign's secret. A `send` also writes its summary
+/// as JSON beside the campaign (see [`summary`]).
 fn command(toml: &Path, args: &[&str]) -> Blast {
-    Blast::new()
+    let mut b = Blast::new()
         .arg(args[0])
         .arg(toml)
         .args(&args[1..])
-        .env(SECRET_VAR, SECRET)
+        .env(SECRET_VAR, SECRET);
+    if args[0] == "send" {
+        let shard = args
+            .iter()
+            .position(|a| *a == "--shard")
+            .map(|i| args[i + 1]);
+        b = b.arg("--summary-json").arg(summary_path(toml, shard));
+    }
+    b
+}
+
+fn summary_path(toml: &Path, shard: Option<&str>) -> std::path::PathBuf {
+    let name = match shard {
+        Some(k_of_n) => format!("summary-{}.json", k_of_n.replace('/', "-of-")),
+        None => "summary.json".to_string(),
+    };
+    toml.with_file_name(name)
+}
+
+/// The `--summary-json` of the last `blast send` of this campaign (of this shard, `K/N`).
+fn summary(toml: &Path, shard: Option<&str>) -> serde_json::Value {
+    let path = summary_path(toml, shard);
+    let text = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("no summary {}: {e}", path.display()));
+    serde_json::from_str(&text).expect("the summary is JSON")
+}
+
+/// A number of the summary (`outcomes.accepted`, …).
+fn number(v: &serde_json::Value, section: &str, field: &str) -> u64 {
+    v[section][field]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no {section}.{field} in {v}"))
 }
 
 /// Runs blast to its end (bounded).
@@ -229,23 +261,6 @@ fn integrity_ok(j: &Journal) {
     assert_eq!(v, "ok");
 }
 
-/// The number before `label` in the summary line starting with `line`.
-fn summary_number(out: &str, line: &str, label: &str) -> u64 {
-    let l = out
-        .lines()
-        .find(|l| l.starts_with(line))
-        .unwrap_or_else(|| panic!("no {line:?} line in:\n{out}"));
-    let before = &l[..l
-        .find(label)
-        .unwrap_or_else(|| panic!("no {label:?} in {l:?}"))];
-    before
-        .split(|c: char| !c.is_ascii_digit())
-        .rfind(|w| !w.is_empty())
-        .unwrap()
-        .parse()
-        .unwrap()
-}
-
 /// A UTC time of day already past (at 00:00 there is none: waits for 00:01).
 fn past_time_of_day() -> String {
     loop {
@@ -278,15 +293,10 @@ fn journal_matches_the_log_and_a_finished_run_is_a_no_op() {
             ..Opts::default()
         },
     );
-    let json_path = s.dir.join("summary.json");
-    let o = blast(
-        &s.toml,
-        &["send", "-q", "--summary-json", json_path.to_str().unwrap()],
-    );
+    let o = blast(&s.toml, &["send", "-q"]);
     assert_eq!(o.code(), 1, "{}", o.text());
     assert!(o.text().contains("run        1 finished"), "{}", o.text());
-    let summary: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&json_path).unwrap()).unwrap();
+    let summary = summary(&s.toml, None);
     assert_eq!(summary["run"]["id"], 1, "{summary}");
     assert_eq!(summary["run"]["state"], "finished", "{summary}");
     assert_eq!(summary["outcomes"]["accepted"], 180, "{summary}");
@@ -397,11 +407,12 @@ fn crashes_with_sigkill_then_resume_lose_nothing_and_count_duplicates() {
     let out = o.text();
     assert_eq!(o.code(), 0, "{out}");
     assert!(out.contains("run        1 finished"), "{out}");
-    let skipped = summary_number(&out, "resumed", "rows skipped");
-    let reported_last = summary_number(&out, "resumed", "possibly duplicated (resumed");
+    let sum = summary(&s.toml, None);
+    let skipped = number(&sum, "rows", "skipped_done");
+    let reported_last = number(&sum, "retries", "resumed_duplicates");
     assert!(skipped > 0, "{out}");
     // The resumed session skipped exactly the rows final before it started.
-    assert_eq!(skipped + summary_number(&out, "outcomes", "accepted"), ROWS);
+    assert_eq!(skipped + number(&sum, "outcomes", "accepted"), ROWS);
 
     let j = journal(&s);
     integrity_ok(&j);
@@ -496,7 +507,7 @@ fn a_second_signal_cuts_transactions_off_and_the_journal_stays_consistent() {
     let j = journal(&s);
     integrity_ok(&j);
     assert_eq!(runs(&j), vec![(1, "stopped".to_string())]);
-    assert_eq!(summary_number(&out, "outcomes", "accepted"), 60);
+    assert_eq!(number(&summary(&s.toml, None), "outcomes", "accepted"), 60);
     assert_eq!(outcomes(&j).len(), 60);
     assert_eq!(in_flight(&j), 4);
 
@@ -514,11 +525,9 @@ fn a_second_signal_cuts_transactions_off_and_the_journal_stays_consistent() {
     let o = blast(&s.toml, &["send", "-q"]);
     let out = o.text();
     assert_eq!(o.code(), 0, "{out}");
-    assert_eq!(summary_number(&out, "resumed", "rows skipped"), 60);
-    assert_eq!(
-        summary_number(&out, "resumed", "possibly duplicated (resumed"),
-        4
-    );
+    let sum = summary(&s.toml, None);
+    assert_eq!(number(&sum, "rows", "skipped_done"), 60);
+    assert_eq!(number(&sum, "retries", "resumed_duplicates"), 4);
     assert_eq!(fast.stats().accepted, 40);
     let rows = outcomes(&j);
     assert_eq!(rows.len(), 100);
@@ -546,9 +555,10 @@ fn sigterm_stops_cleanly_with_a_consistent_journal() {
     let j = journal(&s);
     integrity_ok(&j);
     assert_eq!(runs(&j), vec![(1, "stopped".to_string())]);
-    let finals = summary_number(&out, "outcomes", "accepted")
-        + summary_number(&out, "outcomes", "failed")
-        + summary_number(&out, "outcomes", "expired");
+    let sum = summary(&s.toml, None);
+    let finals = number(&sum, "outcomes", "accepted")
+        + number(&sum, "outcomes", "failed")
+        + number(&sum, "outcomes", "expired");
     assert!(finals < ROWS);
     assert_eq!(outcomes(&j).len() as u64, finals, "{out}");
     // A clean stop leaves nothing in doubt: every received message has its outcome.
@@ -623,7 +633,7 @@ fn changed_templates_are_refused_unless_forced() {
     assert_eq!(o.code(), 0, "{}", o.text());
     assert!(o.text().contains("run        1 finished"), "{}", o.text());
     // Resumed: the 30 done rows were skipped, the other 70 sent once.
-    assert_eq!(summary_number(&o.text(), "resumed", "rows skipped"), 30);
+    assert_eq!(number(&summary(&s.toml, None), "rows", "skipped_done"), 30);
     assert_eq!(s.rx.stats().accepted, 100);
     assert!(received(&s.rx).values().all(|&n| n == 1));
     let j = journal(&s);
@@ -650,15 +660,15 @@ fn rows_that_cannot_be_rendered_are_final_failures_and_the_run_finishes() {
     // Like 5xx failures: done, some failed, exit 1; and the run is finished.
     assert_eq!(o.code(), 1, "{out}");
     assert!(out.contains("run        1 finished"), "{out}");
-    assert_eq!(summary_number(&out, "outcomes", "accepted"), 172, "{out}");
-    assert_eq!(summary_number(&out, "outcomes", "failed"), 28, "{out}");
-    assert_eq!(
-        summary_number(&out, "outcomes", "render errors"),
-        28,
+    let sum = summary(&s.toml, None);
+    assert_eq!(number(&sum, "outcomes", "accepted"), 172, "{out}");
+    assert_eq!(number(&sum, "outcomes", "failed"), 28, "{out}");
+    assert_eq!(number(&sum, "outcomes", "unfinished"), 0, "{out}");
+    assert_eq!(number(&sum, "rows", "render_errors"), 28, "{out}");
+    assert!(
+        out.contains("outcomes   172 accepted, 28 failed (28 render errors)"),
         "{out}"
     );
-    assert_eq!(summary_number(&out, "outcomes", "unfinished"), 0, "{out}");
-    assert_eq!(summary_number(&out, "rows", "render errors"), 28, "{out}");
     assert_eq!(s.rx.stats().accepted, 172);
 
     // The journal: every row final, the bad ones failed with the template error as reason.
@@ -957,10 +967,12 @@ fn three_shards_split_one_list_with_no_overlap() {
         let out = o.text();
         assert_eq!(o.code(), 0, "shard {k}: {out}");
         assert!(out.contains("run        1 finished"), "{out}");
-        let accepted = summary_number(&out, "outcomes", "accepted");
-        let other = summary_number(&out, &format!("shard      {k}/3"), "rows of other shards");
+        let sum = summary(&s.toml, Some(&format!("{k}/3")));
+        assert_eq!(sum["shard"], format!("{k}/3"), "{sum}");
+        let accepted = number(&sum, "outcomes", "accepted");
+        let other = number(&sum, "rows", "skipped_other_shards");
         assert_eq!(accepted + other, ROWS, "{out}");
-        assert_eq!(summary_number(&out, "rows", "rejected"), 0, "{out}");
+        assert_eq!(number(&sum, "rows", "rejected"), 0, "{out}");
         // The shard's journal holds only its own rows, all accepted.
         let j = Journal::open_read_only(&s.dir.join(format!("journal.shard-{k}-of-3.sqlite")))
             .expect("shard journal");
@@ -1026,7 +1038,7 @@ fn a_list_sent_under_another_sharding_is_refused_unless_forced() {
     // Shard 1 of 3 sends its part, then stops halfway through shard 2 (--limit).
     let o = blast(&s.toml, &["send", "-q", "--shard", "1/3"]);
     assert_eq!(o.code(), 0, "{}", o.text());
-    let shard1 = summary_number(&o.text(), "outcomes", "accepted");
+    let shard1 = number(&summary(&s.toml, Some("1/3")), "outcomes", "accepted");
     let o = blast(&s.toml, &["send", "-q", "--shard", "2/3", "--limit", "100"]);
     assert_eq!(o.code(), 0, "{}", o.text());
     assert!(o.text().contains("run        1 stopped"), "{}", o.text());
@@ -1081,7 +1093,7 @@ fn a_list_sent_under_another_sharding_is_refused_unless_forced() {
     assert!(!o.text().contains("journal.sqlite "), "{}", o.text());
     let o = blast(&s.toml, &["send", "-q", "--shard", "1/2", "--force"]);
     assert_eq!(o.code(), 0, "{}", o.text());
-    let forced = summary_number(&o.text(), "outcomes", "accepted");
+    let forced = number(&summary(&s.toml, Some("1/2")), "outcomes", "accepted");
     assert!(forced > 0);
     assert_eq!(s.rx.stats().accepted, 2 * ROWS + forced);
     done(s);
