@@ -26,6 +26,34 @@ pub struct DnsLine {
     pub rows_warned: u64,
 }
 
+impl From<&crate::dns::DnsReport> for DnsLine {
+    /// This session's counters (the send summary).
+    fn from(d: &crate::dns::DnsReport) -> DnsLine {
+        DnsLine {
+            lookups: d.domain_lookups,
+            cache_hits: d.cache_hits,
+            negative: d.negative,
+            temporary: d.temporary,
+            rows_failed: d.rows_failed,
+            rows_warned: d.rows_warned,
+        }
+    }
+}
+
+impl From<&crate::journal::DnsStatus> for DnsLine {
+    /// The run's counters, summed over its sessions (`blast status`).
+    fn from(d: &crate::journal::DnsStatus) -> DnsLine {
+        DnsLine {
+            lookups: d.domain_lookups,
+            cache_hits: d.cache_hits,
+            negative: d.negative,
+            temporary: d.temporary,
+            rows_failed: d.rows_failed,
+            rows_warned: d.rows_warned,
+        }
+    }
+}
+
 impl fmt::Display for DnsLine {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
@@ -201,18 +229,7 @@ fn rate_and_output_lines(s: &mut String, r: &Report) {
         );
     }
     if let Some(d) = &r.dns {
-        let _ = writeln!(
-            s,
-            "{}",
-            DnsLine {
-                lookups: d.domain_lookups,
-                cache_hits: d.cache_hits,
-                negative: d.negative,
-                temporary: d.temporary,
-                rows_failed: d.rows_failed,
-                rows_warned: d.rows_warned,
-            }
-        );
+        let _ = writeln!(s, "{}", DnsLine::from(d));
     }
     if let Some(n) = r.embedded_received {
         let _ = writeln!(s, "embedded   receiver accepted {n} messages");

@@ -77,18 +77,7 @@ impl fmt::Display for StatusText<'_> {
             );
         }
         if let Some(d) = &st.dns {
-            let _ = writeln!(
-                s,
-                "{}",
-                DnsLine {
-                    lookups: d.domain_lookups,
-                    cache_hits: d.cache_hits,
-                    negative: d.negative,
-                    temporary: d.temporary,
-                    rows_failed: d.rows_failed,
-                    rows_warned: d.rows_warned,
-                }
-            );
+            let _ = writeln!(s, "{}", DnsLine::from(d));
         }
         for d in &st.domains {
             let c = &d.counts;
