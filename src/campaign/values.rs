@@ -139,6 +139,9 @@ impl FromStr for TimeOfDay {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Dur(pub Duration);
 
+/// The longest duration any setting takes: a run is nightly, a retry window days at most.
+pub const MAX_DURATION: Duration = Duration::from_secs(30 * 86_400);
+
 impl FromStr for Dur {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
@@ -152,18 +155,25 @@ impl FromStr for Dur {
         let n: u64 = n
             .parse()
             .map_err(|_| format!("invalid duration {s:?}: {hint}"))?;
-        let d = match unit.trim() {
-            "ms" => Duration::from_millis(n),
-            "s" => Duration::from_secs(n),
-            "m" => Duration::from_secs(n * 60),
-            "h" => Duration::from_secs(n * 3600),
-            "d" => Duration::from_secs(n * 86_400),
+        let unit_secs = match unit.trim() {
+            "ms" => None,
+            "s" => Some(1),
+            "m" => Some(60),
+            "h" => Some(3600),
+            "d" => Some(86_400),
             other => {
                 return Err(format!(
                     "invalid duration {s:?}: unknown unit {other:?}; {hint}"
                 ));
             }
         };
+        let d = match unit_secs {
+            None => Some(Duration::from_millis(n)),
+            Some(k) => n.checked_mul(k).map(Duration::from_secs),
+        };
+        let d = d
+            .filter(|d| *d <= MAX_DURATION)
+            .ok_or_else(|| format!("invalid duration {s:?}: at most 30 days (\"30d\")"))?;
         Ok(Dur(d))
     }
 }
@@ -234,5 +244,15 @@ mod tests {
         assert_eq!("4h".parse::<Dur>().unwrap().0, Duration::from_secs(14400));
         assert!("30".parse::<Dur>().unwrap_err().contains("missing unit"));
         assert!("3 weeks".parse::<Dur>().is_err());
+    }
+
+    #[test]
+    fn durations_are_bounded() {
+        assert_eq!("30d".parse::<Dur>().unwrap().0, MAX_DURATION);
+        assert_eq!("720h".parse::<Dur>().unwrap().0, MAX_DURATION);
+        for huge in ["31d", "721h", "999999999999999h", "18446744073709551615d"] {
+            let e = huge.parse::<Dur>().unwrap_err();
+            assert!(e.contains("at most 30 days"), "{huge}: {e}");
+        }
     }
 }
