@@ -428,6 +428,23 @@ fn crashes_with_sigkill_then_resume_lose_nothing_and_count_duplicates() {
     let distinct: std::collections::BTreeSet<u64> = rows.iter().map(|r| r.1).collect();
     assert_eq!(distinct.len() as u64, ROWS);
     assert!(rows.iter().all(|r| r.2 == "accepted"));
+    // The delivery log is as complete as the journal: the lines each killed session still had
+    // in its buffer were added from the journal by the next resume; each row exactly once, and
+    // every line whole (a line torn by a kill was cut off).
+    let text = std::fs::read_to_string(s.dir.join("delivery.jsonl")).unwrap();
+    let mut logged: BTreeMap<u64, u32> = BTreeMap::new();
+    for l in text.lines() {
+        let v: serde_json::Value =
+            serde_json::from_str(l).unwrap_or_else(|e| panic!("torn log line {l:?}: {e}"));
+        *logged.entry(v["row"].as_u64().unwrap()).or_default() += 1;
+    }
+    let missing = distinct.iter().filter(|r| !logged.contains_key(r)).count();
+    let twice: Vec<_> = logged.iter().filter(|(_, n)| **n > 1).collect();
+    assert_eq!(
+        missing, 0,
+        "{missing} rows final in the journal have no delivery log line"
+    );
+    assert!(twice.is_empty(), "rows logged more than once: {twice:?}");
     // Nothing lost; duplicates only where blast says so.
     let got = received(&s.rx);
     assert_eq!(got.len() as u64, ROWS, "every recipient received");

@@ -115,12 +115,18 @@ pub fn send(a: super::SendArgs) -> anyhow::Result<ExitCode> {
     let mut run = plan.start(&campaign)?;
     if let Some(r) = &run.resumed {
         eprintln!(
-            "blast: resuming run {} (started {}): {} rows already final, {} attempted without an outcome (re-sent, possibly duplicated); journal read in {} ms",
+            "blast: resuming run {} (started {}): {} rows already final, {} attempted without an outcome (re-sent, possibly duplicated); journal read in {} ms{}",
             r.run.id,
             r.run.started_at,
             r.finals,
             r.unconfirmed,
-            r.read_in.as_millis()
+            r.read_in.as_millis(),
+            match r.log_lines_repaired {
+                0 => String::new(),
+                n => format!(
+                    "; {n} delivery log lines the last session did not write added from the journal"
+                ),
+            }
         );
     }
     let mut writer = run.journal.writer(run.id, 65_536)?;

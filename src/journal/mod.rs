@@ -57,7 +57,7 @@ pub use lock::{CampaignLock, LockError, lock_path};
 pub use rowset::RowSet;
 pub use schema::SCHEMA_VERSION;
 pub use status::{DnsStatus, FailureReason, GroupCounts, NodeEventRow, StatusCounts, StatusReport};
-pub use store::{Journal, RunInfo, RunState};
+pub use store::{Journal, OutcomeRecord, RunInfo, RunState};
 pub use writer::{BATCH, FLUSH_EVERY, JournalSender, JournalWriter, WriterStats};
 
 /// Why a journal operation failed.

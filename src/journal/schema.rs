@@ -2,7 +2,7 @@
 //! ([`SCHEMA_VERSION`]) and the [`MIGRATIONS`] that bring a journal file to it. Nothing else
 //! creates or alters a table; the queries are in `store.rs`, `status.rs` and `attempt_log.rs`.
 //!
-//! # Schema (version 3)
+//! # Schema (version 4)
 //! - `meta(key, value)`: `schema_version`; `log_generation`, the last generation of the
 //!   writer's log whose records are in SQLite (`attempt_log.rs`). [`MIGRATIONS`] are applied in
 //!   order at open, each in its own transaction; a journal newer than this blast is refused.
@@ -20,13 +20,16 @@
 //!   (v3): the resolver's counters of one session, written once at its end (not by the writer
 //!   thread); `blast status` sums them over the sessions of a run. Rows failed by DNS come from
 //!   `outcomes` (node `dns`), so they are right even for a session that crashed.
+//! - `runs.log_offset` (v4): the delivery log's size when the run was created, so a resume can
+//!   tell this run's lines from earlier runs' and append the lines a killed session did not
+//!   write (NULL for runs created before v4: the whole log is read).
 
 use rusqlite::OptionalExtension;
 
 use super::{Journal, JournalError, Result, sql};
 
 /// The schema version this blast writes.
-pub const SCHEMA_VERSION: i64 = 3;
+pub const SCHEMA_VERSION: i64 = 4;
 
 /// Migrations, in order: `MIGRATIONS[i]` takes the schema from version `i` to `i + 1`.
 const MIGRATIONS: &[&str] = &[
@@ -86,6 +89,8 @@ const MIGRATIONS: &[&str] = &[
         rows_warned INTEGER NOT NULL,
         time TEXT NOT NULL
      );",
+    // v4: where the run's lines start in the delivery log (to repair it on resume)
+    "ALTER TABLE runs ADD COLUMN log_offset INTEGER;",
 ];
 
 impl Journal {

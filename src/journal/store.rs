@@ -62,6 +62,24 @@ pub struct RunInfo {
     pub pid: Option<i64>,
 }
 
+/// A final outcome as the journal holds it (table `outcomes`).
+#[derive(Debug, Clone)]
+pub struct OutcomeRecord {
+    pub row: u64,
+    pub status: String,
+    pub address: String,
+    pub node: String,
+    pub stage: Option<String>,
+    pub code: Option<u16>,
+    pub enhanced: Option<String>,
+    pub text: Option<String>,
+    pub queue_id: Option<String>,
+    pub message_id: String,
+    pub attempts: u32,
+    pub possibly_duplicated: bool,
+    pub time: String,
+}
+
 /// An open journal (management and reads; the writer thread has a connection of its own).
 pub struct Journal {
     pub(super) conn: Connection,
@@ -313,6 +331,75 @@ impl Journal {
             )
             .optional()
             .map_err(sql(&self.path))
+    }
+
+    /// Records where the run's lines start in the delivery log (its size when the run began).
+    pub fn set_log_offset(&self, run: i64, offset: u64) -> Result<()> {
+        self.conn
+            .execute(
+                "UPDATE runs SET log_offset = ?2 WHERE id = ?1",
+                params![run, offset as i64],
+            )
+            .map_err(sql(&self.path))?;
+        Ok(())
+    }
+
+    /// Where the run's lines start in the delivery log (None: not recorded, read it all).
+    pub fn log_offset(&self, run: i64) -> Result<Option<u64>> {
+        let v: Option<i64> = self
+            .conn
+            .query_row("SELECT log_offset FROM runs WHERE id = ?1", [run], |r| {
+                r.get(0)
+            })
+            .map_err(sql(&self.path))?;
+        Ok(v.map(|v| v as u64))
+    }
+
+    /// Calls `f` with every final outcome of a run whose row is not in `except`, in row order.
+    pub fn outcomes_except(
+        &self,
+        run: i64,
+        except: &RowSet,
+        mut f: impl FnMut(&OutcomeRecord) -> std::io::Result<()>,
+    ) -> Result<u64> {
+        let e = sql(&self.path);
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT row, status, address, node, stage, code, enhanced, text, queue_id,
+                        message_id, attempts, possibly_duplicated, time
+                 FROM outcomes WHERE run_id = ?1 ORDER BY row",
+            )
+            .map_err(&e)?;
+        let mut rows = stmt.query([run]).map_err(&e)?;
+        let mut n = 0;
+        while let Some(r) = rows.next().map_err(&e)? {
+            let row = r.get::<_, i64>(0).map_err(&e)? as u64;
+            if except.contains(row) {
+                continue;
+            }
+            let rec = OutcomeRecord {
+                row,
+                status: r.get(1).map_err(&e)?,
+                address: r.get(2).map_err(&e)?,
+                node: r.get(3).map_err(&e)?,
+                stage: r.get(4).map_err(&e)?,
+                code: r.get::<_, Option<i64>>(5).map_err(&e)?.map(|c| c as u16),
+                enhanced: r.get(6).map_err(&e)?,
+                text: r.get(7).map_err(&e)?,
+                queue_id: r.get(8).map_err(&e)?,
+                message_id: r.get(9).map_err(&e)?,
+                attempts: r.get::<_, i64>(10).map_err(&e)? as u32,
+                possibly_duplicated: r.get::<_, i64>(11).map_err(&e)? != 0,
+                time: r.get(12).map_err(&e)?,
+            };
+            f(&rec).map_err(|source| JournalError::Io {
+                path: self.path.clone(),
+                source,
+            })?;
+            n += 1;
+        }
+        Ok(n)
     }
 
     /// Rows of a run that have a final outcome.

@@ -6,6 +6,11 @@
 //! during a run. When the channel is full (a very slow disk) the sender waits, and every such
 //! wait is counted and shown in the summary instead of being hidden. The file is opened for
 //! appending, so a resumed run adds to it.
+//!
+//! The journal is the truth; the log follows it. A session killed with kill -9 loses the lines
+//! still in the buffer (up to 100 ms of outcomes) although their outcomes are in the journal,
+//! so a resume first [`repair`]s the log: the run's lines missing from it are appended from the
+//! journal, once.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufWriter, Write};
@@ -19,6 +24,7 @@ use std::time::{Duration, Instant, SystemTime};
 use serde::Serialize;
 
 use crate::clock::rfc3339;
+use crate::journal::{Journal, OutcomeRecord, RowSet};
 use crate::outcome::{Outcome, stage_name};
 
 const FLUSH_EVERY: Duration = Duration::from_millis(100);
@@ -32,6 +38,8 @@ pub enum LogError {
     Write { path: PathBuf, source: io::Error },
     #[error("the delivery log writer thread panicked")]
     Panicked,
+    #[error(transparent)]
+    Journal(#[from] crate::journal::JournalError),
 }
 
 /// Handle to the writer thread. Cloneable senders come from [`DeliveryLog::sender`].
@@ -168,7 +176,7 @@ struct Line<'a> {
     outcome: &'a str,
     node: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
-    stage: Option<&'static str>,
+    stage: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     code: Option<u16>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -199,6 +207,92 @@ fn write_line(out: &mut impl Write, o: &Outcome) -> io::Result<()> {
         message_id: &o.message_id,
         attempts: o.attempts,
         possibly_duplicated: o.possibly_duplicated,
+    };
+    serde_json::to_writer(&mut *out, &line)?;
+    out.write_all(b"\n")
+}
+
+/// Completes the delivery log of a resumed run from the journal: every final outcome of `run`
+/// without a line (a killed session's buffer) gets one, with the journal's time. `from` is
+/// where the run's lines start (`Journal::log_offset`; None or past the end: the whole file).
+/// A torn last line (killed inside a write) is cut off first; its outcome, if the journal has
+/// it, is written again. Returns how many lines were appended.
+pub fn repair(
+    path: &Path,
+    from: Option<u64>,
+    journal: &Journal,
+    run: i64,
+) -> Result<u64, LogError> {
+    use std::io::{BufRead, BufReader, Seek, SeekFrom};
+    let open_err = |source| LogError::Open {
+        path: path.to_path_buf(),
+        source,
+    };
+    let write_err = |source| LogError::Write {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut present = RowSet::new();
+    if path.exists() {
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+            .map_err(open_err)?;
+        let len = file.metadata().map_err(open_err)?.len();
+        let start = from.filter(|&o| o <= len).unwrap_or(0);
+        file.seek(SeekFrom::Start(start)).map_err(open_err)?;
+        let mut reader = BufReader::with_capacity(BUFFER, &file);
+        let (mut pos, mut line) = (start, Vec::new());
+        loop {
+            line.clear();
+            let n = reader.read_until(b'\n', &mut line).map_err(open_err)?;
+            if n == 0 {
+                break;
+            }
+            if line.last() != Some(&b'\n') {
+                // Torn by a kill: cut it off, so the next line starts on a line of its own.
+                drop(reader);
+                file.set_len(pos).map_err(write_err)?;
+                break;
+            }
+            pos += n as u64;
+            #[derive(serde::Deserialize)]
+            struct Row {
+                row: u64,
+            }
+            if let Ok(r) = serde_json::from_slice::<Row>(&line) {
+                present.insert(r.row);
+            }
+        }
+    }
+    let file = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(open_err)?;
+    let mut out = BufWriter::with_capacity(BUFFER, file);
+    let appended = journal.outcomes_except(run, &present, |rec| write_record(&mut out, rec))?;
+    out.flush().map_err(write_err)?;
+    Ok(appended)
+}
+
+/// A line from the journal's record of an outcome (see [`repair`]).
+fn write_record(out: &mut impl Write, r: &OutcomeRecord) -> io::Result<()> {
+    let line = Line {
+        time: &r.time,
+        row: r.row,
+        address: &r.address,
+        outcome: &r.status,
+        node: &r.node,
+        stage: r.stage.as_deref(),
+        code: r.code,
+        enhanced: r.enhanced.clone(),
+        text: r.text.as_deref(),
+        queue_id: r.queue_id.as_deref(),
+        message_id: &r.message_id,
+        attempts: r.attempts,
+        possibly_duplicated: r.possibly_duplicated,
     };
     serde_json::to_writer(&mut *out, &line)?;
     out.write_all(b"\n")

@@ -56,6 +56,8 @@ pub enum PlanError {
     },
     #[error(transparent)]
     Journal(#[from] JournalError),
+    #[error(transparent)]
+    Log(#[from] crate::send::log::LogError),
 }
 
 impl PlanError {
@@ -118,6 +120,8 @@ pub struct Resumed {
     pub finals: u64,
     pub unconfirmed: u64,
     pub read_in: Duration,
+    /// Delivery log lines written from the journal (a killed session's lost lines).
+    pub log_lines_repaired: u64,
 }
 
 /// A run started (or resumed) in the journal.
@@ -236,11 +240,18 @@ impl RunPlan {
                 let finals = journal.final_rows(run.id)?;
                 let unconfirmed = journal.unconfirmed_rows(run.id, &finals)?;
                 journal.resume_run(run.id, &tpl_fp)?;
+                let log_lines_repaired = crate::send::log::repair(
+                    &campaign.output.delivery_log,
+                    journal.log_offset(run.id)?,
+                    &journal,
+                    run.id,
+                )?;
                 let resumed = Resumed {
                     finals: finals.len(),
                     unconfirmed: unconfirmed.len(),
                     read_in: loading.elapsed(),
                     run: run.clone(),
+                    log_lines_repaired,
                 };
                 Ok(StartedRun {
                     journal,
@@ -257,6 +268,10 @@ impl RunPlan {
                     &tpl_fp,
                     &campaign.recipients.path,
                 )?;
+                // Where this run's lines will start in the delivery log (see `log::repair`).
+                let log_len =
+                    std::fs::metadata(&campaign.output.delivery_log).map_or(0, |m| m.len());
+                journal.set_log_offset(id, log_len)?;
                 Ok(StartedRun {
                     journal,
                     id,
