@@ -4,7 +4,8 @@
 //! 2xx after the message body is the only "accepted"; 4xx anywhere is temporary and retried
 //! later; 5xx anywhere is final and never retried; a transport failure (lost connection,
 //! timeout, garbage) says nothing about the recipient, so the message is sent again,
-//! elsewhere if need be. [`Outcome`] is the final record that the delivery log (and the journal)
+//! elsewhere if need be — except a reply the relay sent after 354 before the body went out
+//! ([`SmtpError::ReplyBeforeBody`]): a deferral, like a 4xx. [`Outcome`] is the final record that the delivery log (and the journal)
 //! keep per recipient.
 
 use std::sync::Arc;
@@ -39,6 +40,9 @@ pub fn classify(result: &Result<Delivery, SmtpError>) -> Verdict {
         },
         // Our own validation refused the address: sending again cannot help.
         Err(SmtpError::InvalidAddress(_)) => Verdict::Failed,
+        // A reply after 354 before the body was sent: nothing was delivered (no duplicate risk)
+        // and the relay is misbehaving, so a temporary failure of this attempt, like a 4xx.
+        Err(SmtpError::ReplyBeforeBody { .. }) => Verdict::Deferred,
         Err(e) => Verdict::Requeue {
             after_data: e.after_data(),
         },
@@ -178,6 +182,13 @@ mod tests {
         assert_eq!(classify(&e), Verdict::Requeue { after_data: false });
         let e: Result<Delivery, SmtpError> = Err(SmtpError::InvalidAddress("x".into()));
         assert_eq!(classify(&e), Verdict::Failed);
+    }
+
+    #[test]
+    fn a_reply_before_the_body_is_a_deferral_without_duplicate_risk() {
+        let err = SmtpError::ReplyBeforeBody { bytes: 24 };
+        assert!(!err.after_data(), "the body was never sent");
+        assert_eq!(classify(&Err(err)), Verdict::Deferred);
     }
 }
 

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use blast::outcome::{Verdict, classify};
 use blast::smtp::receiver::{Receiver, ReceiverHandle, ReceiverOptions, Script};
 use blast::smtp::{ClientSettings, Connection, Credentials, SmtpError, Stage, TlsMode};
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
@@ -484,6 +485,71 @@ async fn pipelined_failure_with_354_sends_empty_body_then_rset() {
         let seen = server.await.unwrap();
         assert!(!seen.iter().any(|l| l.contains("secret")), "{seen:?}");
         assert_eq!(seen.last().map(String::as_str), Some("RSET"));
+    })
+    .await
+}
+
+/// Issue 13: a relay answering DATA with `354` and, in the same write, a reply that can only be
+/// meant for the body (`250 … queued early`) has delivered nothing yet. The client must not take
+/// that reply as the end-of-data reply: a deferral of the recipient, the connection dropped, the
+/// body never written.
+#[tokio::test]
+async fn a_reply_before_the_body_is_a_deferral_and_retires_the_connection() {
+    bounded(async {
+        for pipelining in [true, false] {
+            let (l, addr) = listen().await;
+            let ehlo = ["250 early\r\n", "250-early\r\n250 PIPELINING\r\n"][pipelining as usize];
+            let server = scripted(
+                l,
+                "220 early\r\n",
+                vec![
+                    ("EHLO client.test", ehlo),
+                    ("MAIL FROM:<a@b.test>", "250 ok\r\n"),
+                    ("RCPT TO:<c@d.test>", "250 ok\r\n"),
+                    ("DATA", "354 go\r\n250 2.0.0 queued early\r\n"),
+                    ("secret body", ""),
+                    (".", "250 2.0.0 the real reply\r\n"),
+                ],
+            );
+            let mut conn = Connection::connect(addr, settings(pipelining))
+                .await
+                .unwrap();
+            let result = conn.send("a@b.test", "c@d.test", b"secret body\r\n").await;
+            let what = format!("pipelining {pipelining}: {result:?}");
+            assert_eq!(classify(&result), Verdict::Deferred, "{what}");
+            assert!(result.is_err(), "{what}");
+            assert!(!conn.is_usable(), "{what}");
+            drop(conn);
+            let seen = server.await.unwrap();
+            assert_eq!(seen.last().map(String::as_str), Some("DATA"), "{what}");
+        }
+        // The same after a pipelined refusal answered with 354: the outcome (550 at RCPT) stands,
+        // but no empty body is sent into the desynchronised dialogue and the connection goes.
+        let (l, addr) = listen().await;
+        let server = scripted(
+            l,
+            "220 early\r\n",
+            vec![
+                ("EHLO client.test", "250-early\r\n250 PIPELINING\r\n"),
+                ("MAIL FROM:<a@b.test>", "250 ok\r\n"),
+                ("RCPT TO:<c@d.test>", "550 5.1.1 no such user\r\n"),
+                ("DATA", "354 go anyway\r\n250 2.0.0 queued early\r\n"),
+                (".", "250 ok\r\n"),
+                ("RSET", "250 ok\r\n"),
+            ],
+        );
+        let mut conn = Connection::connect(addr, settings(true)).await.unwrap();
+        let d = conn
+            .send("a@b.test", "c@d.test", b"body\r\n")
+            .await
+            .unwrap();
+        assert_eq!((d.stage, d.reply.code), (Stage::Rcpt, 550));
+        assert!(!conn.is_usable());
+        drop(conn);
+        assert_eq!(
+            server.await.unwrap().last().map(String::as_str),
+            Some("DATA")
+        );
     })
     .await
 }

@@ -4,8 +4,9 @@
 //!
 //! - RCPT is accepted only for the bounce domain(s); anything else gets `550 5.7.1` (never an
 //!   open relay). The null sender is accepted (bounces use it). SIZE is advertised and
-//!   enforced; sessions are bounded by a semaphore taken before `accept`; slow clients are cut
-//!   off by the command and data timeouts; VRFY is disabled.
+//!   enforced; sessions are bounded by a semaphore taken before `accept` and per client address;
+//!   slow clients are cut off by absolute command, line, session and data limits (tighter while
+//!   every slot is taken), and a client making error after error is dropped; VRFY is disabled.
 //! - Accepted messages go through a bounded queue (full → `451 4.3.0`, the sender retries) to
 //!   one worker thread that owns the SQLite connection, so memory stays bounded.
 //! - Trust: a message is acted upon only if its RCPT carries a valid VERP token (HMAC checked).
@@ -48,9 +49,20 @@ pub struct SinkOptions {
     pub discard: bool,
     pub quarantine: Option<PathBuf>,
     pub max_connections: usize,
+    /// Sessions at once from one address (IPv6: one /64).
+    pub max_connections_per_ip: usize,
     pub max_size: usize,
     pub command_timeout: Duration,
+    /// A command line must arrive whole within this of its first byte.
+    pub line_timeout: Duration,
+    /// While every connection slot is taken, a command line must arrive whole within this of
+    /// the previous reply.
+    pub busy_timeout: Duration,
+    /// Longest session (a DATA phase under way may finish under `data_timeout`).
+    pub session_timeout: Duration,
     pub data_timeout: Duration,
+    /// 5xx replies in a row before the session is closed with 421.
+    pub max_errors: u32,
     /// None: no secret configured; no token can be verified, nothing is suppressed.
     pub key: Option<VerpKey>,
     pub soft_bounce_limit: u32,
@@ -71,9 +83,14 @@ impl SinkOptions {
             discard: false,
             quarantine: None,
             max_connections: 64,
+            max_connections_per_ip: 8,
             max_size: 10 * 1024 * 1024,
             command_timeout: Duration::from_secs(300),
+            line_timeout: Duration::from_secs(30),
+            busy_timeout: Duration::from_secs(1),
+            session_timeout: Duration::from_secs(600),
             data_timeout: Duration::from_secs(600),
+            max_errors: 10,
             key: None,
             soft_bounce_limit: 3,
             bounce_log: None,
@@ -181,8 +198,13 @@ pub async fn start(opts: SinkOptions) -> anyhow::Result<SinkHandle> {
             tx,
         })),
         max_connections: Some(opts.max_connections),
+        max_connections_per_ip: Some(opts.max_connections_per_ip),
         command_timeout: opts.command_timeout,
+        line_timeout: opts.line_timeout,
+        busy_timeout: Some(opts.busy_timeout),
+        session_timeout: Some(opts.session_timeout),
         data_timeout: opts.data_timeout,
+        max_errors: Some(opts.max_errors),
         ..ReceiverOptions::default()
     })
     .await?;

@@ -137,12 +137,17 @@ pub fn cmd_sink(a: super::SinkArgs) -> anyhow::Result<std::process::ExitCode> {
     opts.discard = a.discard;
     opts.quarantine = a.quarantine;
     opts.max_connections = a.max_connections;
+    opts.max_connections_per_ip = a.max_connections_per_ip as usize;
     opts.max_size = a.max_size;
     opts.soft_bounce_limit = a.soft_bounce_limit;
     opts.bounce_log = a.bounce_log;
     opts.journal = journal;
     opts.command_timeout = a.command_timeout;
+    opts.line_timeout = a.line_timeout;
+    opts.busy_timeout = a.busy_timeout;
+    opts.session_timeout = a.session_timeout;
     opts.data_timeout = a.data_timeout;
+    opts.max_errors = a.max_errors;
     let secret_env = &a.secret_env;
     match std::env::var(secret_env) {
         Ok(s) => {

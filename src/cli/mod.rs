@@ -218,8 +218,12 @@ pub struct SinkArgs {
     /// Keep messages that cannot be acted upon here.
     #[arg(long)]
     pub quarantine: Option<PathBuf>,
+    /// Sessions at once; more clients wait in the listen backlog.
     #[arg(long, default_value_t = 64)]
     pub max_connections: usize,
+    /// Sessions at once from one client address (IPv6: one /64); more are answered 421.
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections_per_ip: u32,
     /// Largest message accepted (advertised as SIZE).
     #[arg(long, default_value_t = 10 * 1024 * 1024)]
     pub max_size: usize,
@@ -241,10 +245,25 @@ pub struct SinkArgs {
     /// Take the journal path from this campaign file (`[output] journal`).
     #[arg(long, value_name = "FILE", conflicts_with = "journal")]
     pub campaign: Option<PathBuf>,
-    #[arg(long, default_value = "5m", value_parser = parse_duration)]
+    /// Longest time from a reply to the end of the next command line, however it is trickled.
+    #[arg(long, default_value = "5m", value_parser = parse_positive_duration)]
     pub command_timeout: std::time::Duration,
-    #[arg(long, default_value = "10m", value_parser = parse_duration)]
+    /// Longest time from a command line's first byte to its end.
+    #[arg(long, default_value = "30s", value_parser = parse_positive_duration)]
+    pub line_timeout: std::time::Duration,
+    /// While all --max-connections slots are taken: longest time from a reply to the end of
+    /// the next command line (idle and trickling sessions make room for waiting clients).
+    #[arg(long, default_value = "1s", value_parser = parse_positive_duration)]
+    pub busy_timeout: std::time::Duration,
+    /// Longest session; a message being received at the limit may finish (--data-timeout).
+    #[arg(long, default_value = "10m", value_parser = parse_positive_duration)]
+    pub session_timeout: std::time::Duration,
+    /// Longest time from the 354 to the final dot.
+    #[arg(long, default_value = "10m", value_parser = parse_positive_duration)]
     pub data_timeout: std::time::Duration,
+    /// 5xx replies in a row a session may collect; one more is answered 421 and closes it.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_errors: u32,
 }
 
 /// `blast keys ...`.
@@ -398,6 +417,16 @@ fn dispatch(args: Args) -> anyhow::Result<ExitCode> {
 
 fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
     s.parse::<crate::campaign::Dur>().map(|d| d.0)
+}
+
+/// A duration that must not be zero (a zero limit would cut every session at once).
+fn parse_positive_duration(s: &str) -> Result<std::time::Duration, String> {
+    match parse_duration(s)? {
+        d if d.is_zero() => Err(format!(
+            "{s:?} is zero: give a positive duration, e.g. \"30s\""
+        )),
+        d => Ok(d),
+    }
 }
 
 fn parse_time_of_day(s: &str) -> Result<TimeOfDay, String> {

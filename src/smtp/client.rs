@@ -294,6 +294,11 @@ impl Connection {
                     return Ok(failed);
                 }
                 if data_code == 354 {
+                    if self.nothing_after_354().is_err() {
+                        // Out of step: the outcome stands, the connection goes.
+                        self.usable = false;
+                        return Ok(failed);
+                    }
                     // RFC 2920 §3.1: the server wants a body for a failed
                     // transaction; end it empty before resetting.
                     self.wbuf.clear();
@@ -341,6 +346,7 @@ impl Connection {
             }
         }
 
+        self.nothing_after_354()?;
         self.wbuf.clear();
         stuff_body(message, &mut self.wbuf);
         let dt = self.settings.data_timeout;
@@ -357,6 +363,16 @@ impl Connection {
             stage: Stage::Body,
             reply,
         })
+    }
+
+    /// After a 354 the server waits for the body: any byte already received is a reply to a body
+    /// not yet sent, which would be taken for the reply to the final dot. Refused like plaintext
+    /// queued behind STARTTLS's 220 (see `start_tls`).
+    fn nothing_after_354(&self) -> Result<(), SmtpError> {
+        match self.rbuf.data().len() {
+            0 => Ok(()),
+            bytes => Err(SmtpError::ReplyBeforeBody { bytes }),
+        }
     }
 
     fn push_mail(&mut self, mail_from: &str, rcpt: &str, message: &[u8]) {

@@ -12,12 +12,17 @@
 //! default is none, which is what the sink runs with; tests and the demo's embedded node opt in
 //! ([`ReceiverOptions::scripted`]).
 //!
+//! What keeps a client from holding a session — absolute command-line, session and DATA time
+//! limits, a tighter limit while every connection slot is taken, the per-address connection cap
+//! — is in `limits`; the cap on errors in a row is the protocol's (`max_errors`).
+//!
 //! It is built for loopback throughput: one read buffer per session, every
 //! complete pipelined command parsed before replying, all replies for a
 //! batch sent in one write, and no allocation per line.
 //!
 //! It uses nothing else of the crate (tokio and rustls only), not even the client beside it.
 
+mod limits;
 mod protocol;
 mod script;
 
@@ -33,14 +38,17 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::{JoinHandle, JoinSet};
-use tokio::time::timeout;
+use tokio::time::{Instant, timeout, timeout_at};
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::rustls::ServerConfig;
 
+use limits::{Clock, PerIp};
 use protocol::{Phase, Protocol, Step};
 
 const READ_BUF: usize = 64 * 1024;
 const IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+/// How long the parting 421 of a session cut off at a limit may take to write.
+const GOODBYE: Duration = Duration::from_secs(1);
 const HOSTNAME: &str = "localhost";
 
 /// How the receiver behaves.
@@ -64,10 +72,26 @@ pub struct ReceiverOptions {
     /// Sessions served at once; further clients wait in the listen backlog (the permit is
     /// taken before `accept`). None: unbounded.
     pub max_connections: Option<usize>,
-    /// Longest wait for a command line (and the greeting's reply).
+    /// Sessions at once from one client address (IPv6: one /64); one more is answered `421`
+    /// and closed at once. None: no cap.
+    pub max_connections_per_ip: Option<usize>,
+    /// Longest time from the previous reply (or the greeting) to the end of the next command
+    /// line, however the client trickles it in.
     pub command_timeout: Duration,
+    /// Longest time from a command line's first byte to its end.
+    pub line_timeout: Duration,
+    /// While every `max_connections` slot is taken: the longest time from the previous reply to
+    /// the end of the next command line, so that idle and trickling sessions make room for the
+    /// clients waiting in the backlog. None: no such mode.
+    pub busy_timeout: Option<Duration>,
+    /// Longest session, from the accept; a DATA phase under way at the limit may finish (it has
+    /// `data_timeout`), then `421`. None: unbounded.
+    pub session_timeout: Option<Duration>,
     /// Longest time from the 354 to the final dot, however the client trickles it in.
     pub data_timeout: Duration,
+    /// 5xx replies to commands in a row that a session may collect; one more is answered `421`
+    /// and the session closed. None: no limit.
+    pub max_errors: Option<u32>,
     /// Test behaviours (scripted recipients, `reply_all`, tarpit; see [`Script`]). `None`, the
     /// default, for a real receiver such as the sink's.
     pub script: Option<Script>,
@@ -93,8 +117,13 @@ impl Default for ReceiverOptions {
             tls: None,
             policy: None,
             max_connections: None,
+            max_connections_per_ip: None,
             command_timeout: IDLE_TIMEOUT,
+            line_timeout: Duration::from_secs(30),
+            busy_timeout: None,
+            session_timeout: None,
             data_timeout: Duration::from_secs(600),
+            max_errors: Some(10),
             script: None,
         }
     }
@@ -209,6 +238,9 @@ struct Shared {
     /// EHLO replies are identical for every session: built once.
     ehlo: Vec<u8>,
     ehlo_with_starttls: Vec<u8>,
+    /// Every `max_connections` slot is taken (set by the accept loop; see `busy_timeout`).
+    busy: watch::Sender<bool>,
+    per_ip: Arc<PerIp>,
 }
 
 impl Shared {
@@ -223,12 +255,14 @@ impl Shared {
         caps.push("STARTTLS");
         let ehlo_with_starttls = multiline(250, &caps);
         Shared {
+            per_ip: Arc::new(PerIp::new(opts.max_connections_per_ip)),
             opts,
             counters: Counters::default(),
             messages: Mutex::new(Vec::new()),
             next_id: AtomicU64::new(1),
             ehlo,
             ehlo_with_starttls,
+            busy: watch::Sender::new(false),
         }
     }
 
@@ -269,12 +303,25 @@ async fn accept_loop(
     loop {
         // The permit comes before accept: over the limit, clients wait in the backlog.
         let permit = match &limit {
-            Some(sem) => tokio::select! {
-                _ = shutdown.changed() => break,
-                p = sem.clone().acquire_owned() => match p {
-                    Ok(p) => Some(p),
-                    Err(_) => break,
-                },
+            Some(sem) => match sem.clone().try_acquire_owned() {
+                Ok(p) => Some(p),
+                Err(_) => {
+                    // Every slot taken: sessions switch to `busy_timeout` until one frees.
+                    shared
+                        .busy
+                        .send_if_modified(|b| !std::mem::replace(b, true));
+                    let p = tokio::select! {
+                        _ = shutdown.changed() => break,
+                        p = sem.clone().acquire_owned() => match p {
+                            Ok(p) => p,
+                            Err(_) => break,
+                        },
+                    };
+                    shared
+                        .busy
+                        .send_if_modified(|b| std::mem::replace(b, false));
+                    Some(p)
+                }
             },
             None => None,
         };
@@ -284,11 +331,22 @@ async fn accept_loop(
             accepted = listener.accept() => match accepted {
                 Ok((tcp, peer)) => {
                     shared.count(|c| &c.connections, 1);
-                    let shared = shared.clone();
-                    sessions.spawn(async move {
-                        serve(tcp, peer, shared).await;
-                        drop(permit);
-                    });
+                    match shared.per_ip.admit(peer.ip()) {
+                        Some(ip_slot) => {
+                            let shared = shared.clone();
+                            sessions.spawn(async move {
+                                serve(tcp, peer, shared).await;
+                                drop((ip_slot, permit));
+                            });
+                        }
+                        None => {
+                            // At its address's cap: refused at once, the slot is free again.
+                            let _ = tcp.try_write(
+                                b"421 4.7.0 Too many connections from your address, try again later\r\n",
+                            );
+                            tracing::debug!(%peer, "receiver: per-address connection cap reached");
+                        }
+                    }
                 }
                 Err(e) => {
                     // Typically EMFILE: back off instead of spinning.
@@ -317,80 +375,143 @@ async fn serve(tcp: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
 }
 
 /// The socket loop: feed input to the protocol, write replies when the
-/// input is drained, and carry out what the protocol asks for.
-async fn run_session(mut stream: Stream, shared: Arc<Shared>) -> io::Result<()> {
+/// input is drained, and carry out what the protocol asks for. Every wait, for input or for a
+/// write, ends at the session's [`Clock`] deadline.
+async fn run_session(stream: Stream, shared: Arc<Shared>) -> io::Result<()> {
     let tls = shared.opts.tls.clone();
     // Only a script marks a transaction slow (`slow+`).
     let slow_delay = shared.script().map_or(Duration::ZERO, |s| s.slow_delay);
-    let (command_timeout, data_timeout) = (shared.opts.command_timeout, shared.opts.data_timeout);
-    let mut data_deadline: Option<tokio::time::Instant> = None;
+    let mut s = Session {
+        clock: Clock::new(&shared.opts, Instant::now()),
+        busy: shared.busy.subscribe(),
+        stream,
+        buf: vec![0u8; READ_BUF],
+        start: 0,
+        end: 0,
+    };
     let mut proto = Protocol::new(shared, tls.is_some());
-    let mut buf = vec![0u8; READ_BUF];
-    let (mut start, mut end) = (0, 0);
     proto.greet();
     loop {
-        let (used, step) = proto.feed(&buf[start..end]);
-        start += used;
+        let (used, step) = proto.feed(&s.buf[s.start..s.end]);
+        s.start += used;
+        let partial = s.start < s.end || proto.mid_line();
+        let in_data = proto.phase == Phase::Data;
+        s.clock
+            .update(Instant::now(), in_data, partial, proto.lines());
         match step {
             Step::NeedInput => {
                 if !proto.out.is_empty() {
-                    stream.write_all(&proto.out).await?;
+                    s.write(&proto.out).await?;
                     proto.out.clear();
                 }
-                if start == end {
-                    (start, end) = (0, 0);
-                } else if end == buf.len() {
-                    buf.copy_within(start..end, 0);
-                    (start, end) = (0, end - start);
-                }
-                // In DATA the whole body must arrive by a deadline, so a client trickling
-                // bytes cannot hold the session forever.
-                let wait = if proto.phase == Phase::Data {
-                    let deadline = *data_deadline
-                        .get_or_insert_with(|| tokio::time::Instant::now() + data_timeout);
-                    deadline.saturating_duration_since(tokio::time::Instant::now())
-                } else {
-                    data_deadline = None;
-                    command_timeout
-                };
-                let n = match timeout(wait, stream.read(&mut buf[end..])).await {
-                    Ok(n) => n?,
-                    Err(_) => {
-                        stream
-                            .write_all(b"421 4.4.2 Timeout, closing connection\r\n")
-                            .await?;
-                        return Ok(());
-                    }
-                };
-                if n == 0 {
+                if !s.read().await? {
                     return Ok(());
                 }
-                end += n;
             }
             Step::Slow => {
-                stream.write_all(&proto.out).await?;
+                s.write(&proto.out).await?;
                 proto.out.clear();
                 tokio::time::sleep(slow_delay).await;
                 proto.finish_data();
             }
             Step::Close => {
-                stream.write_all(&proto.out).await?;
-                return stream.shutdown().await;
+                s.write(&proto.out).await?;
+                let (deadline, _) = s.deadline();
+                return match timeout_at(deadline, s.stream.shutdown()).await {
+                    Ok(r) => r,
+                    Err(_) => Ok(()),
+                };
             }
             Step::Drop => return Ok(()),
             Step::StartTls => {
-                stream.write_all(&proto.out).await?;
+                s.write(&proto.out).await?;
                 proto.out.clear();
                 // Plaintext pipelined behind STARTTLS must not be treated
                 // as if it arrived over TLS.
-                if start != end {
+                if s.start != s.end {
                     return Ok(());
                 }
-                let (Stream::Plain(tcp), Some(config)) = (stream, tls.clone()) else {
+                let (Stream::Plain(tcp), Some(config)) = (s.stream, tls.clone()) else {
                     return Ok(());
                 };
-                stream = Stream::Tls(Box::new(TlsAcceptor::from(config).accept(tcp).await?));
+                let (deadline, _) = s.clock.deadline(Instant::now(), false);
+                let accept = TlsAcceptor::from(config).accept(tcp);
+                let tls = timeout_at(deadline, accept)
+                    .await
+                    .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "TLS handshake"))??;
+                s.stream = Stream::Tls(Box::new(tls));
                 proto.tls_started();
+            }
+        }
+    }
+}
+
+/// One session's socket, read buffer and limits.
+struct Session {
+    clock: Clock,
+    busy: watch::Receiver<bool>,
+    stream: Stream,
+    buf: Vec<u8>,
+    /// Unconsumed input is `buf[start..end]`.
+    start: usize,
+    end: usize,
+}
+
+/// What ended a wait for input.
+enum Wake {
+    Read(io::Result<usize>),
+    Limit,
+    BusyChanged,
+}
+
+impl Session {
+    fn deadline(&mut self) -> (Instant, limits::Cut) {
+        let busy = *self.busy.borrow_and_update();
+        self.clock.deadline(Instant::now(), busy)
+    }
+
+    /// Writes replies, by the current deadline (a client that does not read cannot hold the
+    /// session either).
+    async fn write(&mut self, bytes: &[u8]) -> io::Result<()> {
+        let (deadline, cut) = self.deadline();
+        match timeout_at(deadline, self.stream.write_all(bytes)).await {
+            Ok(r) => r,
+            Err(_) => Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("client not reading; cut at the {cut:?} limit"),
+            )),
+        }
+    }
+
+    /// Reads more input after the unconsumed rest. False: the client closed, or a limit ended
+    /// the session (after a `421` saying which).
+    async fn read(&mut self) -> io::Result<bool> {
+        if self.start == self.end {
+            (self.start, self.end) = (0, 0);
+        } else if self.end == self.buf.len() {
+            self.buf.copy_within(self.start..self.end, 0);
+            (self.start, self.end) = (0, self.end - self.start);
+        }
+        loop {
+            let (deadline, cut) = self.deadline();
+            let wake = tokio::select! {
+                n = self.stream.read(&mut self.buf[self.end..]) => Wake::Read(n),
+                _ = tokio::time::sleep_until(deadline) => Wake::Limit,
+                Ok(()) = self.busy.changed() => Wake::BusyChanged,
+            };
+            match wake {
+                Wake::Read(n) => {
+                    let n = n?;
+                    self.end += n;
+                    return Ok(n > 0);
+                }
+                Wake::Limit => {
+                    tracing::debug!(?cut, "receiver: session cut off at a time limit");
+                    let _ = timeout(GOODBYE, self.stream.write_all(cut.reply())).await;
+                    return Ok(false);
+                }
+                // Recompute the deadline: busy tightens it, idle loosens it.
+                Wake::BusyChanged => {}
             }
         }
     }

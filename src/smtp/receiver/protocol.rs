@@ -83,6 +83,10 @@ pub(super) struct Protocol {
     discarding: bool,
     tls_offered: bool,
     tls_active: bool,
+    /// Complete command lines read (the session's clock starts a new line's wait on a change).
+    lines: u64,
+    /// 5xx replies to commands since the last 2xx/3xx (see `ReceiverOptions::max_errors`).
+    errors: u32,
 }
 
 impl Protocol {
@@ -95,7 +99,19 @@ impl Protocol {
             discarding: false,
             tls_offered,
             tls_active: false,
+            lines: 0,
+            errors: 0,
         }
+    }
+
+    /// Complete command lines read so far.
+    pub(super) fn lines(&self) -> u64 {
+        self.lines
+    }
+
+    /// Skipping the rest of an over-long command line (its bytes are consumed, not buffered).
+    pub(super) fn mid_line(&self) -> bool {
+        self.discarding
     }
 
     pub(super) fn greet(&mut self) {
@@ -134,18 +150,43 @@ impl Protocol {
                 return (pos, Step::NeedInput);
             };
             pos += nl + 1;
-            if self.discarding || nl + 1 > MAX_LINE {
+            self.lines += 1;
+            let replied_at = self.out.len();
+            let step = if self.discarding || nl + 1 > MAX_LINE {
                 self.discarding = false;
                 self.reply(b"500 5.5.2 Line too long\r\n");
-                continue;
+                Step::NeedInput
+            } else {
+                let line = &rest[..nl];
+                self.command(line.strip_suffix(b"\r").unwrap_or(line))
+            };
+            if self.too_many_errors(replied_at) {
+                return (pos, Step::Close);
             }
-            let line = &rest[..nl];
-            let line = line.strip_suffix(b"\r").unwrap_or(line);
-            let step = self.command(line);
             if step != Step::NeedInput {
                 return (pos, step);
             }
         }
+    }
+
+    /// Counts the reply to one command written at `replied_at`: a 5xx is one more error in a
+    /// row, a 2xx/3xx ends the row. One error past `max_errors` replaces the reply with a 421:
+    /// true, close the session (a client sending thousands of bad commands gets nowhere).
+    fn too_many_errors(&mut self, replied_at: usize) -> bool {
+        match self.out.get(replied_at) {
+            Some(b'5') => self.errors += 1,
+            Some(b'2' | b'3') => self.errors = 0,
+            _ => {}
+        }
+        let Some(max) = self.shared.opts.max_errors else {
+            return false;
+        };
+        if self.errors <= max {
+            return false;
+        }
+        self.out.truncate(replied_at);
+        self.reply(b"421 4.7.0 Too many errors, closing connection\r\n");
+        true
     }
 
     /// Consumes body bytes. `Some(step)` stops the feed loop; `None` means
@@ -595,6 +636,33 @@ pub(super) mod tests {
                 "500", "252", "502", "502", "501", "250"
             ]
         );
+    }
+
+    #[test]
+    fn errors_in_a_row_past_max_errors_get_421_and_close() {
+        let mut p = protocol(ReceiverOptions {
+            max_errors: Some(3),
+            ..Default::default()
+        });
+        // A good reply ends a row of errors; an over-long line is an error too.
+        let long = [vec![b'A'; 2 * MAX_LINE], b"\r\n".to_vec()].concat();
+        let input = [b"X\r\nMAIL FROM:<>\r\nNOOP\r\nX\r\nX\r\n".as_slice(), &long].concat();
+        let (out, step) = run(&mut p, &input);
+        assert_eq!(
+            codes(&out),
+            ["220", "500", "503", "250", "500", "500", "500"]
+        );
+        assert_eq!(step, Step::NeedInput);
+        let (out, step) = run(&mut p, b"X\r\nNOOP\r\n");
+        assert_eq!(out, "421 4.7.0 Too many errors, closing connection\r\n");
+        assert_eq!(step, Step::Close);
+        // No limit: errors are only answered.
+        let mut p = protocol(ReceiverOptions {
+            max_errors: None,
+            ..Default::default()
+        });
+        let (out, _) = run(&mut p, &b"X\r\n".repeat(50));
+        assert_eq!(codes(&out).len(), 51);
     }
 
     #[test]
