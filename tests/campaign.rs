@@ -767,9 +767,18 @@ fn recipient_list_errors() {
         .set("[recipients]", "path = \"nope.csv\"")
         .text();
     expect_one("missing-csv", &t, "path = ^\"nope.csv\"", "does not exist");
-    // A directory is not a list either.
+    // A directory or a device is not a list either, and the problem says what it is.
     let t = Spec::base().set("[recipients]", "path = \"tpl\"").text();
-    expect_one("dir-csv", &t, "path = ^\"tpl\"", "does not exist");
+    expect_one("dir-csv", &t, "path = ^\"tpl\"", "is a directory");
+    let t = Spec::base()
+        .set("[recipients]", "path = \"/dev/zero\"")
+        .text();
+    expect_one(
+        "device-csv",
+        &t,
+        "path = ^\"/dev/zero\"",
+        "/dev/zero is not a regular file (a device)",
+    );
     // ...unless the list is generated on first use.
     let f = Fixture::new("generate");
     let c = f

@@ -199,6 +199,7 @@ fn malformed_rows_are_rejected_with_every_reason_and_stable_rows() {
             (RejectKind::EmptyAddress, 2),
             (RejectKind::InvalidAddress, 5),
             (RejectKind::DuplicateAddress, 2),
+            (RejectKind::TooLarge, 0),
         ]
     );
 
@@ -435,9 +436,10 @@ fn header_problems_are_errors_naming_file_and_column() {
         .unwrap();
     assert!(matches!(err, SourceError::Open { .. }), "{err}");
 
-    // A directory opens but cannot be read: fatal, not a reject.
+    // A directory is refused before reading, saying what it is.
     let err = Source::open(SourceOptions::new(data(""))).err().unwrap();
-    assert!(matches!(err, SourceError::Read { .. }), "{err}");
+    assert!(matches!(err, SourceError::NotRegular { .. }), "{err}");
+    assert!(err.to_string().contains("is a directory"), "{err}");
 
     let err = Source::open(SourceOptions::new(data("bad_header.csv")))
         .err()
@@ -533,8 +535,13 @@ fn generated_list_streams_with_every_reject_kind() {
     let dedupe_peak = peak() - base;
 
     assert_eq!(stats.rows, 100_000);
+    // Every kind the generator makes (it makes no rows over the size caps: those are tested
+    // on their own, in `oversize_rows_are_rejected_and_the_list_goes_on`).
     for (kind, count) in stats.rejected_by_kind() {
-        assert!(count > 0, "no {kind} rejects");
+        assert!(
+            count > 0 || kind == RejectKind::TooLarge,
+            "no {kind} rejects"
+        );
     }
     let duplicates = stats.rejected_for(RejectKind::DuplicateAddress);
     assert_eq!(no_dedupe.rejected_for(RejectKind::DuplicateAddress), 0);
@@ -634,4 +641,117 @@ fn bench_source_throughput_and_dedupe_memory() {
         );
     }
     std::fs::remove_file(&path).unwrap();
+}
+
+/// A 2 MB field in row 3 (quoted, with a line break inside): the row is rejected with the
+/// reason, rows 1, 2 and 4 are accepted with their right line numbers, and the reader never
+/// holds the field (issue 13, item 6).
+#[test]
+fn oversize_rows_are_rejected_and_the_list_goes_on() {
+    let path = tmp("oversize.csv");
+    let half = "x".repeat(1 << 20);
+    let text = format!(
+        "email,note\na@x.test,one\nb@x.test,two\nc@x.test,\"{half}\n{half}\"\nd@x.test,four\n"
+    );
+    std::fs::write(&path, &text).unwrap();
+    let rejects = tmp("oversize.rejects.csv");
+    let mut opts = SourceOptions::new(&path);
+    opts.rejects_path = Some(rejects.clone());
+
+    let started = Instant::now();
+    let base = reset_peak();
+    let (accepted, stats) = read_all(opts.clone());
+    let peak = peak() - base;
+    assert_eq!(
+        accepted,
+        [
+            (1, 2, "a@x.test".into()),
+            (2, 3, "b@x.test".into()),
+            (4, 6, "d@x.test".into()),
+        ]
+    );
+    assert_eq!(stats.rejected_for(RejectKind::TooLarge), 1);
+    assert!(peak < 512 * 1024, "peak {peak} bytes for a 2 MB field");
+    assert!(started.elapsed().as_secs() < 10, "{:?}", started.elapsed());
+
+    let rows = read_rejects(&rejects);
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    assert_eq!(&rows[1][..2], ["3", "4"]);
+    assert_eq!(
+        rows[1][2],
+        "column note is longer than 65536 bytes (recipients.max_field_size); only its start is in this file"
+    );
+    assert_eq!(rows[1][3], "c@x.test");
+    assert!(rows[1][4].chars().count() <= 201, "{}", rows[1][4].len());
+
+    // A row of many short fields over the record cap, and a CRLF file.
+    let row = format!("e@x.test,{}", ["y"; 600].join(","));
+    let text = format!("email,note\r\na@x.test,one\r\n{row}\r\nd@x.test,four\r\n");
+    std::fs::write(&path, text).unwrap();
+    opts.max_record_size = 1024;
+    let (accepted, stats) = read_all(opts.clone());
+    assert_eq!(
+        accepted,
+        [(1, 2, "a@x.test".into()), (3, 4, "d@x.test".into())]
+    );
+    assert_eq!(stats.rejected_for(RejectKind::TooLarge), 1);
+    let rows = read_rejects(&rejects);
+    assert_eq!(
+        rows[1][..3],
+        [
+            "2",
+            "3",
+            "row is longer than 1024 bytes (recipients.max_record_size); only its start is in this file"
+        ]
+    );
+    std::fs::remove_file(&path).unwrap();
+}
+
+/// A 100 KB header cell: the error says what is wrong in a line, without echoing the cell.
+/// With caps that let it through, the header errors that name columns still echo at most a
+/// few hundred characters (issue 13, item 6).
+#[test]
+fn a_huge_header_cell_gives_a_short_error() {
+    let path = tmp("huge-header.csv");
+    let cell = "h".repeat(100 << 10);
+    std::fs::write(&path, format!("{cell},name\na@x.test,Ann\n")).unwrap();
+    let err = Source::open(SourceOptions::new(&path)).err().unwrap();
+    let message = err.to_string();
+    assert!(
+        matches!(err, SourceError::HeaderTooLarge { .. }),
+        "{message}"
+    );
+    assert!(message.len() < 300, "{} bytes: {message}", message.len());
+    assert!(
+        message.contains("column 1 is longer than 65536 bytes"),
+        "{message}"
+    );
+
+    let mut opts = SourceOptions::new(&path);
+    opts.max_field_size = 1 << 20;
+    let err = Source::open(opts).err().unwrap();
+    let message = err.to_string();
+    assert!(
+        matches!(err, SourceError::MissingAddressColumn { .. }),
+        "{message}"
+    );
+    assert!(message.len() < 600, "{} bytes", message.len());
+    assert!(message.contains("hhh…"), "{message}");
+    std::fs::remove_file(&path).unwrap();
+}
+
+/// `/dev/zero` and a directory as the list: refused at once, saying what they are (issue 13,
+/// item 5).
+#[test]
+fn a_list_that_is_not_a_regular_file_is_refused() {
+    let started = Instant::now();
+    let err = Source::open(SourceOptions::new("/dev/zero")).err().unwrap();
+    assert!(matches!(err, SourceError::NotRegular { .. }), "{err}");
+    assert!(
+        err.to_string().contains("is not a regular file (a device)"),
+        "{err}"
+    );
+    let err = Source::open(SourceOptions::new(data(""))).err().unwrap();
+    assert!(err.to_string().contains("is a directory"), "{err}");
+    assert!(started.elapsed().as_secs() < 5);
 }

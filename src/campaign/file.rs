@@ -12,7 +12,7 @@ use toml::Spanned;
 use super::direct::DirectSection;
 use super::dkim::DkimSection;
 use super::dns::DnsSection;
-use super::values::{Dur, Rate, TlsSetting};
+use super::values::{Dur, Rate, Size, TlsSetting};
 
 /// `campaign.toml`, exactly as written. See `campaigns/example.toml` for a commented example.
 #[derive(Debug, Deserialize)]
@@ -163,6 +163,15 @@ pub struct RecipientsSection {
     /// Meant for the demo campaign.
     #[serde(default)]
     pub generate: Option<u64>,
+    /// Longest field, in bytes as written in the file (quotes included), e.g. "64KB" (the
+    /// default). A row with a longer field is rejected (`too_large`) without being held in
+    /// memory whole; the list goes on.
+    #[serde(default)]
+    pub max_field_size: Option<Spanned<Size>>,
+    /// Longest record (row), in bytes as written in the file, e.g. "1MB" (the default). A longer
+    /// row is rejected (`too_large`) the same way.
+    #[serde(default)]
+    pub max_record_size: Option<Spanned<Size>>,
 }
 
 fn default_address_column() -> Spanned<String> {
@@ -204,6 +213,12 @@ pub struct LimitsSection {
     /// (at least one).
     #[serde(default)]
     pub render_threads: Option<Spanned<u64>>,
+    /// Largest output of one template render (subject, To name, each body, each unsubscribe
+    /// target), e.g. "1MB" (the default). A template that writes more fails: at `blast check`,
+    /// or at send time as a render error of that row only. Template execution is also bounded
+    /// (minijinja fuel), so a runaway loop fails instead of running for ever.
+    #[serde(default)]
+    pub max_part_size: Option<Spanned<Size>>,
 }
 
 /// `[retry]`: temporary failures (4xx, lost connections) are retried with exponential backoff and

@@ -2,7 +2,9 @@
 //! envelope, the templates, List-Unsubscribe, and the recipient list's format.
 
 use std::collections::BTreeMap;
+use std::io::Read;
 use std::ops::Range;
+use std::path::Path;
 
 use toml::Spanned;
 
@@ -11,7 +13,8 @@ use crate::verp::max_token_len;
 
 use super::file::{EnvelopeSection, MessageSection, RecipientsSection, UnsubscribeSection};
 use super::model::{Envelope, Mailbox, RecipientsOptions, TemplateSource, Templates, Unsubscribe};
-use super::validate::{Ctx, valid_env_name};
+use super::validate::{Ctx, sized, valid_env_name};
+use super::{DEFAULT_MAX_FIELD_SIZE, DEFAULT_MAX_RECORD_SIZE, MAX_TEMPLATE_FILE};
 
 /// Headers blast writes itself; `[headers]` may not set them.
 const RESERVED_HEADERS: &[&str] = &[
@@ -186,21 +189,71 @@ fn inline(ctx: &Ctx<'_>, name: &str, s: &Spanned<String>) -> TemplateSource {
 
 fn template_file(ctx: &mut Ctx<'_>, name: &str, s: &Spanned<String>) -> Option<TemplateSource> {
     let path = ctx.path(s.get_ref());
-    match std::fs::read_to_string(&path) {
+    match read_template(&path) {
         Ok(text) => Some(TemplateSource {
             name: name.to_string(),
             text,
             file: path,
             first_line: 1,
         }),
-        Err(e) => {
-            ctx.error(
-                s.span(),
-                format!("cannot read template {}: {e}", path.display()),
-            );
+        Err(message) => {
+            ctx.error(s.span(), message);
             None
         }
     }
+}
+
+/// A template file's text: a regular file of at most [`MAX_TEMPLATE_FILE`] bytes, read through
+/// a bounded reader (a device such as `/dev/zero`, a FIFO or a directory is refused before
+/// anything is read from it). The error is the whole problem message.
+fn read_template(path: &Path) -> Result<String, String> {
+    let cannot = |e: std::io::Error| format!("cannot read template {}: {e}", path.display());
+    // Checked before opening (opening a FIFO would block) and again on what was opened.
+    let regular = |meta: std::fs::Metadata| match not_regular(&meta) {
+        Some(problem) => Err(format!("template {} {problem}", path.display())),
+        None => Ok(()),
+    };
+    regular(std::fs::metadata(path).map_err(cannot)?)?;
+    let file = std::fs::File::open(path).map_err(cannot)?;
+    regular(file.metadata().map_err(cannot)?)?;
+    let mut bytes = Vec::new();
+    file.take(MAX_TEMPLATE_FILE + 1)
+        .read_to_end(&mut bytes)
+        .map_err(cannot)?;
+    if bytes.len() as u64 > MAX_TEMPLATE_FILE {
+        return Err(format!(
+            "template {} is larger than {} KB, the limit for a template file",
+            path.display(),
+            MAX_TEMPLATE_FILE >> 10
+        ));
+    }
+    String::from_utf8(bytes).map_err(|e| {
+        format!(
+            "template {} is not valid UTF-8 (at byte {}); save it as UTF-8",
+            path.display(),
+            e.utf8_error().valid_up_to()
+        )
+    })
+}
+
+/// Why a path that exists cannot be read as a file (`None` for a regular file).
+pub(super) fn not_regular(meta: &std::fs::Metadata) -> Option<String> {
+    use std::os::unix::fs::FileTypeExt;
+    let t = meta.file_type();
+    let what = if t.is_file() {
+        return None;
+    } else if t.is_dir() {
+        return Some("is a directory, not a file".to_string());
+    } else if t.is_char_device() || t.is_block_device() {
+        "a device"
+    } else if t.is_fifo() {
+        "a FIFO"
+    } else if t.is_socket() {
+        "a socket"
+    } else {
+        "not a file"
+    };
+    Some(format!("is not a regular file ({what})"))
 }
 
 fn body(
@@ -247,13 +300,16 @@ pub(super) fn templates(ctx: &mut Ctx<'_>, m: &MessageSection) -> Option<Templat
 pub(super) fn recipients(ctx: &mut Ctx<'_>, r: &RecipientsSection) -> Option<RecipientsOptions> {
     let path = ctx.path(r.path.get_ref());
     let mut ok = true;
-    if r.generate.is_none() && !path.is_file() {
+    let problem = match std::fs::metadata(&path) {
+        Ok(meta) => not_regular(&meta),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => (r.generate.is_none())
+            .then(|| "does not exist (paths are relative to the campaign file)".to_string()),
+        Err(e) => Some(format!("cannot be read: {e}")),
+    };
+    if let Some(problem) = problem {
         ctx.error(
             r.path.span(),
-            format!(
-                "recipient list {} does not exist (paths are relative to the campaign file)",
-                path.display()
-            ),
+            format!("recipient list {} {problem}", path.display()),
         );
         ok = false;
     }
@@ -296,6 +352,22 @@ pub(super) fn recipients(ctx: &mut Ctx<'_>, r: &RecipientsSection) -> Option<Rec
         );
         ok = false;
     }
+    let max_field_size = sized(
+        ctx,
+        r.max_field_size.as_ref(),
+        DEFAULT_MAX_FIELD_SIZE,
+        1 << 10,
+        16 << 20,
+        "recipients.max_field_size",
+    );
+    let max_record_size = sized(
+        ctx,
+        r.max_record_size.as_ref(),
+        DEFAULT_MAX_RECORD_SIZE,
+        1 << 10,
+        64 << 20,
+        "recipients.max_record_size",
+    );
     ok.then(|| RecipientsOptions {
         path,
         delimiter,
@@ -304,6 +376,8 @@ pub(super) fn recipients(ctx: &mut Ctx<'_>, r: &RecipientsSection) -> Option<Rec
         address_column: r.address_column.get_ref().clone(),
         dedupe: r.dedupe,
         generate: r.generate,
+        max_field_size,
+        max_record_size,
     })
 }
 

@@ -48,11 +48,20 @@ pub use model::{
     RetryPolicy, Schedule, SmtpOptions, SuppressionOptions, TemplateSource, Templates, Unsubscribe,
 };
 pub use validate::line_col;
-pub use values::{Dur, Rate, TimeOfDay, TlsSetting, check_range};
+pub use values::{Dur, Rate, Size, TimeOfDay, TlsSetting, check_range, check_size};
 
 /// Longest campaign id, so that a VERP local part always fits in 64 octets (the bound is the
 /// token format's).
 pub use crate::verp::MAX_CAMPAIGN_ID_LEN as MAX_ID_LEN;
+
+/// Default `[limits] max_part_size`: the largest output of one template render.
+pub const DEFAULT_MAX_PART_SIZE: usize = 1 << 20;
+/// Default `[recipients] max_field_size`.
+pub const DEFAULT_MAX_FIELD_SIZE: usize = 64 << 10;
+/// Default `[recipients] max_record_size`.
+pub const DEFAULT_MAX_RECORD_SIZE: usize = 1 << 20;
+/// Largest template file (`text_file`, `html_file`) blast reads; a larger one is a problem.
+pub const MAX_TEMPLATE_FILE: u64 = 1 << 20;
 
 /// One problem found in a campaign file, pointing at where it is.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -67,6 +67,10 @@ pub struct RecipientsOptions {
     pub address_column: String,
     pub dedupe: bool,
     pub generate: Option<u64>,
+    /// Longest field in bytes (`max_field_size`).
+    pub max_field_size: usize,
+    /// Longest record in bytes (`max_record_size`).
+    pub max_record_size: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -74,6 +78,8 @@ pub struct Limits {
     pub rate: Option<Rate>,
     pub queue_depth: usize,
     pub render_threads: usize,
+    /// Largest output of one template render, in bytes (`max_part_size`).
+    pub max_part_size: usize,
 }
 
 #[derive(Debug, Clone)]

@@ -28,8 +28,8 @@ use super::model::{
     Campaign, Limits, Outputs, RetryPolicy, Schedule, SmtpOptions, SuppressionOptions, base_dir,
 };
 use super::nodes::nodes;
-use super::values::{Dur, TimeOfDay, check_range};
-use super::{CampaignError, MAX_ID_LEN, Problem, SectionProblems};
+use super::values::{Dur, Size, TimeOfDay, check_range, check_size};
+use super::{CampaignError, DEFAULT_MAX_PART_SIZE, MAX_ID_LEN, Problem, SectionProblems};
 
 impl Campaign {
     /// Reads and validates a campaign file, reporting every problem found.
@@ -222,6 +222,14 @@ fn limits(ctx: &mut Ctx<'_>, l: &LimitsSection) -> Limits {
             64,
             "render_threads",
         ) as usize,
+        max_part_size: sized(
+            ctx,
+            l.max_part_size.as_ref(),
+            DEFAULT_MAX_PART_SIZE,
+            1 << 10,
+            64 << 20,
+            "limits.max_part_size",
+        ),
     }
 }
 
@@ -425,6 +433,25 @@ pub(super) fn bounded(
         ctx.error(span, message);
         default
     })
+}
+
+/// A size within `min..=max` bytes (`default` when absent); out of range is a problem (and the
+/// default).
+pub(super) fn sized(
+    ctx: &mut Ctx<'_>,
+    v: Option<&Spanned<Size>>,
+    default: usize,
+    min: usize,
+    max: usize,
+    what: &str,
+) -> usize {
+    let size = |n: usize| Size(n as u64);
+    check_size(v, size(default), size(min), size(max), what)
+        .map(|s| s.0 as usize)
+        .unwrap_or_else(|(span, message)| {
+            ctx.error(span, message);
+            default
+        })
 }
 
 fn valid_id(id: &str) -> bool {

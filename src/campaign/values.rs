@@ -135,6 +135,83 @@ impl FromStr for TimeOfDay {
     }
 }
 
+/// A size in bytes written as people write it: `"64KB"`, `"1MB"`, `"512B"`. `KB` and `KiB` are
+/// 1024 bytes, `MB` and `MiB` 1024 KB, `GB` and `GiB` 1024 MB; units in any case.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Size(pub u64);
+
+impl FromStr for Size {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let hint = "write a size as a number and a unit (B, KB, MB, GB; KB = 1024 bytes), e.g. \"64KB\" or \"1MB\"";
+        let t = s.trim();
+        let split = t
+            .find(|c: char| !c.is_ascii_digit() && c != '_')
+            .ok_or_else(|| format!("invalid size {s:?}: missing unit; {hint}"))?;
+        let (n, unit) = t.split_at(split);
+        let n: u64 = n
+            .replace('_', "")
+            .parse()
+            .map_err(|_| format!("invalid size {s:?}: {hint}"))?;
+        let scale: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+            "b" => 1,
+            "kb" | "kib" | "k" => 1 << 10,
+            "mb" | "mib" | "m" => 1 << 20,
+            "gb" | "gib" | "g" => 1 << 30,
+            other => {
+                return Err(format!(
+                    "invalid size {s:?}: unknown unit {other:?}; {hint}"
+                ));
+            }
+        };
+        n.checked_mul(scale)
+            .map(Size)
+            .ok_or_else(|| format!("invalid size {s:?}: too large"))
+    }
+}
+
+impl fmt::Display for Size {
+    /// The largest unit that writes the size exactly: `64 KB`, `1 MB`, `1500 B`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let n = self.0;
+        for (scale, unit) in [(1u64 << 30, "GB"), (1 << 20, "MB"), (1 << 10, "KB")] {
+            if n >= scale && n.is_multiple_of(scale) {
+                return write!(f, "{} {unit}", n / scale);
+            }
+        }
+        write!(f, "{n} B")
+    }
+}
+
+impl<'de> Deserialize<'de> for Size {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// A size setting within `min..=max` (`default` when absent), or the problem: its span and a
+/// message naming the key `what`.
+pub fn check_size(
+    v: Option<&Spanned<Size>>,
+    default: Size,
+    min: Size,
+    max: Size,
+    what: &str,
+) -> Result<Size, (Range<usize>, String)> {
+    match v {
+        None => Ok(default),
+        Some(v) if (min..=max).contains(v.get_ref()) => Ok(*v.get_ref()),
+        Some(v) => Err((
+            v.span(),
+            format!(
+                "{what} = \"{}\" is out of range: use {min} to {max}",
+                v.get_ref()
+            ),
+        )),
+    }
+}
+
 /// A duration written as people write it: `"250ms"`, `"30s"`, `"5m"`, `"4h"`, `"2d"`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Dur(pub Duration);
@@ -254,5 +331,20 @@ mod tests {
             let e = huge.parse::<Dur>().unwrap_err();
             assert!(e.contains("at most 30 days"), "{huge}: {e}");
         }
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!("64KB".parse::<Size>().unwrap(), Size(65_536));
+        assert_eq!("1MB".parse::<Size>().unwrap(), Size(1 << 20));
+        assert_eq!(" 1 MiB ".parse::<Size>().unwrap(), Size(1 << 20));
+        assert_eq!("1_500B".parse::<Size>().unwrap(), Size(1500));
+        assert_eq!("64kb".parse::<Size>().unwrap(), Size(65_536));
+        assert!("1500".parse::<Size>().unwrap_err().contains("missing unit"));
+        assert!("1TB".parse::<Size>().unwrap_err().contains("unknown unit"));
+        assert!("99999999999999GB".parse::<Size>().is_err());
+        assert_eq!(Size(65_536).to_string(), "64 KB");
+        assert_eq!(Size(1 << 20).to_string(), "1 MB");
+        assert_eq!(Size(1500).to_string(), "1500 B");
     }
 }

@@ -102,6 +102,9 @@ pub fn check(path: &Path, sample: u64, dns: bool) -> anyhow::Result<ExitCode> {
     for w in crate::campaign::alignment_warnings(&campaign) {
         eprintln!("blast: warning: {w}");
     }
+    for w in renderer.warnings() {
+        eprintln!("blast: warning: {w}");
+    }
     let configured = std::fs::read_to_string(path).is_ok_and(|t| {
         toml::from_str::<toml::Table>(&t).is_ok_and(|t| {
             t.get("dns")

@@ -68,6 +68,8 @@ pub fn source_options(
         address_column: r.address_column.clone(),
         dedupe: r.dedupe,
         rejects_path: rejects,
+        max_field_size: r.max_field_size,
+        max_record_size: r.max_record_size,
     })
 }
 

@@ -1,10 +1,16 @@
-//! Rendering: one CSV row in, one wire-ready message (with its envelope) out. One concept in
-//! one file (templates, headers, MIME assembly and the per-thread buffers they share; the
-//! engine-free template path is `simple.rs`).
+//! Rendering: one CSV row in, one wire-ready message (with its envelope) out. This file holds
+//! the renderer (templates, headers, MIME assembly); beside it are the engine-free template
+//! path (`simple.rs`), how values are escaped and the template environment (`escape.rs`), the
+//! body transfer encoding (`body.rs`) and the variable checks (`variables.rs`).
 //!
 //! Templates are compiled once, at load time, and every variable they use is checked against
 //! the CSV columns there, so a typo fails `blast check` instead of sending a thousand messages
-//! with a blank name. The message itself is built with mail-builder: it encodes non-ASCII
+//! with a blank name. Every render is bounded: its output by `[limits] max_part_size` (1 MB by
+//! default), its work by minijinja's fuel, so a template that would loop for ever or write
+//! gigabytes fails `blast check`, and a row whose values make a part too large is a render
+//! error of that row only. Values in the unsubscribe targets are percent-encoded and the
+//! target must be one URI (`escape.rs`), so a list value cannot add a URI to
+//! `List-Unsubscribe`. The message itself is built with mail-builder: it encodes non-ASCII
 //! headers (RFC 2047), picks a transfer encoding that keeps lines under 998 octets and folds any
 //! CR/LF inside header values. blast does not rely on that alone: CSV fields with control
 //! characters never get here (`source` rejects the row), and rendered header values have
@@ -23,15 +29,26 @@ use mail_builder::headers::raw::Raw;
 use mail_builder::headers::url::URL;
 use mail_builder::mime::{BodyPart, MimePart};
 use minijinja::value::{Object, Value};
-use minijinja::{AutoEscape, Environment, Template};
+use minijinja::{Environment, Template};
 
 use crate::campaign::{Campaign, Mailbox, TemplateSource};
+use body::BODIES;
+use escape::{Capped, Escape, URI_TEMPLATES, check_uri, environment};
 use simple::{Field, Simple};
+use variables::{check_variables, template_error, template_key};
 
+mod body;
+mod escape;
 mod simple;
+mod variables;
 use crate::dkim::Dkim;
-use crate::send::source::{Columns, Recipient};
+use crate::send::source::{Columns, Recipient, elide};
 use crate::verp::VerpKey;
+
+/// minijinja fuel of one render besides what its output may cost: about a million
+/// instructions, or 64 MB of strings and lists created (see `Environment::set_fuel`). A real
+/// template uses a few thousand; one that runs out loops or builds values far past any mail.
+const BASE_FUEL: u64 = 1_000_000;
 
 /// Variables every template gets besides the CSV columns.
 pub const BUILTIN_VARIABLES: &[&str] = &[
@@ -118,6 +135,10 @@ pub struct Renderer {
     one_click: bool,
     /// DKIM signer(s) and Feedback-ID: messages are signed here, on the render threads.
     dkim: Option<Arc<Dkim>>,
+    /// Largest output of one template render, in bytes (`[limits] max_part_size`).
+    max_part: usize,
+    /// What `blast check` should say about the templates (they render, but …).
+    warnings: Vec<String>,
 }
 
 /// The campaign's compiled templates. They borrow the [`Environment`], which is therefore leaked
@@ -135,7 +156,7 @@ struct Compiled {
 struct Tmpl {
     engine: Template<'static, 'static>,
     simple: Option<Simple>,
-    html: bool,
+    escape: Escape,
 }
 
 impl Compiled {
@@ -145,7 +166,7 @@ impl Compiled {
             let engine = env.get_template(name).ok()?;
             Some(Tmpl {
                 simple: Simple::parse(engine.source()),
-                html: name.ends_with(".html"),
+                escape: Escape::of(name),
                 engine,
             })
         };
@@ -154,8 +175,8 @@ impl Compiled {
             to_name: get("to_name.txt"),
             text: get("body.txt"),
             html: get("body.html"),
-            mailto: get("unsubscribe_mailto.txt"),
-            url: get("unsubscribe_url.txt"),
+            mailto: get(URI_TEMPLATES[1]),
+            url: get(URI_TEMPLATES[0]),
         }
     }
 }
@@ -176,7 +197,9 @@ impl Renderer {
         columns: Arc<Columns>,
         key: VerpKey,
     ) -> Result<Renderer, Vec<RenderError>> {
-        let mut env = environment();
+        let max_part = campaign.limits.max_part_size;
+        // Writing the output costs fuel too (a byte is 1/64): leave room for four times it.
+        let mut env = environment(BASE_FUEL + max_part as u64 / 16);
 
         let t = &campaign.templates;
         let unsub = campaign.unsubscribe.as_ref();
@@ -201,24 +224,10 @@ impl Renderer {
                 errors.push(template_error(src, &e));
             }
         }
+        let mut warnings = Vec::new();
         if errors.is_empty() {
             for src in &sources {
-                let tmpl = env.get_template(&src.name).expect("added above");
-                let mut names: Vec<String> = tmpl.undeclared_variables(false).into_iter().collect();
-                names.sort();
-                for name in names {
-                    if columns.index(&name).is_none() && !BUILTIN_VARIABLES.contains(&name.as_str())
-                    {
-                        errors.push(RenderError::UnknownVariable {
-                            file: src.file.clone(),
-                            line: src.first_line
-                                + line_of_variable(&src.text, &name).saturating_sub(1),
-                            name,
-                            columns: columns.names().join(", "),
-                            builtins: BUILTIN_VARIABLES.join(", "),
-                        });
-                    }
-                }
+                check_variables(&env, src, &columns, &mut errors, &mut warnings);
             }
         }
         if !errors.is_empty() {
@@ -248,7 +257,14 @@ impl Renderer {
             has_url: unsub.is_some_and(|u| u.url.is_some()),
             one_click: unsub.is_some_and(|u| u.one_click),
             dkim: campaign.dkim.clone(),
+            max_part,
+            warnings,
         })
+    }
+
+    /// What `blast check` warns about: unsubscribe targets built from list columns.
+    pub fn warnings(&self) -> &[String] {
+        &self.warnings
     }
 
     /// The list's columns, as the templates see them.
@@ -313,11 +329,11 @@ impl Renderer {
         let t = &self.templates;
         // Unsubscribe targets first: bodies may use them.
         if let Some(tmpl) = &t.url {
-            let url = one_line(self.render_template(tmpl, &ctx, &value, row)?);
+            let url = self.render_uri(tmpl, &ctx, &value, row, "")?;
             let _ = ctx.unsubscribe_url.set(url);
         }
         if let Some(tmpl) = &t.mailto {
-            let mailto = one_line(self.render_template(tmpl, &ctx, &value, row)?);
+            let mailto = self.render_uri(tmpl, &ctx, &value, row, "mailto:")?;
             let _ = ctx.unsubscribe_mailto.set(mailto);
         }
         let subject = one_line(self.render_template(&t.subject, &ctx, &value, row)?);
@@ -369,7 +385,7 @@ impl Renderer {
         }
         let mut bytes = Vec::with_capacity(4096);
         BODIES.with_borrow_mut(|bodies| -> Result<(), RenderError> {
-            let Bodies { text, html } = bodies;
+            let body::Bodies { text, html } = bodies;
             let text = match &t.text {
                 Some(tmpl) => {
                     Some(self.render_body(tmpl, &ctx, &value, row, text, "text/plain")?)
@@ -409,9 +425,10 @@ impl Renderer {
     /// Renders a body template and encodes it into `encoded` (reused from message to message);
     /// returns the MIME part that borrows it.
     ///
-    /// The transfer encoding is chosen here rather than by mail-builder, which would scan the
-    /// body, count its quoted-printable length and only then encode it: ASCII text with short
-    /// lines goes as 7bit (CRLF line ends), anything else as quoted-printable in one pass.
+    /// The transfer encoding is chosen by blast (`body::encode`) rather than by mail-builder,
+    /// which would scan the body, count its quoted-printable length and only then encode it:
+    /// ASCII text with short lines goes as 7bit (CRLF line ends), anything else as
+    /// quoted-printable in one pass.
     /// Quoted-printable rather than 8bit keeps the DKIM signature valid through relays that
     /// downgrade 8bit mail (RFC 6376 §5.3). Bare CRs become line breaks: RFC 5322 forbids them
     /// and some relays treat them as line ends.
@@ -424,18 +441,8 @@ impl Renderer {
         encoded: &'b mut Vec<u8>,
         content_type: &'static str,
     ) -> Result<MimePart<'b>, RenderError> {
-        let mut raw = self.render_template(tmpl, ctx, value, row)?.into_bytes();
-        if memchr::memchr(b'\r', &raw).is_some() {
-            raw = normalise_line_ends(&raw);
-        }
-        encoded.clear();
-        let cte = if seven_bit_ok(&raw) {
-            crlf_lines(&raw, encoded);
-            "7bit"
-        } else {
-            encodify::qp::BODY.encode_append(&raw[..], encoded);
-            "quoted-printable"
-        };
+        let raw = self.render_template(tmpl, ctx, value, row)?.into_bytes();
+        let cte = body::encode(raw, encoded);
         Ok(MimePart::new(
             ContentType::new(content_type).attribute("charset", "utf-8"),
             BodyPart::Binary(Cow::Borrowed(&encoded[..])),
@@ -443,6 +450,24 @@ impl Renderer {
         .transfer_encoding(cte))
     }
 
+    /// An unsubscribe target, checked to be one URI that List-Unsubscribe can carry (with
+    /// `scheme` before it: the mailto template is the address only).
+    fn render_uri(
+        &self,
+        tmpl: &Tmpl,
+        ctx: &Arc<RowContext>,
+        value: &Value,
+        row: u64,
+        scheme: &str,
+    ) -> Result<String, RenderError> {
+        let uri = one_line(self.render_template(tmpl, ctx, value, row)?);
+        match check_uri(&format!("{scheme}{uri}")) {
+            Ok(()) => Ok(uri),
+            Err(message) => Err(self.row_error(tmpl, ctx, row, message)),
+        }
+    }
+
+    /// Renders a template into at most `max_part` bytes.
     fn render_template(
         &self,
         tmpl: &Tmpl,
@@ -450,21 +475,48 @@ impl Renderer {
         value: &Value,
         row: u64,
     ) -> Result<String, RenderError> {
+        let capacity = tmpl.engine.source().len() + 64;
+        let too_large = || {
+            format!(
+                "the output is over {} bytes, the limit of one rendered part ([limits] max_part_size)",
+                self.max_part
+            )
+        };
         if let Some(simple) = &tmpl.simple {
-            let mut out = String::with_capacity(tmpl.engine.source().len() + 64);
-            simple.render(tmpl.html, |key| ctx.lookup(key), &mut out);
-            return Ok(out);
+            let mut out = String::with_capacity(capacity.min(self.max_part));
+            return match simple.render(tmpl.escape, |key| ctx.lookup(key), &mut out, self.max_part)
+            {
+                Ok(()) => Ok(out),
+                Err(simple::TooLarge) => Err(self.row_error(tmpl, ctx, row, too_large())),
+            };
         }
-        tmpl.engine.render(value).map_err(|e| {
-            let name = tmpl.engine.name();
-            let src = self.sources.iter().find(|s| s.name == name);
-            RenderError::Row {
-                row,
-                rcpt: ctx.recipient.address.clone(),
-                template: src.map_or(name.to_string(), |s| s.file.display().to_string()),
-                message: e.to_string(),
+        let mut out = Capped::new(capacity, self.max_part);
+        match tmpl.engine.render_captured_to(value, &mut out) {
+            Ok(_) => Ok(String::from_utf8(out.bytes)
+                .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())),
+            Err(_) if out.over => Err(self.row_error(tmpl, ctx, row, too_large())),
+            Err(e) if e.kind() == minijinja::ErrorKind::OutOfFuel => {
+                let message = format!(
+                    "{e}: the template does too much work for one message (a loop too long, or values too large?)"
+                );
+                Err(self.row_error(tmpl, ctx, row, message))
             }
-        })
+            Err(e) => Err(self.row_error(tmpl, ctx, row, e.to_string())),
+        }
+    }
+
+    /// A row's render error in `tmpl`: its file and key, and the message (at most 500
+    /// characters of it: minijinja's may echo values).
+    fn row_error(&self, tmpl: &Tmpl, ctx: &RowContext, row: u64, message: String) -> RenderError {
+        let name = tmpl.engine.name();
+        let src = self.sources.iter().find(|s| s.name == name);
+        let file = src.map_or(name.to_string(), |s| s.file.display().to_string());
+        RenderError::Row {
+            row,
+            rcpt: ctx.recipient.address.clone(),
+            template: format!("{file} ({})", template_key(name)),
+            message: elide(&message, 500).into_owned(),
+        }
     }
 }
 
@@ -512,89 +564,6 @@ impl Object for RowContext {
     }
 }
 
-fn template_error(src: &TemplateSource, e: &minijinja::Error) -> RenderError {
-    let line = e.line().unwrap_or(1);
-    RenderError::Template {
-        file: src.file.clone(),
-        line: src.first_line + line - 1,
-        message: match e.detail() {
-            Some(d) => format!("{}: {d}", e.kind()),
-            None => e.kind().to_string(),
-        },
-    }
-}
-
-/// The template environment: HTML auto-escaping for `.html` templates only, with
-/// [`html_formatter`].
-fn environment() -> Environment<'static> {
-    let mut env = Environment::new();
-    env.set_auto_escape_callback(|name| {
-        if name.ends_with(".html") {
-            AutoEscape::Html
-        } else {
-            AutoEscape::None
-        }
-    });
-    env.set_formatter(html_formatter);
-    env
-}
-
-/// HTML auto-escaping that leaves `/` alone: minijinja's default writes `https:&#x2f;&#x2f;…`,
-/// which is valid but makes every link in a mail look obfuscated to spam filters. `& < > " '`
-/// are what matters in element content and quoted attributes.
-fn html_formatter(
-    out: &mut minijinja::Output,
-    state: &mut minijinja::State,
-    value: &Value,
-) -> Result<(), minijinja::Error> {
-    match (state.auto_escape(), value.as_str()) {
-        // What `escape_formatter` writes for a string without escaping, minus `fmt::write`.
-        (AutoEscape::None, Some(s)) => Ok(out.write_str(s)?),
-        (AutoEscape::Html, Some(s)) if !value.is_safe() => {
-            Ok(escape_html(s, |part| out.write_str(part))?)
-        }
-        _ => minijinja::escape_formatter(out, state, value),
-    }
-}
-
-/// Writes `s` with `& < > " '` escaped, in pieces.
-fn escape_html(s: &str, mut write: impl FnMut(&str) -> std::fmt::Result) -> std::fmt::Result {
-    let mut last = 0;
-    for (i, b) in s.bytes().enumerate() {
-        let rep = match b {
-            b'&' => "&amp;",
-            b'<' => "&lt;",
-            b'>' => "&gt;",
-            b'"' => "&quot;",
-            b'\'' => "&#39;",
-            _ => continue,
-        };
-        write(&s[last..i])?;
-        write(rep)?;
-        last = i + 1;
-    }
-    write(&s[last..])
-}
-
-/// 1-based line of the first use of `name` inside a `{{ }}` or `{% %}` tag (1 if not found).
-fn line_of_variable(text: &str, name: &str) -> usize {
-    let mut offset = 0;
-    while let Some(open) = text[offset..].find(['{']) {
-        let start = offset + open;
-        let rest = &text[start..];
-        let end = rest.find(['}']).map_or(text.len(), |e| start + e);
-        let tag = &text[start..end];
-        if tag
-            .split(|c: char| !(c.is_alphanumeric() || c == '_'))
-            .any(|w| w == name)
-        {
-            return text[..start].matches('\n').count() + 1;
-        }
-        offset = start + 1;
-    }
-    1
-}
-
 /// Header values are one line: any control character (a template's own newline included)
 /// becomes a space, and surrounding white space goes.
 fn one_line(s: String) -> String {
@@ -623,78 +592,6 @@ fn has_control(s: &str) -> bool {
             || c == 0x7f
             || (c == 0xc2 && b.get(i + 1).is_some_and(|n| (0x80..0xa0).contains(n)))
     })
-}
-
-/// Encoded bodies of one message, per render thread: the buffers keep their capacity from
-/// message to message.
-#[derive(Default)]
-struct Bodies {
-    text: Vec<u8>,
-    html: Vec<u8>,
-}
-
-thread_local! {
-    static BODIES: std::cell::RefCell<Bodies> = std::cell::RefCell::new(Bodies::default());
-}
-
-/// Longest line sent as 7bit; longer ones go quoted-printable (RFC 5322's 78 with CRLF, the
-/// limit mail-builder uses too).
-const SEVEN_BIT_LINE: usize = 76;
-
-/// Turns CRLF and bare CR into LF (the encoders write every LF as CRLF).
-fn normalise_line_ends(body: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(body.len());
-    let mut i = 0;
-    while i < body.len() {
-        match body[i] {
-            b'\r' => {
-                out.push(b'\n');
-                if body.get(i + 1) == Some(&b'\n') {
-                    i += 1;
-                }
-            }
-            b => out.push(b),
-        }
-        i += 1;
-    }
-    out
-}
-
-/// Whether `body` (LF line ends) can go as 7bit unchanged: printable ASCII and tabs only, no
-/// line over [`SEVEN_BIT_LINE`], no white space at a line end (relays may strip it).
-fn seven_bit_ok(body: &[u8]) -> bool {
-    // Branch-free over blocks, so it vectorises; most bodies fail here on their first non-ASCII
-    // byte's block.
-    for block in body.chunks(64) {
-        let mut bad = false;
-        for &b in block {
-            bad |= (b >= 0x7f) | ((b < 0x20) & (b != b'\t') & (b != b'\n'));
-        }
-        if bad {
-            return false;
-        }
-    }
-    let mut start = 0;
-    for end in memchr::memchr_iter(b'\n', body).chain(std::iter::once(body.len())) {
-        let line = &body[start..end];
-        if line.len() > SEVEN_BIT_LINE || matches!(line.last(), Some(b' ' | b'\t')) {
-            return false;
-        }
-        start = end + 1;
-    }
-    true
-}
-
-/// `body` with every LF written as CRLF.
-fn crlf_lines(body: &[u8], out: &mut Vec<u8>) {
-    out.reserve(body.len() + body.len() / 32);
-    let mut start = 0;
-    for end in memchr::memchr_iter(b'\n', body) {
-        out.extend_from_slice(&body[start..end]);
-        out.extend_from_slice(b"\r\n");
-        start = end + 1;
-    }
-    out.extend_from_slice(&body[start..]);
 }
 
 /// Lowercase hex of `n`, zero-padded to at least `width` digits (`{:0width$x}`).
@@ -783,11 +680,13 @@ mod tests {
             ["c@x.test", "", "Köln", "12", "free"],
             ["d@x.test", "&amp;", "<script>", "x", "y"],
         ];
-        let mut env = environment();
+        let mut env = environment(BASE_FUEL);
         for (i, src) in sources.iter().enumerate() {
             env.add_template_owned(format!("{i}.txt"), src.to_string())
                 .unwrap();
             env.add_template_owned(format!("{i}.html"), src.to_string())
+                .unwrap();
+            env.add_template_owned(format!("{i}.{}", URI_TEMPLATES[0]), src.to_string())
                 .unwrap();
         }
         for (r, fields) in rows.iter().enumerate() {
@@ -811,34 +710,20 @@ mod tests {
             let value = Value::from_dyn_object(ctx.clone());
             for (i, src) in sources.iter().enumerate() {
                 let simple = Simple::parse(src).unwrap_or_else(|| panic!("{src:?} is simple"));
-                for (name, html) in [(format!("{i}.txt"), false), (format!("{i}.html"), true)] {
+                for (name, escape) in [
+                    (format!("{i}.txt"), Escape::None),
+                    (format!("{i}.html"), Escape::Html),
+                    (format!("{i}.{}", URI_TEMPLATES[0]), Escape::Uri),
+                ] {
                     let expected = env.get_template(&name).unwrap().render(&value).unwrap();
                     let mut got = String::new();
-                    simple.render(html, |k| ctx.lookup(k), &mut got);
+                    simple
+                        .render(escape, |k| ctx.lookup(k), &mut got, usize::MAX)
+                        .unwrap();
                     assert_eq!(got, expected, "template {src:?} ({name}), row {fields:?}");
                 }
             }
         }
-    }
-
-    #[test]
-    fn transfer_encoding_choice() {
-        let line = "x".repeat(SEVEN_BIT_LINE);
-        assert!(seven_bit_ok(
-            format!("Hello,\n\tthere\n{line}\n").as_bytes()
-        ));
-        assert!(seven_bit_ok(b""));
-        // A line too long, white space at a line end or the very end, 8-bit, controls.
-        assert!(!seven_bit_ok(format!("{line}x\nshort").as_bytes()));
-        assert!(!seven_bit_ok(b"trailing \nspace"));
-        assert!(!seven_bit_ok(b"ends with a tab\t"));
-        assert!(!seven_bit_ok("Zo\u{eb}".as_bytes()));
-        assert!(!seven_bit_ok(b"bell\x07"));
-        assert!(!seven_bit_ok(b"del\x7f"));
-        let mut out = Vec::new();
-        crlf_lines(b"a\nb\n\nc", &mut out);
-        assert_eq!(out, b"a\r\nb\r\n\r\nc");
-        assert_eq!(normalise_line_ends(b"a\r\nb\rc\r"), b"a\nb\nc\n");
     }
 
     #[test]
@@ -851,13 +736,5 @@ mod tests {
             push_hex(n, 16, &mut b);
             assert_eq!(b, format!("{n:016x}"));
         }
-    }
-
-    #[test]
-    fn variable_lines() {
-        let t = "Hello\n{% if plan %}\n{{ first_name | default('x') }}\n{% endif %}";
-        assert_eq!(line_of_variable(t, "first_name"), 3);
-        assert_eq!(line_of_variable(t, "plan"), 2);
-        assert_eq!(line_of_variable(t, "nothere"), 1);
     }
 }

@@ -17,6 +17,12 @@
 
 use std::fmt::Write as _;
 
+use super::escape::{Escape, write_value};
+
+/// The output grew past the limit of a rendered part.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) struct TooLarge;
+
 /// A variable's value for one row, as [`super::RowContext::lookup`] resolves it.
 pub(super) enum Field<'a> {
     Str(&'a str),
@@ -83,23 +89,27 @@ impl Simple {
         end.is_none().then_some(Simple { segments })
     }
 
-    /// Appends the output to `out`; `html` escapes values as the html formatter does.
+    /// Appends the output to `out`, values escaped as the template's formatter does; fails
+    /// once `out` holds more than `limit` bytes (checked after each piece, and a piece is at
+    /// most a text of the template or an escaped value).
     pub(super) fn render<'a>(
         &self,
-        html: bool,
+        escape: Escape,
         lookup: impl Fn(&str) -> Option<Field<'a>>,
         out: &mut String,
-    ) {
-        render_segments(&self.segments, html, &lookup, out);
+        limit: usize,
+    ) -> Result<(), TooLarge> {
+        render_segments(&self.segments, escape, &lookup, out, limit)
     }
 }
 
 fn render_segments<'a, F: Fn(&str) -> Option<Field<'a>>>(
     segments: &[Segment],
-    html: bool,
+    escape: Escape,
     lookup: &F,
     out: &mut String,
-) {
+    limit: usize,
+) -> Result<(), TooLarge> {
     for segment in segments {
         match segment {
             Segment::Text(text) => out.push_str(text),
@@ -107,8 +117,8 @@ fn render_segments<'a, F: Fn(&str) -> Option<Field<'a>>>(
                 (Some(Field::Num(n)), _) => {
                     let _ = write!(out, "{n}");
                 }
-                (Some(Field::Str(s)), _) => write_value(s, html, out),
-                (None, Some(d)) => write_value(d, html, out),
+                (Some(Field::Str(s)), _) => write_value(s, escape, out),
+                (None, Some(d)) => write_value(d, escape, out),
                 (None, None) => {}
             },
             Segment::If {
@@ -119,10 +129,14 @@ fn render_segments<'a, F: Fn(&str) -> Option<Field<'a>>>(
                     .iter()
                     .find(|(cond, _)| cond.holds(lookup))
                     .map_or(otherwise, |(_, body)| body);
-                render_segments(chosen, html, lookup, out);
+                render_segments(chosen, escape, lookup, out, limit)?;
             }
         }
+        if out.len() > limit {
+            return Err(TooLarge);
+        }
     }
+    Ok(())
 }
 
 impl Cond {
@@ -274,17 +288,6 @@ fn parse_cond(cond: &str) -> Option<Cond> {
         name: name_of(name)?,
         test,
     })
-}
-
-fn write_value(s: &str, html: bool, out: &mut String) {
-    if html {
-        let _ = super::escape_html(s, |part| {
-            out.push_str(part);
-            Ok(())
-        });
-    } else {
-        out.push_str(s);
-    }
 }
 
 /// The inside of `{{ ... }}`: `name` or `name | default("text")`.

@@ -7,9 +7,14 @@
 //! * **Constant memory.** Rows are streamed through one reused
 //!   [`csv::ByteRecord`]; nothing is collected. The only per-row allocations
 //!   are the accepted recipient's own record and address. The optional dedupe
-//!   set is the one structure that grows (see "Dedupe" below).
+//!   set is the one structure that grows (see "Dedupe" below). A field longer
+//!   than `max_field_size` (64 KB by default) or a row longer than
+//!   `max_record_size` (1 MB) is cut off before the `csv` reader holds it
+//!   (`bounded`) and the row rejected as `too_large`, so no file — not a 1 GB
+//!   field, not a quote that is never closed — makes the reader hold more.
 //! * **Injection-proof output.** Any row with a CR, LF, NUL, other C0 control
-//!   (TAB is allowed), DEL, C1 control or U+2028/U+2029 in *any* field is
+//!   (TAB is allowed: it cannot end a line, and the renderer writes it as a
+//!   space in header values), DEL, C1 control or U+2028/U+2029 in *any* field is
 //!   rejected, so no value a template interpolates can ever start a new header
 //!   line (`Bob\r\nBcc: x@evil.test` never reaches the renderer). Quoted
 //!   multi-line fields are parsed correctly by `csv` and are then rejected by
@@ -50,19 +55,21 @@
 //! 1.2M addresses, 3·10⁻⁶ for 10M; a collision wrongly rejects one recipient
 //! as a duplicate (it shows up in the rejects file).
 //!
-//! Known limit: a field that opens a quote and never closes it swallows the
-//! rest of the file (up to the next `"`) into one record, which is held in
-//! memory before it is rejected.
+//! A field that opens a quote and never closes it swallows the rest of the
+//! file (up to the next `"`) into one record, as in any CSV parser; that record
+//! is cut at the size caps like any other and rejected as `too_large`.
 //!
 //! ## Layout
 //!
 //! This file owns the stream: [`Source`] and its options, statistics, errors and reject
-//! reasons, and the line tracking of the reader. `columns` checks the header ([`Columns`]),
+//! reasons, and the line tracking of the reader. `bounded` enforces the size caps under the
+//! `csv` reader, `columns` checks the header ([`Columns`]),
 //! `validate` holds the per-row checks and the address syntax ([`check_address`],
 //! [`AddressProblem`]), `dedupe` the fingerprint table, `rejects` the rejects CSV. The only
 //! module of the crate it uses is `journal` (the [`RowSet`](crate::journal::RowSet) of rows
 //! done in an earlier session).
 
+mod bounded;
 mod columns;
 mod dedupe;
 mod rejects;
@@ -80,6 +87,7 @@ pub use columns::Columns;
 pub(crate) use columns::build_columns;
 pub use validate::{AddressProblem, check_address};
 
+use bounded::{Bounded, Oversize};
 use dedupe::Fingerprints;
 use rejects::Rejects;
 use validate::check_row;
@@ -101,6 +109,31 @@ pub struct SourceOptions {
     pub dedupe: bool,
     /// Rejects CSV; `None` still counts rejects but writes nothing.
     pub rejects_path: Option<PathBuf>,
+    /// Longest field and record, in bytes as written: a longer row is rejected
+    /// ([`RejectKind::TooLarge`]) without ever being held whole in memory.
+    pub max_field_size: usize,
+    pub max_record_size: usize,
+}
+
+/// Default [`SourceOptions::max_field_size`] (the campaign's default too).
+pub const DEFAULT_MAX_FIELD_SIZE: usize = 64 << 10;
+/// Default [`SourceOptions::max_record_size`] (the campaign's default too).
+pub const DEFAULT_MAX_RECORD_SIZE: usize = 1 << 20;
+
+/// At most `max` characters of `s`, with "…" when cut: for echoing input in error messages.
+pub fn elide(s: &str, max: usize) -> std::borrow::Cow<'_, str> {
+    match s.char_indices().nth(max) {
+        None => s.into(),
+        Some((i, _)) => format!("{}…", &s[..i]).into(),
+    }
+}
+
+/// How much of a value an error message echoes.
+const ECHO: usize = 200;
+
+/// A list of names for an error message, at most [`ECHO`] characters of it.
+fn elide_names(names: &[String]) -> String {
+    elide(&format!("{names:?}"), ECHO).into_owned()
 }
 
 impl SourceOptions {
@@ -115,6 +148,8 @@ impl SourceOptions {
             address_column: "email".to_owned(),
             dedupe: true,
             rejects_path: None,
+            max_field_size: DEFAULT_MAX_FIELD_SIZE,
+            max_record_size: DEFAULT_MAX_RECORD_SIZE,
         }
     }
 }
@@ -149,16 +184,19 @@ pub enum RejectKind {
     EmptyAddress,
     InvalidAddress,
     DuplicateAddress,
+    /// A field or the whole record over its size cap.
+    TooLarge,
 }
 
 impl RejectKind {
-    pub const ALL: [RejectKind; 6] = [
+    pub const ALL: [RejectKind; 7] = [
         RejectKind::InvalidUtf8,
         RejectKind::FieldCount,
         RejectKind::ControlCharacter,
         RejectKind::EmptyAddress,
         RejectKind::InvalidAddress,
         RejectKind::DuplicateAddress,
+        RejectKind::TooLarge,
     ];
 
     /// Stable snake_case name for logs and summaries.
@@ -170,6 +208,7 @@ impl RejectKind {
             RejectKind::EmptyAddress => "empty_address",
             RejectKind::InvalidAddress => "invalid_address",
             RejectKind::DuplicateAddress => "duplicate_address",
+            RejectKind::TooLarge => "too_large",
         }
     }
 }
@@ -198,6 +237,15 @@ pub enum RejectReason {
     InvalidAddress(AddressProblem),
     /// The first row is not known: the set holds fingerprints only.
     DuplicateAddress,
+    /// A field longer than `max_field_size` bytes.
+    FieldTooLarge {
+        column: String,
+        limit: usize,
+    },
+    /// A record longer than `max_record_size` bytes.
+    RecordTooLarge {
+        limit: usize,
+    },
 }
 
 impl RejectReason {
@@ -209,6 +257,9 @@ impl RejectReason {
             RejectReason::EmptyAddress => RejectKind::EmptyAddress,
             RejectReason::InvalidAddress(_) => RejectKind::InvalidAddress,
             RejectReason::DuplicateAddress => RejectKind::DuplicateAddress,
+            RejectReason::FieldTooLarge { .. } | RejectReason::RecordTooLarge { .. } => {
+                RejectKind::TooLarge
+            }
         }
     }
 }
@@ -226,6 +277,14 @@ impl fmt::Display for RejectReason {
             RejectReason::EmptyAddress => f.write_str("empty address"),
             RejectReason::InvalidAddress(problem) => write!(f, "invalid address: {problem}"),
             RejectReason::DuplicateAddress => f.write_str("duplicate address"),
+            RejectReason::FieldTooLarge { column, limit } => write!(
+                f,
+                "column {column} is longer than {limit} bytes (recipients.max_field_size); only its start is in this file"
+            ),
+            RejectReason::RecordTooLarge { limit } => write!(
+                f,
+                "row is longer than {limit} bytes (recipients.max_record_size); only its start is in this file"
+            ),
         }
     }
 }
@@ -264,6 +323,12 @@ impl SourceStats {
 pub enum SourceError {
     #[error("{}: cannot open recipient list: {source}", path.display())]
     Open { path: PathBuf, source: io::Error },
+    /// A directory, device, FIFO or socket: `what` says which.
+    #[error("{}: recipient list {what}", path.display())]
+    NotRegular { path: PathBuf, what: String },
+    /// A header field or the header row over its size cap.
+    #[error("{}: header row: {what}; is this the right file?", path.display())]
+    HeaderTooLarge { path: PathBuf, what: String },
     #[error("{}: cannot read recipient list: {source}", path.display())]
     Read { path: PathBuf, source: csv::Error },
     #[error("{}: delimiter {:?} is not usable", path.display(), char::from(*delimiter))]
@@ -276,21 +341,21 @@ pub enum SourceError {
     HeaderUtf8 { path: PathBuf },
     #[error("{}: column {position} has an empty name", path.display())]
     EmptyColumnName { path: PathBuf, position: usize },
-    #[error("{}: column {position} name {name:?} contains a control character", path.display())]
+    #[error("{}: column {position} name {} contains a control character", path.display(), elide(&format!("{name:?}"), ECHO))]
     InvalidColumnName {
         path: PathBuf,
         position: usize,
         name: String,
     },
-    #[error("{}: duplicate column name {name:?}", path.display())]
+    #[error("{}: duplicate column name {}", path.display(), elide(&format!("{name:?}"), ECHO))]
     DuplicateColumn { path: PathBuf, name: String },
-    #[error("{}: header {found:?} does not match configured columns {expected:?}", path.display())]
+    #[error("{}: header {} does not match configured columns {}", path.display(), elide_names(found), elide_names(expected))]
     HeaderMismatch {
         path: PathBuf,
         expected: Vec<String>,
         found: Vec<String>,
     },
-    #[error("{}: address column {column:?} not found (columns: {})", path.display(), available.join(", "))]
+    #[error("{}: address column {} not found (columns: {})", path.display(), elide(&format!("{column:?}"), ECHO), elide(&available.join(", "), ECHO))]
     MissingAddressColumn {
         path: PathBuf,
         column: String,
@@ -305,7 +370,12 @@ pub enum SourceError {
 /// Streams validated recipients from one CSV file.
 pub struct Source {
     path: PathBuf,
-    reader: csv::Reader<Tracking<File>>,
+    reader: csv::Reader<Tracking<Bounded<File>>>,
+    /// The caps, for reject reasons.
+    max_field_size: usize,
+    max_record_size: usize,
+    /// What to add to `csv`'s line numbers for the lines of cut records it never saw.
+    line_adjust: i64,
     /// Reused for every row: the reason memory does not grow with the file.
     record: ByteRecord,
     columns: Arc<Columns>,
@@ -328,20 +398,20 @@ impl Source {
             address_column,
             dedupe,
             rejects_path,
+            max_field_size,
+            max_record_size,
         } = opts;
         if matches!(delimiter, b'"' | b'\r' | b'\n') || delimiter >= 0x80 {
             return Err(SourceError::InvalidDelimiter { path, delimiter });
         }
-        let file = match File::open(&path) {
-            Ok(file) => file,
-            Err(source) => return Err(SourceError::Open { path, source }),
-        };
+        let file = open_regular(&path)?;
+        let bounded = Bounded::new(file, delimiter, max_field_size, max_record_size);
         let mut reader = csv::ReaderBuilder::new()
             .delimiter(delimiter)
             .has_headers(false)
             .flexible(true)
             .buffer_capacity(64 * 1024)
-            .from_reader(Tracking::new(file));
+            .from_reader(Tracking::new(bounded));
         let mut record = ByteRecord::new();
 
         let names = if has_header {
@@ -349,6 +419,21 @@ impl Source {
                 Ok(true) => {}
                 Ok(false) => return Err(SourceError::MissingHeader { path }),
                 Err(source) => return Err(SourceError::Read { path, source }),
+            }
+            let end = reader.position().byte();
+            if let Some(cut) = reader.get_ref().inner.first_cut()
+                && cut.end == end
+            {
+                let what = match cut.what {
+                    Oversize::Field { index } => format!(
+                        "column {} is longer than {max_field_size} bytes (recipients.max_field_size)",
+                        index + 1
+                    ),
+                    Oversize::Record => {
+                        format!("longer than {max_record_size} bytes (recipients.max_record_size)")
+                    }
+                };
+                return Err(SourceError::HeaderTooLarge { path, what });
             }
             let mut found = Vec::with_capacity(record.len());
             for field in record.iter() {
@@ -383,6 +468,9 @@ impl Source {
         Ok(Source {
             path,
             reader,
+            max_field_size,
+            max_record_size,
+            line_adjust: 0,
             record,
             columns: Arc::new(columns),
             seen: dedupe.then(Fingerprints::default),
@@ -449,6 +537,11 @@ impl Source {
             }
             self.stats.rows += 1;
             let row = self.stats.rows;
+            if let Some(reason) = self.oversize() {
+                let line = self.start_line(self.record_newlines());
+                self.reject(row, line, &reason, true)?;
+                continue;
+            }
             if self.skipped_as_done(row) {
                 continue;
             }
@@ -465,20 +558,58 @@ impl Source {
                     }));
                 }
                 Err(reason) => {
-                    let newlines = self
-                        .record
-                        .as_slice()
-                        .iter()
-                        .filter(|&&b| b == b'\n')
-                        .count();
-                    let line = self.start_line(newlines as u64);
-                    self.stats.reject(reason.kind());
-                    if let Some(rejects) = &mut self.rejects {
-                        rejects.write(row, line, &reason, &self.record)?;
-                    }
+                    let line = self.start_line(self.record_newlines());
+                    self.reject(row, line, &reason, false)?;
                 }
             }
         }
+    }
+
+    /// LFs inside the record just read (in quoted fields).
+    fn record_newlines(&self) -> u64 {
+        memchr::memchr_iter(b'\n', self.record.as_slice()).count() as u64
+    }
+
+    /// Counts a rejected row and writes it to the rejects file; `cut`: the record is only the
+    /// start of the row, so its fields are written shortened.
+    fn reject(
+        &mut self,
+        row: u64,
+        line: u64,
+        reason: &RejectReason,
+        cut: bool,
+    ) -> Result<(), SourceError> {
+        self.stats.reject(reason.kind());
+        if let Some(rejects) = &mut self.rejects {
+            let shorten = cut.then_some(ECHO);
+            rejects.write(row, line, reason, &self.record, shorten)?;
+        }
+        Ok(())
+    }
+
+    /// Why the record just read is not whole (a field or the record over its cap), taking the
+    /// line counts of the cut records before it into account.
+    fn oversize(&mut self) -> Option<RejectReason> {
+        let end = self.reader.position().byte();
+        let bounded = &mut self.reader.get_mut().inner;
+        while let Some(cut) = bounded.first_cut() {
+            if cut.end >= end {
+                break;
+            }
+            // A cut record before this one: its dropped lines are complete by now.
+            self.line_adjust += cut.line_delta;
+            bounded.pop_cut();
+        }
+        let cut = bounded.first_cut().filter(|c| c.end == end)?;
+        Some(match cut.what {
+            Oversize::Field { index } => RejectReason::FieldTooLarge {
+                column: self.columns.describe(index),
+                limit: self.max_field_size,
+            },
+            Oversize::Record => RejectReason::RecordTooLarge {
+                limit: self.max_record_size,
+            },
+        })
     }
 
     pub fn stats(&self) -> &SourceStats {
@@ -502,9 +633,50 @@ impl Source {
         let end = self.reader.position();
         let lf_terminated = self.reader.get_ref().byte_before(end.byte()) == Some(b'\n');
         end.line()
+            .saturating_add_signed(self.line_adjust)
             .saturating_sub(inner_newlines)
             .saturating_sub(u64::from(lf_terminated))
     }
+}
+
+/// Opens the list if it is a regular file: a directory, device (`/dev/zero`), FIFO or socket
+/// is refused with what it is, before reading (a FIFO is not even opened: that would block).
+fn open_regular(path: &std::path::Path) -> Result<File, SourceError> {
+    let open_error = |source| SourceError::Open {
+        path: path.to_owned(),
+        source,
+    };
+    let check = |meta: std::fs::Metadata| match not_regular(&meta) {
+        None => Ok(()),
+        Some(what) => Err(SourceError::NotRegular {
+            path: path.to_owned(),
+            what,
+        }),
+    };
+    check(std::fs::metadata(path).map_err(open_error)?)?;
+    let file = File::open(path).map_err(open_error)?;
+    check(file.metadata().map_err(open_error)?)?;
+    Ok(file)
+}
+
+/// What a path that is not a regular file is (`None` for a regular file).
+fn not_regular(meta: &std::fs::Metadata) -> Option<String> {
+    use std::os::unix::fs::FileTypeExt;
+    let t = meta.file_type();
+    let what = if t.is_file() {
+        return None;
+    } else if t.is_dir() {
+        return Some("is a directory, not a file".to_string());
+    } else if t.is_char_device() || t.is_block_device() {
+        "a device"
+    } else if t.is_fifo() {
+        "a FIFO"
+    } else if t.is_socket() {
+        "a socket"
+    } else {
+        "not a file"
+    };
+    Some(format!("is not a regular file ({what})"))
 }
 
 /// Remembers the latest chunk handed to the `csv` reader's buffer, so the

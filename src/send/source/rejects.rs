@@ -31,13 +31,15 @@ impl Rejects {
         Ok(Rejects { path, writer })
     }
 
-    /// Writes one rejected row: its number, line, reason and fields.
+    /// Writes one rejected row: its number, line, reason and fields (each cut to `shorten`
+    /// characters when given: the fields of a row over a size cap).
     pub(super) fn write(
         &mut self,
         row: u64,
         line: u64,
         reason: &RejectReason,
         record: &ByteRecord,
+        shorten: Option<usize>,
     ) -> Result<(), SourceError> {
         let writer = &mut self.writer;
         let result = (|| {
@@ -45,7 +47,12 @@ impl Rejects {
             writer.write_field(line.to_string())?;
             writer.write_field(reason.to_string())?;
             for field in record.iter() {
-                writer.write_field(String::from_utf8_lossy(field).as_bytes())?;
+                let text = String::from_utf8_lossy(field);
+                let text = match shorten {
+                    Some(max) => super::elide(&text, max),
+                    None => text,
+                };
+                writer.write_field(text.as_bytes())?;
             }
             writer.write_record(std::iter::empty::<&[u8]>())
         })();
