@@ -626,7 +626,8 @@ fn append_bounce_log(path: &std::path::Path, e: &BounceEvent, diagnostic: &str) 
 fn log(v: serde_json::Value) {
     use std::io::Write;
     let mut out = std::io::stdout().lock();
-    let _ = writeln!(out, "{v}");
+    // Reports are anyone's text: C1 controls too are escaped (see `terminal::json`).
+    let _ = writeln!(out, "{}", crate::terminal::json(&v));
 }
 
 /// Writes the message to the quarantine directory; returns the file name.
