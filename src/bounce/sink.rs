@@ -173,7 +173,7 @@ pub async fn start(opts: SinkOptions) -> anyhow::Result<SinkHandle> {
         Some(Suppressions::open(&opts.db)?)
     };
     if let Some(q) = &opts.quarantine {
-        std::fs::create_dir_all(q)?;
+        crate::private::create_dir_all(q)?;
     }
     let (tx, rx) = sync_channel::<Job>(QUEUE);
     let worker = {
@@ -613,7 +613,7 @@ fn append_bounce_log(path: &std::path::Path, e: &BounceEvent, diagnostic: &str) 
         "hard": e.hard, "suppressed": e.suppressed, "diagnostic": diagnostic,
     });
     // One write per line on an O_APPEND file: lines from concurrent writers do not interleave.
-    let r = std::fs::OpenOptions::new()
+    let r = crate::private::options()
         .create(true)
         .append(true)
         .open(path)
@@ -642,7 +642,7 @@ fn quarantine(opts: &SinkOptions, data: &[u8]) -> Option<String> {
         SEQ.fetch_add(1, Ordering::Relaxed)
     );
     let path = dir.join(&name);
-    match std::fs::write(&path, data) {
+    match crate::private::create(&path).and_then(|mut f| std::io::Write::write_all(&mut f, data)) {
         Ok(()) => Some(path.display().to_string()),
         Err(e) => {
             tracing::error!("cannot write {}: {e}", path.display());

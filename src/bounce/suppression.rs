@@ -20,6 +20,11 @@ pub enum SuppressionError {
         path: PathBuf,
         source: rusqlite::Error,
     },
+    #[error("suppression list {path}: cannot create it: {source}")]
+    Create {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{0}")]
     Csv(String),
 }
@@ -215,6 +220,11 @@ impl Suppressions {
         {
             let _ = std::fs::create_dir_all(dir);
         }
+        // Addresses: created private (0600); SQLite's -wal and -shm files follow its mode.
+        crate::private::create_db_file(path).map_err(|source| SuppressionError::Create {
+            path: path.to_path_buf(),
+            source,
+        })?;
         let conn = Connection::open(path).map_err(err)?;
         conn.busy_timeout(Duration::from_secs(10)).map_err(err)?;
         // Several processes may open the list at the same moment (the shards of a campaign on

@@ -106,7 +106,7 @@ pub fn cmd_suppress(
         SuppressCommand::Export { out } => {
             let n = match out {
                 Some(p) => {
-                    let f = std::fs::File::create(&p)
+                    let f = crate::private::create(&p)
                         .with_context(|| format!("cannot create {}", p.display()))?;
                     list.export(std::io::BufWriter::new(f), false)?
                 }

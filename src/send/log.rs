@@ -7,7 +7,7 @@
 //! wait is counted and shown in the summary instead of being hidden. The file is opened for
 //! appending, so a resumed run adds to it.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{self, BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -87,7 +87,8 @@ impl DeliveryLog {
                 source,
             })?;
         }
-        let file = OpenOptions::new()
+        // Recipients' addresses: private (0600).
+        let file = crate::private::options()
             .create(true)
             .append(true)
             .open(path)
