@@ -8,7 +8,7 @@
 //! `report` shows people what happened; `cli` is the only place that knows clap and exit codes.
 //!
 //! One module or folder per concept; dependencies point one way (layers, leaves first):
-//! address, clock, generate, shutdown, smtp, verp → dkim, outcome → campaign → dns → journal →
+//! address, clock, generate, private, shutdown, smtp, terminal, verp → dkim, outcome → campaign → dns → journal →
 //! bounce → send → report → cli. `tests/module_graph.rs` fails on a cycle or an upward import.
 
 pub mod address;
@@ -22,8 +22,10 @@ pub mod dns;
 pub mod generate;
 pub mod journal;
 pub mod outcome;
+pub mod private;
 pub mod report;
 pub mod send;
 pub mod shutdown;
 pub mod smtp;
+pub mod terminal;
 pub mod verp;

@@ -24,7 +24,9 @@ fn main() -> ExitCode {
     match blast::cli::run(args) {
         Ok(code) => code,
         Err(err) => {
-            eprintln!("blast: error: {err:#}");
+            // Errors quote relay replies, list values and file contents.
+            let text = format!("{err:#}");
+            eprintln!("blast: error: {}", blast::terminal::printable_lines(&text));
             ExitCode::from(blast::cli::exit_code_for(&err))
         }
     }

@@ -213,7 +213,10 @@ async fn real_dsn_suppresses_and_forged_token_does_not() {
     let (s, db) = sink("dsn", |_| {}).await;
     let k = key();
     // A Gmail "5.1.1 does not exist" DSN from the corpus, for a valid VERP address.
-    let valid = format!("b-{}@bounce.test", k.encode("spring", 42));
+    let valid = format!(
+        "b-{}@bounce.test",
+        k.encode("spring", 42, "neko-nyaan@example.org")
+    );
     let mut c = Client::start(s.addr()).await;
     assert!(
         c.cmd(&format!("RCPT TO:<{valid}>"))
@@ -227,7 +230,7 @@ async fn real_dsn_suppresses_and_forged_token_does_not() {
             .starts_with("250")
     );
     // Another hard bounce, to a token with a forged MAC: accepted, never acted upon.
-    let t = k.encode("spring", 43);
+    let t = k.encode("spring", 43, "neko-nyaan@example.org");
     let forged = format!(
         "b-{}{}@bounce.test",
         &t[..t.len() - 1],
@@ -246,9 +249,14 @@ async fn real_dsn_suppresses_and_forged_token_does_not() {
             .starts_with("250")
     );
     // A soft bounce (policy block) is counted, not suppressed.
+    let soft = blast::bounce::dsn::classify(&corpus("lhost-exim-01.eml"));
+    let soft_rcpt = format!(
+        "b-{}@bounce.test",
+        k.encode("spring", 44, &soft.recipients[0].address)
+    );
     assert!(c.cmd("MAIL FROM:<>").await.starts_with("250"));
     assert!(
-        c.cmd(&format!("RCPT TO:<{valid}>"))
+        c.cmd(&format!("RCPT TO:<{soft_rcpt}>"))
             .await
             .starts_with("250")
     );
@@ -262,6 +270,7 @@ async fn real_dsn_suppresses_and_forged_token_does_not() {
     let stats = s.shutdown().await;
     assert_eq!(stats.messages, 3);
     assert_eq!(stats.forged, 1);
+    assert_eq!(stats.soft, 1, "the soft bounce to its own token is counted");
     let list = Suppressions::open(&db).unwrap();
     let e = list
         .get("neko-nyaan@example.org")
@@ -392,22 +401,31 @@ async fn bounced_address_comes_from_the_journal_row_else_the_report() {
     // 1. The row is in the journal: its address is the one suppressed.
     send_bounce(
         &mut c,
-        &format!("b-{}@bounce.test", k.encode("spring", 7)),
+        &format!(
+            "b-{}@bounce.test",
+            k.encode("spring", 7, "Sent.To@Example.NET")
+        ),
         &dsn,
     )
     .await;
-    // 2. A row the journal does not have (yet): the report's Final-Recipient.
+    // 2. A row the journal does not have (yet): the report's Final-Recipient (the address the
+    // token was made for).
     let other = corpus("lhost-postfix-06.eml");
+    let fallback = blast::bounce::dsn::classify(&other);
+    assert_eq!(fallback.recipients.len(), 1);
     send_bounce(
         &mut c,
-        &format!("b-{}@bounce.test", k.encode("spring", 8)),
+        &format!(
+            "b-{}@bounce.test",
+            k.encode("spring", 8, &fallback.recipients[0].address)
+        ),
         &other,
     )
     .await;
     // 3. Same row number, another campaign: not this journal's row either.
     send_bounce(
         &mut c,
-        &format!("b-{}@bounce.test", k.encode("autumn", 7)),
+        &format!("b-{}@bounce.test", k.encode("autumn", 7, reported)),
         &dsn,
     )
     .await;
@@ -421,8 +439,6 @@ async fn bounced_address_comes_from_the_journal_row_else_the_report() {
         .expect("journal address suppressed");
     assert_eq!((e.campaign.as_deref(), e.row), (Some("spring"), Some(7)));
     assert_eq!(e.reason, "user_unknown");
-    let fallback = blast::bounce::dsn::classify(&other);
-    assert_eq!(fallback.recipients.len(), 1);
     assert!(fallback.recipients[0].hard, "{fallback:?}");
     let e = list
         .get(&fallback.recipients[0].address)
@@ -445,7 +461,10 @@ async fn missing_journal_falls_back_to_the_report() {
     })
     .await;
     let mut c = Client::start(s.addr()).await;
-    let rcpt = format!("b-{}@bounce.test", key().encode("spring", 7));
+    let rcpt = format!(
+        "b-{}@bounce.test",
+        key().encode("spring", 7, "neko-nyaan@example.org")
+    );
     assert!(c.cmd(&format!("RCPT TO:<{rcpt}>")).await.starts_with("250"));
     assert!(c.cmd("DATA").await.starts_with("354"));
     assert!(
@@ -592,7 +611,7 @@ async fn soft_bounces_suppress_at_the_limit() {
             o.soft_bounce_limit = limit
         })
         .await;
-        let rcpt = format!("b-{}@bounce.test", key().encode("spring", 5));
+        let rcpt = format!("b-{}@bounce.test", key().encode("spring", 5, &addr));
         for n in 1..=5u32 {
             let mut cl = Client::start(s.addr()).await;
             assert!(
@@ -630,5 +649,133 @@ async fn soft_bounces_suppress_at_the_limit() {
         let stats = s.shutdown().await;
         assert_eq!((stats.messages, stats.soft), (5, 5));
         assert_eq!(stats.suppressed, u64::from(limit == 3));
+    }
+}
+
+/// The VERP token of `row` of `campaign`, sent to `address`.
+fn token(campaign: &str, row: u64, address: &str) -> String {
+    key().encode(campaign, row, address)
+}
+
+/// A Postfix-style DSN reporting a hard `5.1.1` for each of `recipients`.
+fn dsn_naming(recipients: &[&str]) -> Vec<u8> {
+    let mut s = String::from(
+        "From: MAILER-DAEMON@mx.example.org (Mail Delivery System)\r\n\
+         To: b-x@bounce.test\r\n\
+         Subject: Undelivered Mail Returned to Sender\r\n\
+         Auto-Submitted: auto-replied\r\n\
+         MIME-Version: 1.0\r\n\
+         Content-Type: multipart/report; report-type=delivery-status; boundary=\"BB\"\r\n\
+         \r\n\
+         --BB\r\n\
+         Content-Type: text/plain\r\n\
+         \r\n\
+         Your message could not be delivered to one or more recipients.\r\n\
+         \r\n\
+         --BB\r\n\
+         Content-Type: message/delivery-status\r\n\
+         \r\n\
+         Reporting-MTA: dns; mx.example.org\r\n",
+    );
+    for r in recipients {
+        s.push_str(&format!(
+            "\r\nFinal-Recipient: rfc822; {r}\r\nAction: failed\r\nStatus: 5.1.1\r\n\
+             Diagnostic-Code: smtp; 550 5.1.1 <{r}>: Recipient address rejected: User unknown\r\n"
+        ));
+    }
+    s.push_str("\r\n--BB--\r\n");
+    s.into_bytes()
+}
+
+/// Files in the sink's quarantine directory (`sink()` puts it at `<dir>/q`).
+fn quarantined(db: &std::path::Path) -> usize {
+    std::fs::read_dir(db.parent().unwrap().join("q"))
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+/// Issue 13, item 1: every recipient can read their own token from Return-Path, so a report
+/// sent to it that names other addresses must not suppress them. Only the token's own address
+/// is acted on — found through the journal, or through the address bound into the token.
+#[tokio::test]
+async fn a_token_suppresses_only_its_own_address() {
+    let own = "own@example.org";
+    let victims = ["victim1@example.net", "victim2@example.com"];
+    let report = dsn_naming(&[victims[0], own, victims[1]]);
+    let c = blast::bounce::dsn::classify(&report);
+    assert_eq!(c.recipients.len(), 3, "{c:?}");
+    assert!(c.recipients.iter().all(|r| c.suppresses(r)), "{c:?}");
+    for with_journal in [false, true] {
+        let dir = tmp(&format!("own-only-{with_journal}"));
+        let journal = dir.join("spring.journal.sqlite");
+        if with_journal {
+            journal_with(&journal, "spring", &[(9, own), (10, victims[0])]);
+        }
+        let (s, db) = sink(&format!("own-only-sink-{with_journal}"), |o| {
+            if with_journal {
+                o.journal = Some(journal.clone());
+            }
+        })
+        .await;
+        let mut c = Client::connect(s.addr()).await;
+        assert!(c.reply().await.starts_with("220"));
+        assert!(c.cmd("EHLO mx.test").await.starts_with("250"));
+        let rcpt = format!("b-{}@bounce.test", token("spring", 9, own));
+        send_bounce(&mut c, &rcpt, &report).await;
+        c.cmd("QUIT").await;
+        let stats = s.shutdown().await;
+        let list = Suppressions::open(&db).unwrap();
+        for v in victims {
+            assert!(
+                !list.contains(v).unwrap(),
+                "journal {with_journal}: {v} suppressed by the token of {own}"
+            );
+        }
+        let e = list.get(own).unwrap().expect("the token's own address");
+        assert_eq!((e.campaign.as_deref(), e.row), (Some("spring"), Some(9)));
+        assert_eq!(list.len().unwrap(), 1, "journal {with_journal}");
+        assert_eq!(stats.suppressed, 1, "journal {with_journal}");
+        // The report named addresses the token does not cover: kept for a human.
+        assert_eq!(quarantined(&db), 1, "journal {with_journal}");
+    }
+}
+
+/// Issue 13, item 1: a valid token whose report names an address that is not the token's own
+/// acts on nothing and the report is quarantined — without a journal, with a journal that
+/// does not have the token's campaign, and with a journal whose row went to another address
+/// than the one the token was made for (a later run of a regenerated list).
+#[tokio::test]
+async fn a_token_never_acts_on_another_address() {
+    let alice = "alice@example.org";
+    let victim = "victim@example.net";
+    for case in ["no-journal", "other-campaign", "row-reused"] {
+        let dir = tmp(&format!("not-own-{case}"));
+        let journal = dir.join("journal.sqlite");
+        match case {
+            "other-campaign" => journal_with(&journal, "autumn", &[(3, victim)]),
+            "row-reused" => journal_with(&journal, "spring", &[(3, victim)]),
+            _ => {}
+        }
+        let (s, db) = sink(&format!("not-own-sink-{case}"), |o| {
+            if case != "no-journal" {
+                o.journal = Some(journal.clone());
+            }
+        })
+        .await;
+        let mut c = Client::connect(s.addr()).await;
+        assert!(c.reply().await.starts_with("220"));
+        assert!(c.cmd("EHLO mx.test").await.starts_with("250"));
+        let rcpt = format!("b-{}@bounce.test", token("spring", 3, alice));
+        send_bounce(&mut c, &rcpt, &dsn_naming(&[victim])).await;
+        c.cmd("QUIT").await;
+        let stats = s.shutdown().await;
+        let list = Suppressions::open(&db).unwrap();
+        assert!(
+            !list.contains(victim).unwrap(),
+            "{case}: {victim} suppressed by the token of {alice}"
+        );
+        assert_eq!(list.len().unwrap(), 0, "{case}");
+        assert_eq!((stats.suppressed, stats.soft), (0, 0), "{case}");
+        assert_eq!(quarantined(&db), 1, "{case}: the report is quarantined");
     }
 }

@@ -14,13 +14,24 @@
 //!   which tokens are valid, and a real MTA's bounce must not bounce back — but it never
 //!   suppresses anything: it is logged (`"token":"forged"`). A bounce without any token is
 //!   logged and quarantined, not acted on.
+//! - A valid token authorises action on its own row's address only, never on whatever the
+//!   report names: every recipient can read their own token from Return-Path and mail a
+//!   "bounce" naming somebody else. With the journal's address for the row, that address is
+//!   acted on (the reported recipient that is it, or the single reported recipient of a
+//!   forwarded mailbox); without it, only a reported recipient whose address the token binds
+//!   ([`VerpKey::is_bound_to`]). Other reported recipients are logged
+//!   (`"action":"ignored_not_token_address"`) and the message is quarantined; a report in
+//!   which no recipient is the token's is quarantined and acts on nothing. A journal address
+//!   the token does not bind (the row went elsewhere in another run of the campaign) is not
+//!   used.
 //! - A message that is unparseable, not a bounce, or a bounce naming no recipient goes to the
 //!   quarantine directory (if given; else it is logged with its size) — never silently dropped.
 //! - `--discard`: accept and drop (pure sinkhole), nothing classified or stored.
 //! - `--journal PATH` / `--campaign FILE`: the address acted on is the one the token's row was
 //!   sent to, read (read-only) from the campaign journal's outcomes; a row the journal lacks
-//!   (another campaign, not committed yet) falls back to the report's Final-Recipient. The log
-//!   line says which (`"address_source": "journal" | "report"`).
+//!   (another campaign, not committed yet) falls back to the reported recipient the token
+//!   binds. The log line says which (`"address_source": "journal" | "token"`; `"report"` for
+//!   recipients not acted on).
 //!
 //! One JSON log line per reported recipient on stdout.
 
@@ -32,10 +43,10 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use crate::bounce::dsn::{BouncedRecipient, Classification, Kind, classify};
+use crate::bounce::dsn::{BouncedRecipient, Classification, Kind, classify, with_verp_address};
 use crate::bounce::suppression::{BounceEvent, Entry, Source, Suppressions};
 use crate::smtp::receiver::{Receiver, ReceiverHandle, ReceiverOptions, ReceiverPolicy};
-use crate::verp::{VerpError, VerpKey};
+use crate::verp::{VerpError, VerpKey, VerpToken};
 
 /// Messages waiting for the worker, at most.
 const QUEUE: usize = 16;
@@ -179,7 +190,7 @@ pub async fn start(opts: SinkOptions) -> anyhow::Result<SinkHandle> {
         Some(Suppressions::open(&opts.db)?)
     };
     if let Some(q) = &opts.quarantine {
-        std::fs::create_dir_all(q)?;
+        crate::private::create_dir_all(q)?;
     }
     let (tx, rx) = sync_channel::<Job>(QUEUE);
     let worker = {
@@ -214,7 +225,7 @@ pub async fn start(opts: SinkOptions) -> anyhow::Result<SinkHandle> {
 /// The token check of one bounce address.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Token {
-    Valid { campaign: String, row: u64 },
+    Valid(VerpToken),
     Forged,
     Missing,
 }
@@ -235,8 +246,8 @@ pub fn check_token(key: Option<&VerpKey>, address: &str) -> Token {
             .map(|(i, _)| i + 1),
     );
     for i in starts {
-        match key.decode(&local[i..]) {
-            Ok((campaign, row)) => return Token::Valid { campaign, row },
+        match key.verify(&local[i..]) {
+            Ok(token) => return Token::Valid(token),
             Err(VerpError::BadMac) => forged = true,
             Err(_) => {}
         }
@@ -305,26 +316,27 @@ fn handle(
     let reported = classify(&job.data);
     for address in &job.rcpts {
         let rcpt = Rcpt::read(address, opts.key.as_ref(), rows);
-        let c = match &rcpt.sent_to {
-            Some(addr) => crate::bounce::dsn::with_verp_address(reported.clone(), addr),
-            None => reported.clone(),
-        };
         if rcpt.token == Token::Forged {
             stats.forged += 1;
         }
-        if needs_quarantine(&c, &rcpt.token) {
-            quarantine_job(job, &rcpt, &c, opts, stats);
+        let scope = Scope::of(&reported, &rcpt, opts.key.as_ref());
+        if needs_quarantine(&scope.c, &rcpt.token) || scope.names_others() {
+            quarantine_job(job, &rcpt, &scope.c, opts, stats);
         }
+        let c = &scope.c;
         for r in &c.recipients {
-            let outcome = outcome(&c, r);
+            let outcome = outcome(c, r);
             let action = match list {
                 Some(list) if rcpt.token_str == "valid" => {
-                    act(list, &rcpt, &c, r, outcome, opts, stats)
+                    act(list, &rcpt, c, r, outcome, opts, stats)
                 }
                 _ if rcpt.token == Token::Forged => "ignored_forged_token",
                 _ => "logged",
             };
-            log_recipient(&rcpt, &c, r, action);
+            log_recipient(&rcpt, c, r, action, scope.source);
+        }
+        for r in &scope.ignored {
+            log_recipient(&rcpt, c, r, "ignored_not_token_address", "report");
         }
     }
 }
@@ -337,7 +349,8 @@ struct Rcpt<'a> {
     token_str: &'static str,
     campaign: Option<String>,
     row: Option<u64>,
-    /// The address the token's row was sent to, if the journal knows it.
+    /// The address the token's row was sent to, if the journal knows it and the token binds it
+    /// (or binds no address).
     sent_to: Option<String>,
 }
 
@@ -346,12 +359,24 @@ impl<'a> Rcpt<'a> {
     fn read(address: &'a str, key: Option<&VerpKey>, rows: &mut RowAddresses) -> Rcpt<'a> {
         let token = check_token(key, address);
         let (token_str, campaign, row) = match &token {
-            Token::Valid { campaign, row } => ("valid", Some(campaign.clone()), Some(*row)),
+            Token::Valid(t) => ("valid", Some(t.campaign.clone()), Some(t.row)),
             Token::Forged => ("forged", None, None),
             Token::Missing => ("missing", None, None),
         };
-        let sent_to = match (&campaign, row) {
-            (Some(campaign), Some(row)) => rows.lookup(campaign, row),
+        let sent_to = match (&token, key) {
+            (Token::Valid(t), Some(key)) => rows
+                .lookup(&t.campaign, t.row)
+                .filter(|a| match key.is_bound_to(t, a) {
+                    Some(false) => {
+                        tracing::warn!(
+                            "journal: row {} of campaign {} went to another address than the token's (another run?); not used",
+                            t.row,
+                            t.campaign
+                        );
+                        false
+                    }
+                    _ => true,
+                }),
             _ => None,
         };
         Rcpt {
@@ -365,12 +390,79 @@ impl<'a> Rcpt<'a> {
     }
 }
 
+/// The reported recipients one RCPT's token lets the sink act on (see the module doc).
+struct Scope {
+    /// The report, with only the recipients to act on, each under the address acted on.
+    c: Classification,
+    /// Where their address comes from: `journal`, `token` (a reported recipient the token
+    /// binds), or `report` (no valid token: nothing is acted on).
+    source: &'static str,
+    /// Reported recipients that are not the token's: logged, never acted on.
+    ignored: Vec<BouncedRecipient>,
+}
+
+impl Scope {
+    fn of(reported: &Classification, rcpt: &Rcpt, key: Option<&VerpKey>) -> Scope {
+        let (Token::Valid(token), Some(key)) = (&rcpt.token, key) else {
+            return Scope {
+                c: reported.clone(),
+                source: "report",
+                ignored: Vec::new(),
+            };
+        };
+        // The token's own address: the journal's for its row, else the one its tag binds.
+        let is_own = |a: &str| match &rcpt.sent_to {
+            Some(sent_to) => a.trim().eq_ignore_ascii_case(sent_to.trim()),
+            None => key.is_bound_to(token, a) == Some(true),
+        };
+        let source = if rcpt.sent_to.is_some() {
+            "journal"
+        } else {
+            "token"
+        };
+        let (own, ignored): (Vec<_>, Vec<_>) = reported
+            .recipients
+            .iter()
+            .cloned()
+            .partition(|r| is_own(&r.address));
+        let c = match (&rcpt.sent_to, own.into_iter().next()) {
+            // The token's address, once (a report naming it twice counts once).
+            (_, Some(r)) => Classification {
+                kind: reported.kind,
+                recipients: vec![r],
+            },
+            // A forwarded mailbox (the report names its target) or a report naming nobody: the
+            // journal's address.
+            (Some(sent_to), None) if reported.recipients.len() <= 1 => {
+                return Scope {
+                    c: with_verp_address(reported.clone(), sent_to),
+                    source,
+                    ignored: Vec::new(),
+                };
+            }
+            (_, None) => Classification {
+                kind: reported.kind,
+                recipients: Vec::new(),
+            },
+        };
+        Scope { c, source, ignored }
+    }
+
+    /// Whether the report named recipients that are not the token's (kept for a human).
+    fn names_others(&self) -> bool {
+        !self.ignored.is_empty() && matches!(self.c.kind, Kind::Bounce | Kind::Complaint)
+    }
+}
+
 /// Whether nothing can be done with the message for this RCPT, so it is kept in the quarantine:
 /// unparseable, not a bounce, a bounce naming no recipient, or a bounce or complaint without a
 /// token.
 fn needs_quarantine(c: &Classification, token: &Token) -> bool {
     matches!(c.kind, Kind::Unparseable | Kind::NotBounce)
         || (c.kind == Kind::Bounce && c.recipients.is_empty())
+        || (matches!(token, Token::Valid(_))
+            && c.kind == Kind::Complaint
+            && c.recipients.is_empty())
         || (*token == Token::Missing && matches!(c.kind, Kind::Bounce | Kind::Complaint))
 }
 
@@ -517,17 +609,19 @@ fn record_event(
 }
 
 /// The log line of one reported recipient.
-fn log_recipient(rcpt: &Rcpt, c: &Classification, r: &BouncedRecipient, action: &str) {
-    let journal_address = rcpt
-        .sent_to
-        .as_deref()
-        .is_some_and(|a| a.trim().eq_ignore_ascii_case(&r.address));
+fn log_recipient(
+    rcpt: &Rcpt,
+    c: &Classification,
+    r: &BouncedRecipient,
+    action: &str,
+    address_source: &str,
+) {
     log(json!({
         "rcpt": rcpt.address, "token": rcpt.token_str, "campaign": rcpt.campaign, "row": rcpt.row,
         "kind": c.kind.as_str(), "recipient": r.address, "action_reported": r.action,
         "status": r.status, "reason": r.reason.as_str(), "hard": r.hard,
         "diagnostic": r.diagnostic, "action": action,
-        "address_source": if journal_address { "journal" } else { "report" },
+        "address_source": address_source,
     }));
 }
 
@@ -541,7 +635,7 @@ fn append_bounce_log(path: &std::path::Path, e: &BounceEvent, diagnostic: &str) 
         "hard": e.hard, "suppressed": e.suppressed, "diagnostic": diagnostic,
     });
     // One write per line on an O_APPEND file: lines from concurrent writers do not interleave.
-    let r = std::fs::OpenOptions::new()
+    let r = crate::private::options()
         .create(true)
         .append(true)
         .open(path)
@@ -554,7 +648,8 @@ fn append_bounce_log(path: &std::path::Path, e: &BounceEvent, diagnostic: &str) 
 fn log(v: serde_json::Value) {
     use std::io::Write;
     let mut out = std::io::stdout().lock();
-    let _ = writeln!(out, "{v}");
+    // Reports are anyone's text: C1 controls too are escaped (see `terminal::json`).
+    let _ = writeln!(out, "{}", crate::terminal::json(&v));
 }
 
 /// Writes the message to the quarantine directory; returns the file name.
@@ -569,7 +664,7 @@ fn quarantine(opts: &SinkOptions, data: &[u8]) -> Option<String> {
         SEQ.fetch_add(1, Ordering::Relaxed)
     );
     let path = dir.join(&name);
-    match std::fs::write(&path, data) {
+    match crate::private::create(&path).and_then(|mut f| std::io::Write::write_all(&mut f, data)) {
         Ok(()) => Some(path.display().to_string()),
         Err(e) => {
             tracing::error!("cannot write {}: {e}", path.display());

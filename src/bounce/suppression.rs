@@ -20,6 +20,11 @@ pub enum SuppressionError {
         path: PathBuf,
         source: rusqlite::Error,
     },
+    #[error("suppression list {path}: cannot create it: {source}")]
+    Create {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{0}")]
     Csv(String),
 }
@@ -215,6 +220,11 @@ impl Suppressions {
         {
             let _ = std::fs::create_dir_all(dir);
         }
+        // Addresses: created private (0600); SQLite's -wal and -shm files follow its mode.
+        crate::private::create_db_file(path).map_err(|source| SuppressionError::Create {
+            path: path.to_path_buf(),
+            source,
+        })?;
         let conn = Connection::open(path).map_err(err)?;
         conn.busy_timeout(Duration::from_secs(10)).map_err(err)?;
         // Several processes may open the list at the same moment (the shards of a campaign on
@@ -459,23 +469,40 @@ impl Suppressions {
 
     /// Writes the list as CSV with a header:
     /// `address,source,reason,status,diagnostic,campaign,row,created_at`.
-    pub fn export(&self, out: impl std::io::Write) -> Result<u64, SuppressionError> {
+    ///
+    /// `for_terminal`: the CSV goes to a terminal, so every field is made [`printable`]
+    /// (diagnostics are DSN text, from anyone): control characters, line breaks included,
+    /// become visible escapes. Off for files and pipes, which get the data as it is.
+    ///
+    /// [`printable`]: crate::terminal::printable
+    pub fn export(
+        &self,
+        out: impl std::io::Write,
+        for_terminal: bool,
+    ) -> Result<u64, SuppressionError> {
         let mut w = csv::Writer::from_writer(out);
         let csv_err = |e: csv::Error| SuppressionError::Csv(e.to_string());
         w.write_record(CSV_HEADER).map_err(csv_err)?;
         let mut n = 0;
         self.for_each(|e| {
             n += 1;
-            w.write_record([
+            let row = e.row.map(|r| r.to_string()).unwrap_or_default();
+            let created_at = e.created_at.to_string();
+            let fields = [
                 e.address.as_str(),
                 e.source.as_str(),
                 &e.reason,
                 e.status.as_deref().unwrap_or(""),
                 e.diagnostic.as_deref().unwrap_or(""),
                 e.campaign.as_deref().unwrap_or(""),
-                &e.row.map(|r| r.to_string()).unwrap_or_default(),
-                &e.created_at.to_string(),
-            ])
+                &row,
+                &created_at,
+            ];
+            if for_terminal {
+                w.write_record(fields.map(|f| crate::terminal::printable(f).into_owned()))
+            } else {
+                w.write_record(fields)
+            }
             .map_err(csv_err)
         })?;
         w.flush()
@@ -653,6 +680,33 @@ mod tests {
                 }
             });
         }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// Issue 13, item 8: a DSN's diagnostic is anyone's text; `suppress list` to a terminal
+    /// shows it escaped, to a file or pipe exactly.
+    #[test]
+    fn export_for_a_terminal_escapes_controls() {
+        let dir = std::env::temp_dir().join(format!("blast-supp-tty-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let list = Suppressions::open(&dir.join("s.sqlite")).unwrap();
+        let mut e = Entry::new("a@x.test", Source::Bounce, "user_unknown");
+        e.diagnostic = Some("550 \x1b]0;t\x07 gone\x1b[2J".into());
+        list.add(&e).unwrap();
+        let export = |terminal| {
+            let mut out = Vec::new();
+            list.export(&mut out, terminal).unwrap();
+            String::from_utf8(out).unwrap()
+        };
+        let raw = export(false);
+        assert!(raw.contains("550 \x1b]0;t\x07 gone"), "{raw:?}");
+        let shown = export(true);
+        assert!(
+            !shown.contains('\x1b') && !shown.contains('\x07'),
+            "{shown:?}"
+        );
+        assert!(shown.contains(r"550 \x1b]0;t\x07 gone\x1b[2J"), "{shown:?}");
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

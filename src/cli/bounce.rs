@@ -1,7 +1,7 @@
 //! The bounce side: `blast sink` (the bounce MX), `blast suppress …` (the suppression list by
 //! hand) and `blast bounce classify` (what the sink would make of a message).
 
-use std::io::{Read, Write};
+use std::io::{IsTerminal, Read, Write};
 use std::path::PathBuf;
 
 use anyhow::Context;
@@ -11,6 +11,7 @@ use super::{BadInput, SuppressCommand};
 use crate::bounce::dsn::classify;
 use crate::bounce::sink::{SinkOptions, start};
 use crate::bounce::suppression::{Entry, Source, Suppressions};
+use crate::terminal::Printable;
 use crate::verp::VerpKey;
 
 /// `blast bounce classify FILE...|-`.
@@ -27,23 +28,18 @@ pub fn cmd_classify(files: &[PathBuf]) -> anyhow::Result<std::process::ExitCode>
         let c = classify(&raw);
         let file = f.display().to_string();
         if c.recipients.is_empty() {
-            writeln!(
-                out,
-                "{}",
-                json!({"file": file, "kind": c.kind.as_str(), "recipient": null})
-            )?;
+            let line = json!({"file": file, "kind": c.kind.as_str(), "recipient": null});
+            writeln!(out, "{}", crate::terminal::json(&line))?;
         }
         for r in &c.recipients {
-            writeln!(
-                out,
-                "{}",
-                json!({
-                    "file": file, "kind": c.kind.as_str(), "recipient": r.address,
-                    "action": r.action, "status": r.status, "reply_code": r.reply_code,
-                    "reason": r.reason.as_str(), "hard": r.hard,
-                    "suppress": c.suppresses(r), "diagnostic": r.diagnostic,
-                })
-            )?;
+            // Diagnostics are the bounce's text: C1 controls too are escaped.
+            let line = json!({
+                "file": file, "kind": c.kind.as_str(), "recipient": r.address,
+                "action": r.action, "status": r.status, "reply_code": r.reply_code,
+                "reason": r.reason.as_str(), "hard": r.hard,
+                "suppress": c.suppresses(r), "diagnostic": r.diagnostic,
+            });
+            writeln!(out, "{}", crate::terminal::json(&line))?;
         }
     }
     Ok(std::process::ExitCode::SUCCESS)
@@ -78,7 +74,7 @@ pub fn cmd_suppress(
                 println!(
                     "{} {}",
                     if new { "added" } else { "updated" },
-                    crate::bounce::suppression::normalize(&a)
+                    Printable(&crate::bounce::suppression::normalize(&a))
                 );
             }
         }
@@ -88,12 +84,13 @@ pub fn cmd_suppress(
                 println!(
                     "{} {}",
                     if gone { "removed" } else { "not listed" },
-                    crate::bounce::suppression::normalize(&a)
+                    Printable(&crate::bounce::suppression::normalize(&a))
                 );
             }
         }
         SuppressCommand::List => {
-            list.export(std::io::stdout().lock())?;
+            let terminal = std::io::stdout().is_terminal();
+            list.export(std::io::stdout().lock(), terminal)?;
         }
         SuppressCommand::Import { file, reason } => {
             let (added, present) = if file.as_os_str() == "-" {
@@ -109,11 +106,14 @@ pub fn cmd_suppress(
         SuppressCommand::Export { out } => {
             let n = match out {
                 Some(p) => {
-                    let f = std::fs::File::create(&p)
+                    let f = crate::private::create(&p)
                         .with_context(|| format!("cannot create {}", p.display()))?;
-                    list.export(std::io::BufWriter::new(f))?
+                    list.export(std::io::BufWriter::new(f), false)?
                 }
-                None => list.export(std::io::stdout().lock())?,
+                None => {
+                    let terminal = std::io::stdout().is_terminal();
+                    list.export(std::io::stdout().lock(), terminal)?
+                }
             };
             eprintln!("blast: exported {n} addresses");
         }

@@ -12,6 +12,7 @@ use super::prepare::{prepare, report_problems};
 use crate::campaign::NodeAddress;
 use crate::clock::unix_now;
 use crate::send::render::Renderer;
+use crate::terminal::{printable, printable_lines};
 
 pub fn check(path: &Path, sample: u64, dns: bool) -> anyhow::Result<ExitCode> {
     let (campaign, mut source, renderer) = match prepare(path, None) {
@@ -100,7 +101,7 @@ pub fn check(path: &Path, sample: u64, dns: bool) -> anyhow::Result<ExitCode> {
         }
     }
     for w in crate::campaign::alignment_warnings(&campaign) {
-        eprintln!("blast: warning: {w}");
+        eprintln!("blast: warning: {}", printable_lines(&w.to_string()));
     }
     for w in renderer.warnings() {
         eprintln!("blast: warning: {w}");
@@ -113,8 +114,9 @@ pub fn check(path: &Path, sample: u64, dns: bool) -> anyhow::Result<ExitCode> {
         })
     });
     if dns || configured {
+        // DNS answers (TXT records) are anyone's text.
         for w in crate::dns::sender_checks(&campaign) {
-            eprintln!("blast: warning: {w}");
+            eprintln!("blast: warning: {}", printable_lines(&w.to_string()));
         }
     }
     if !problems.is_empty() {
@@ -124,8 +126,9 @@ pub fn check(path: &Path, sample: u64, dns: bool) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// The list's column names (the list's header: anyone's text).
 fn renderer_columns(r: &Renderer) -> String {
-    r.columns().names().join(", ")
+    printable(&r.columns().names().join(", ")).into_owned()
 }
 
 pub fn preview(path: &Path, row: u64, out: Option<&Path>) -> anyhow::Result<ExitCode> {

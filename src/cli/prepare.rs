@@ -127,8 +127,9 @@ pub fn lines(problems: Vec<Problem>) -> Vec<String> {
 pub fn report_problems(problems: &[String]) -> ExitCode {
     let n = problems.len();
     eprintln!("blast: {n} problem{} found:", if n == 1 { "" } else { "s" });
+    // Problems quote the list (header names, values) and template errors.
     for p in problems {
-        eprintln!("  {p}");
+        eprintln!("  {}", crate::terminal::printable_lines(p));
     }
     ExitCode::from(exit::BAD_INPUT)
 }

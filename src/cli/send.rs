@@ -100,7 +100,8 @@ pub fn send(a: super::SendArgs) -> anyhow::Result<ExitCode> {
         crate::send::source::check_address(to)
             .map_err(|e| BadInput(format!("--to {to:?}: {e}")))?;
         let line = crate::send::send_one(&campaign, source, renderer, to)?;
-        println!("{line}");
+        // The relay's reply.
+        println!("{}", crate::terminal::Printable(&line));
         return Ok(ExitCode::SUCCESS);
     }
     let Some(plan) = plan else {

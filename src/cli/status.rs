@@ -57,15 +57,20 @@ pub fn status(
         if let Some(s) = shard {
             v["shard"] = serde_json::Value::from(s.to_string());
         }
-        println!("{v}");
+        // Reply texts, node events: C1 controls too are escaped.
+        println!("{}", crate::terminal::json(&v));
     } else {
-        println!("campaign   {} ({})", campaign.id, campaign.name);
+        println!(
+            "campaign   {} ({})",
+            campaign.id,
+            crate::terminal::Printable(&campaign.name)
+        );
         if let Some(s) = shard {
             println!("shard      {s} (journal {})", journal_path.display());
         }
         println!("{}", crate::report::StatusText(&report));
         if let Some(b) = bounces.filter(|b| !b.text().is_empty()) {
-            print!("{}", b.text());
+            print!("{}", crate::terminal::printable_lines(&b.text()));
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -327,12 +327,8 @@ pub(super) struct Log {
 
 impl Log {
     pub(super) fn create(journal: &Path, run: i64, generation: i64) -> std::io::Result<Log> {
-        let open = |p: &PathBuf| {
-            std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(p)
-        };
+        // Attempt marks name recipients: private (0600).
+        let open = |p: &PathBuf| crate::private::options().create(true).append(true).open(p);
         let [a, b] = log_paths(journal);
         let mut log = Log {
             files: [open(&a)?, open(&b)?],

@@ -95,6 +95,12 @@ impl Journal {
                 source,
             })?;
         }
+        // It holds recipients' addresses: created private (0600), and SQLite gives its -wal
+        // and -shm files the database file's mode.
+        crate::private::create_db_file(path).map_err(|source| JournalError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
         let conn = Connection::open(path).map_err(sql(path))?;
         let mut j = Journal {
             conn,

@@ -14,6 +14,7 @@ use std::fmt::Write;
 
 use crate::send::dispatch::End;
 use crate::send::{NodeReport, Report, Signal};
+use crate::terminal::Printable;
 
 /// The DNS line of the summary and of `blast status`: domain lookups and what pre-validation
 /// did with their rows.
@@ -176,7 +177,11 @@ fn outcome_lines(s: &mut String, r: &Report) {
             let _ = writeln!(
                 s,
                 "node       {:<16} {} accepted, {} deferred, {} failed, {} connection errors",
-                n.name, n.accepted, n.deferred, n.failed, n.errors
+                Printable(&n.name),
+                n.accepted,
+                n.deferred,
+                n.failed,
+                n.errors
             );
             health_lines(s, n, r.started_at);
         }
@@ -240,6 +245,8 @@ fn rate_and_output_lines(s: &mut String, r: &Report) {
 /// the reason it went down and the probes that failed, what it accepted while up again.
 fn health_lines(s: &mut String, n: &NodeReport, started: std::time::SystemTime) {
     let events = &n.health.events;
+    // Direct delivery names nodes after MX hosts (DNS answers); reasons quote relay replies.
+    let name = Printable(&n.name);
     for (i, e) in events.iter().enumerate() {
         let at = e
             .time
@@ -252,14 +259,17 @@ fn health_lines(s: &mut String, n: &NodeReport, started: std::time::SystemTime) 
             let _ = writeln!(
                 s,
                 "  health   {:<16} up   {time} (+{at:.1} s), then {} accepted",
-                n.name,
+                name,
                 until.saturating_sub(e.accepted)
             );
         } else {
             let _ = writeln!(
                 s,
                 "  health   {:<16} down {time} (+{at:.1} s) after {} accepted, {} probes failed: {}",
-                n.name, e.accepted, e.failed_probes, e.reason
+                name,
+                e.accepted,
+                e.failed_probes,
+                Printable(&e.reason)
             );
         }
     }
@@ -267,7 +277,7 @@ fn health_lines(s: &mut String, n: &NodeReport, started: std::time::SystemTime) 
         let _ = writeln!(
             s,
             "  health   {:<16} … {} more events not kept",
-            n.name, n.health.dropped
+            name, n.health.dropped
         );
     }
 }

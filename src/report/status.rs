@@ -5,6 +5,7 @@ use std::fmt::Write;
 
 use super::DnsLine;
 use crate::journal::{RunState, StatusReport};
+use crate::terminal::Printable;
 
 /// `blast status` as text: one line per fact, `label      value`.
 pub struct StatusText<'a>(pub &'a StatusReport);
@@ -18,7 +19,7 @@ impl fmt::Display for StatusText<'_> {
             s,
             "run        {} of {} ({}{}), sessions {}",
             r.id,
-            r.campaign,
+            Printable(&r.campaign),
             r.state.as_str(),
             match (r.state, st.sender_pid) {
                 (RunState::Running, Some(pid)) => format!(", sending: pid {pid}"),
@@ -40,7 +41,7 @@ impl fmt::Display for StatusText<'_> {
         let _ = writeln!(
             s,
             "list       {} (sha256 {})",
-            r.list_path,
+            Printable(&r.list_path),
             &r.list_fingerprint[..16.min(r.list_fingerprint.len())]
         );
         let b = &st.by_status;
@@ -59,20 +60,24 @@ impl fmt::Display for StatusText<'_> {
             let _ = writeln!(
                 s,
                 "node       {:<24} {} accepted, {} failed, {} expired",
-                n.name, c.accepted, c.failed, c.expired
+                Printable(&n.name),
+                c.accepted,
+                c.failed,
+                c.expired
             );
         }
         for ev in &st.node_events {
             let _ = writeln!(
                 s,
                 "health     {:<24} {:<4} {}  {}",
-                ev.node,
-                ev.event,
-                ev.time,
+                Printable(&ev.node),
+                Printable(&ev.event),
+                Printable(&ev.time),
                 if ev.event == "up" {
                     format!("(after {} accepted)", ev.accepted)
                 } else {
-                    ev.reason.clone()
+                    // The relay's reply, often.
+                    crate::terminal::printable(&ev.reason).into_owned()
                 }
             );
         }
@@ -84,7 +89,10 @@ impl fmt::Display for StatusText<'_> {
             let _ = writeln!(
                 s,
                 "domain     {:<24} {} accepted, {} failed, {} expired",
-                d.name, c.accepted, c.failed, c.expired
+                Printable(&d.name),
+                c.accepted,
+                c.failed,
+                c.expired
             );
         }
         for f in &st.failure_reasons {
@@ -93,8 +101,9 @@ impl fmt::Display for StatusText<'_> {
                 "failure    {:>7}  {} {} {}",
                 f.count,
                 f.code.map(|c| c.to_string()).unwrap_or_else(|| "-".into()),
-                f.enhanced.as_deref().unwrap_or("-"),
-                f.text.as_deref().unwrap_or("(no reply)")
+                Printable(f.enhanced.as_deref().unwrap_or("-")),
+                // The relay's reply text (or a template error quoting list values).
+                Printable(f.text.as_deref().unwrap_or("(no reply)"))
             );
         }
         s.pop();

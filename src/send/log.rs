@@ -12,7 +12,7 @@
 //! so a resume first [`repair`]s the log: the run's lines missing from it are appended from the
 //! journal, once.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{self, BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -95,7 +95,8 @@ impl DeliveryLog {
                 source,
             })?;
         }
-        let file = OpenOptions::new()
+        // Recipients' addresses: private (0600).
+        let file = crate::private::options()
             .create(true)
             .append(true)
             .open(path)

@@ -207,6 +207,8 @@ async fn display(
 }
 
 fn node_line(name: &str, n: &NodeCounters) -> String {
+    // Direct delivery names nodes after MX hosts: DNS answers.
+    let name = crate::terminal::Printable(name);
     format!(
         "{name:<16} {:<4} conns {:>3}  in-flight {:>3}  accepted {:>9}  deferred {:>7}  failed {:>7}  errors {:>5}",
         if n.healthy.load(Ordering::Relaxed) {

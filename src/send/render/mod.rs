@@ -272,11 +272,12 @@ impl Renderer {
         &self.columns
     }
 
-    /// The VERP envelope sender of `row`.
-    pub fn mail_from(&self, row: u64) -> String {
+    /// The VERP envelope sender of `row`, sent to `address` (the token binds it: the bounce
+    /// sink acts on a report only for that address).
+    pub fn mail_from(&self, row: u64, address: &str) -> String {
         let mut s = String::with_capacity(96);
         s.push_str(&self.verp_prefix);
-        self.key.encode_into(&self.campaign, row, &mut s);
+        self.key.encode_into(&self.campaign, row, address, &mut s);
         s.push_str(&self.verp_suffix);
         s.push('@');
         s.push_str(&self.verp_domain);
@@ -313,7 +314,7 @@ impl Renderer {
     fn render_unsigned(&self, recipient: Recipient, date: i64) -> Result<Message, RenderError> {
         let row = recipient.row;
         let message_id = self.message_id(row, &recipient.address);
-        let mail_from = self.mail_from(row);
+        let mail_from = self.mail_from(row, &recipient.address);
         let token = self
             .key
             .unsubscribe_token(&self.campaign, row, &recipient.address);

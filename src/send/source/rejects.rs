@@ -17,7 +17,8 @@ pub(super) struct Rejects {
 impl Rejects {
     /// Creates (truncates) the file and writes the header.
     pub(super) fn create(path: PathBuf, columns: &Columns) -> Result<Rejects, SourceError> {
-        let file = match File::create(&path) {
+        // The rejected rows, addresses included: private (0600).
+        let file = match crate::private::create(&path) {
             Ok(file) => file,
             Err(source) => return Err(SourceError::CreateRejects { path, source }),
         };
