@@ -235,7 +235,7 @@ pub fn repair(
     };
     let mut present = RowSet::new();
     if path.exists() {
-        let mut file = OpenOptions::new()
+        let mut file = std::fs::OpenOptions::new()
             .read(true)
             .write(true)
             .open(path)
@@ -267,7 +267,7 @@ pub fn repair(
             }
         }
     }
-    let file = OpenOptions::new()
+    let file = crate::private::options()
         .create(true)
         .append(true)
         .open(path)
