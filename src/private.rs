@@ -2,6 +2,8 @@
 //! rejects file, the suppression list, its exports, the sink's bounce log and quarantine — are
 //! created private: mode 0600 (directories 0700), like the DKIM keys, whatever the umask lets
 //! others read. A file that already exists keeps its mode (an operator may have chosen 0640).
+//! Files blast reads (templates, the recipient list) must be regular files ([`not_regular`]):
+//! `/dev/zero` or a FIFO would be read for ever.
 
 use std::fs::OpenOptions;
 use std::io;
@@ -37,6 +39,26 @@ pub fn create_dir_all(dir: &Path) -> io::Result<()> {
         .recursive(true)
         .mode(0o700)
         .create(dir)
+}
+
+/// Why a path that exists cannot be read as a file (`None` for a regular file).
+pub fn not_regular(meta: &std::fs::Metadata) -> Option<String> {
+    use std::os::unix::fs::FileTypeExt;
+    let t = meta.file_type();
+    let what = if t.is_file() {
+        return None;
+    } else if t.is_dir() {
+        return Some("is a directory, not a file".to_string());
+    } else if t.is_char_device() || t.is_block_device() {
+        "a device"
+    } else if t.is_fifo() {
+        "a FIFO"
+    } else if t.is_socket() {
+        "a socket"
+    } else {
+        "not a file"
+    };
+    Some(format!("is not a regular file ({what})"))
 }
 
 #[cfg(test)]

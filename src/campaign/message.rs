@@ -209,7 +209,7 @@ fn template_file(ctx: &mut Ctx<'_>, name: &str, s: &Spanned<String>) -> Option<T
 fn read_template(path: &Path) -> Result<String, String> {
     let cannot = |e: std::io::Error| format!("cannot read template {}: {e}", path.display());
     // Checked before opening (opening a FIFO would block) and again on what was opened.
-    let regular = |meta: std::fs::Metadata| match not_regular(&meta) {
+    let regular = |meta: std::fs::Metadata| match crate::private::not_regular(&meta) {
         Some(problem) => Err(format!("template {} {problem}", path.display())),
         None => Ok(()),
     };
@@ -234,26 +234,6 @@ fn read_template(path: &Path) -> Result<String, String> {
             e.utf8_error().valid_up_to()
         )
     })
-}
-
-/// Why a path that exists cannot be read as a file (`None` for a regular file).
-pub(super) fn not_regular(meta: &std::fs::Metadata) -> Option<String> {
-    use std::os::unix::fs::FileTypeExt;
-    let t = meta.file_type();
-    let what = if t.is_file() {
-        return None;
-    } else if t.is_dir() {
-        return Some("is a directory, not a file".to_string());
-    } else if t.is_char_device() || t.is_block_device() {
-        "a device"
-    } else if t.is_fifo() {
-        "a FIFO"
-    } else if t.is_socket() {
-        "a socket"
-    } else {
-        "not a file"
-    };
-    Some(format!("is not a regular file ({what})"))
 }
 
 fn body(
@@ -301,7 +281,7 @@ pub(super) fn recipients(ctx: &mut Ctx<'_>, r: &RecipientsSection) -> Option<Rec
     let path = ctx.path(r.path.get_ref());
     let mut ok = true;
     let problem = match std::fs::metadata(&path) {
-        Ok(meta) => not_regular(&meta),
+        Ok(meta) => crate::private::not_regular(&meta),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => (r.generate.is_none())
             .then(|| "does not exist (paths are relative to the campaign file)".to_string()),
         Err(e) => Some(format!("cannot be read: {e}")),

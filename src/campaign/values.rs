@@ -199,17 +199,7 @@ pub fn check_size(
     max: Size,
     what: &str,
 ) -> Result<Size, (Range<usize>, String)> {
-    match v {
-        None => Ok(default),
-        Some(v) if (min..=max).contains(v.get_ref()) => Ok(*v.get_ref()),
-        Some(v) => Err((
-            v.span(),
-            format!(
-                "{what} = \"{}\" is out of range: use {min} to {max}",
-                v.get_ref()
-            ),
-        )),
-    }
+    within(v, default, min..=max, what, "\"")
 }
 
 /// A duration written as people write it: `"250ms"`, `"30s"`, `"5m"`, `"4h"`, `"2d"`.
@@ -271,14 +261,27 @@ pub fn check_range(
     max: u64,
     what: &str,
 ) -> Result<u64, (Range<usize>, String)> {
+    within(v, default, min..=max, what, "")
+}
+
+/// [`check_range`] and [`check_size`]: the value as written (between `quote`s) in the message.
+fn within<T: PartialOrd + Copy + std::fmt::Display>(
+    v: Option<&Spanned<T>>,
+    default: T,
+    range: std::ops::RangeInclusive<T>,
+    what: &str,
+    quote: &str,
+) -> Result<T, (Range<usize>, String)> {
     match v {
         None => Ok(default),
-        Some(v) if (min..=max).contains(v.get_ref()) => Ok(*v.get_ref()),
+        Some(v) if range.contains(v.get_ref()) => Ok(*v.get_ref()),
         Some(v) => Err((
             v.span(),
             format!(
-                "{what} = {} is out of range: use {min} to {max}",
-                v.get_ref()
+                "{what} = {quote}{}{quote} is out of range: use {} to {}",
+                v.get_ref(),
+                range.start(),
+                range.end()
             ),
         )),
     }

@@ -646,7 +646,7 @@ fn open_regular(path: &std::path::Path) -> Result<File, SourceError> {
         path: path.to_owned(),
         source,
     };
-    let check = |meta: std::fs::Metadata| match not_regular(&meta) {
+    let check = |meta: std::fs::Metadata| match crate::private::not_regular(&meta) {
         None => Ok(()),
         Some(what) => Err(SourceError::NotRegular {
             path: path.to_owned(),
@@ -657,26 +657,6 @@ fn open_regular(path: &std::path::Path) -> Result<File, SourceError> {
     let file = File::open(path).map_err(open_error)?;
     check(file.metadata().map_err(open_error)?)?;
     Ok(file)
-}
-
-/// What a path that is not a regular file is (`None` for a regular file).
-fn not_regular(meta: &std::fs::Metadata) -> Option<String> {
-    use std::os::unix::fs::FileTypeExt;
-    let t = meta.file_type();
-    let what = if t.is_file() {
-        return None;
-    } else if t.is_dir() {
-        return Some("is a directory, not a file".to_string());
-    } else if t.is_char_device() || t.is_block_device() {
-        "a device"
-    } else if t.is_fifo() {
-        "a FIFO"
-    } else if t.is_socket() {
-        "a socket"
-    } else {
-        "not a file"
-    };
-    Some(format!("is not a regular file ({what})"))
 }
 
 /// Remembers the latest chunk handed to the `csv` reader's buffer, so the
