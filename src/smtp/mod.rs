@@ -34,8 +34,10 @@ mod settings;
 mod stream;
 mod tls;
 
+pub(crate) use client::stuff_body;
 pub use client::{Capabilities, Connection, Delivery, Stage};
-pub use reply::{EnhancedStatus, Reply, ReplyError};
+pub(crate) use reply::complete_len;
+pub use reply::{EnhancedStatus, MAX_REPLY_BYTES, Reply, ReplyError};
 pub use settings::{ClientSettings, ClientSettingsBuilder, Credentials, TlsMode};
 
 use std::io;

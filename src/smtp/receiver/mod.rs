@@ -22,6 +22,8 @@
 //!
 //! It uses nothing else of the crate (tokio and rustls only), not even the client beside it.
 
+#[doc(hidden)]
+pub mod fuzz;
 mod limits;
 mod protocol;
 mod script;
