@@ -262,8 +262,35 @@ pub fn with_verp_address(mut c: Classification, addr: &str) -> Classification {
     c
 }
 
-/// Classifies a received message (see the module doc).
+/// Classifies a received message (see the module doc). Whatever the message says, every
+/// recipient it returns has an address that could be one (see [`plausible_address`]) and a
+/// one-line diagnostic: a report's text is anyone's, and the addresses may reach the
+/// suppression list.
 pub fn classify(raw: &[u8]) -> Classification {
+    let mut c = classify_message(raw);
+    c.recipients.retain(|r| plausible_address(&r.address));
+    for r in &mut c.recipients {
+        if r.diagnostic.contains(|ch: char| ch.is_control()) {
+            r.diagnostic = fold(&r.diagnostic.replace(|ch: char| ch.is_control(), " "));
+        }
+    }
+    c
+}
+
+/// `local@domain`, each part non-empty and bounded (64 and 255 octets), with no white space or
+/// control characters anywhere: what a header such as `From: kijitora@exntil May 5` is not.
+fn plausible_address(a: &str) -> bool {
+    let Some((local, domain)) = a.rsplit_once('@') else {
+        return false;
+    };
+    !local.is_empty()
+        && local.len() <= 64
+        && !domain.is_empty()
+        && domain.len() <= 255
+        && !a.chars().any(|c| c.is_whitespace() || c.is_control())
+}
+
+fn classify_message(raw: &[u8]) -> Classification {
     let raw = &raw[..raw.len().min(MAX_INPUT)];
     if !looks_like_message(raw) {
         return Classification {
@@ -447,6 +474,22 @@ Diagnostic-Code: smtp; 452 4.2.2 Mailbox full\r\n\
         assert_eq!(classify(b"\x00\x01 binary").kind, Kind::Unparseable);
         let c = classify(b"From: a@b.example\r\nSubject: hello\r\n\r\nhi there\r\n");
         assert_eq!(c.kind, Kind::NotBounce);
+    }
+
+    #[test]
+    fn an_address_with_white_space_is_no_recipient() {
+        // Found by the fuzz target `dsn`: an auto-reply's broken From header was returned as
+        // the recipient "kijitora@exntil may 5".
+        let raw = b"From: kijitora@exntil May 5\r\nTo: me@example.net\r\nAuto-Submitted: auto-replied\r\nSubject: Away\r\n\r\nI am away.\r\n";
+        let c = classify(raw);
+        assert_eq!(c.kind, Kind::AutoReply);
+        assert_eq!(c.recipients, vec![]);
+        let ok = classify(
+            &String::from_utf8_lossy(raw)
+                .replace("exntil May 5", "example.org")
+                .into_bytes(),
+        );
+        assert_eq!(ok.recipients[0].address, "kijitora@example.org");
     }
 
     #[test]
