@@ -86,8 +86,9 @@ pub fn session(input: &[u8], pieces: &[usize], scripted: bool) -> Dialogue {
             replies.append(&mut proto.out);
             match step {
                 Step::NeedInput => {
+                    // In DATA only a "." or ".\r" at a line start waits for what follows.
                     let limit = if proto.phase == Phase::Data {
-                        2
+                        3
                     } else {
                         MAX_LINE
                     };
