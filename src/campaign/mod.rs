@@ -87,10 +87,10 @@ impl fmt::Display for Problem {
 
 #[derive(Debug, thiserror::Error)]
 pub enum CampaignError {
-    #[error("cannot read campaign file {path}: {source}")]
+    #[error("cannot read campaign file {path}: {cause}")]
     Read {
         path: PathBuf,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     #[error("{}", Problems(.0))]
     Invalid(Vec<Problem>),
@@ -100,11 +100,11 @@ impl CampaignError {
     /// Every problem found (a read error is reported as a single problem at 1:1).
     pub fn problems(&self) -> Vec<Problem> {
         match self {
-            CampaignError::Read { path, source } => vec![Problem {
+            CampaignError::Read { path, cause } => vec![Problem {
                 file: path.clone(),
                 line: 1,
                 column: 1,
-                message: format!("cannot read: {source}"),
+                message: format!("cannot read: {cause}"),
             }],
             CampaignError::Invalid(p) => p.clone(),
         }

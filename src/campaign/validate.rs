@@ -34,9 +34,9 @@ use super::{CampaignError, DEFAULT_MAX_PART_SIZE, MAX_ID_LEN, Problem, SectionPr
 impl Campaign {
     /// Reads and validates a campaign file, reporting every problem found.
     pub fn load(path: &Path) -> Result<Campaign, CampaignError> {
-        let text = std::fs::read_to_string(path).map_err(|source| CampaignError::Read {
+        let text = std::fs::read_to_string(path).map_err(|cause| CampaignError::Read {
             path: path.to_path_buf(),
-            source,
+            cause,
         })?;
         Campaign::parse(path, &text)
     }

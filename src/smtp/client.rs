@@ -148,10 +148,10 @@ impl Connection {
     ) -> Result<Connection, SmtpError> {
         let tcp = TcpStream::connect(addr)
             .await
-            .map_err(|source| SmtpError::Connect { addr, source })?;
+            .map_err(|cause| SmtpError::Connect { addr, cause })?;
         // Nagle plus delayed ACK costs ~40 ms per command round trip.
-        tcp.set_nodelay(true).map_err(|source| SmtpError::Io {
-            source,
+        tcp.set_nodelay(true).map_err(|cause| SmtpError::Io {
+            cause,
             after_data: false,
         })?;
         let stream = match settings.tls {
@@ -524,7 +524,7 @@ impl Connection {
         let after_data = self.dot_sent;
         match timeout(limit, self.stream.write_all(&self.wbuf)).await {
             Ok(Ok(())) => Ok(()),
-            Ok(Err(source)) => Err(SmtpError::Io { source, after_data }),
+            Ok(Err(cause)) => Err(SmtpError::Io { cause, after_data }),
             Err(_) => Err(SmtpError::Timeout {
                 waiting_for,
                 after_data,
@@ -570,12 +570,12 @@ impl Connection {
             match reply::complete_len(self.rbuf.data()) {
                 Ok(Some(n)) => return Ok(n),
                 Ok(None) => {}
-                Err(source) => return Err(SmtpError::Malformed { source, after_data }),
+                Err(cause) => return Err(SmtpError::Malformed { cause, after_data }),
             }
             match self.rbuf.fill(&mut self.stream).await {
                 Ok(0) => return Err(SmtpError::Closed { after_data }),
                 Ok(_) => {}
-                Err(source) => return Err(SmtpError::Io { source, after_data }),
+                Err(cause) => return Err(SmtpError::Io { cause, after_data }),
             }
         }
     }

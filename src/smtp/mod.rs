@@ -49,22 +49,19 @@ use std::net::SocketAddr;
 /// so a retry elsewhere can duplicate it.
 #[derive(Debug, thiserror::Error)]
 pub enum SmtpError {
-    #[error("connecting to {addr}: {source}")]
-    Connect { addr: SocketAddr, source: io::Error },
+    #[error("connecting to {addr}: {cause}")]
+    Connect { addr: SocketAddr, cause: io::Error },
     #[error("timed out waiting for {waiting_for}")]
     Timeout {
         waiting_for: &'static str,
         after_data: bool,
     },
-    #[error("I/O error: {source}")]
-    Io { source: io::Error, after_data: bool },
+    #[error("I/O error: {cause}")]
+    Io { cause: io::Error, after_data: bool },
     #[error("server closed the connection")]
     Closed { after_data: bool },
-    #[error("malformed reply: {source}")]
-    Malformed {
-        source: ReplyError,
-        after_data: bool,
-    },
+    #[error("malformed reply: {cause}")]
+    Malformed { cause: ReplyError, after_data: bool },
     #[error("unexpected greeting: {0}")]
     Greeting(Reply),
     #[error("EHLO/HELO rejected: {0}")]
