@@ -83,7 +83,10 @@ pub struct Outcome {
     /// Stage of the last attempt where the transaction ended.
     pub stage: Option<Stage>,
     pub reply: Option<Reply>,
-    /// Transaction attempts that got an SMTP answer (requeues after lost connections excluded).
+    /// Every try: each transaction, answered or cut off by a lost connection or a timeout (a
+    /// message re-sent after a lost connection counts each send), a failed lookup when sending
+    /// direct, and one for an earlier session that died with the row in flight. The retry
+    /// policy counts differently (see `send::retry`).
     pub attempts: u32,
     /// An earlier attempt lost its connection after the final dot: the recipient may get the
     /// message twice (same Message-ID).

@@ -1,6 +1,6 @@
 //! The whole pump, in process: CSV → render → dispatch → nodes → SMTP → outcome → delivery log,
 //! against blast's embedded receiver scripted per recipient (`tempfail+`, `permfail+`,
-//! `datatemp+`, `datafail+`, `drop+`, `slow+`).
+//! `datatemp+`, `datafail+`, `drop+`, `dropfirst+`, `slow+`).
 //!
 //! Pattern: receivers run on a tokio runtime owned by the test (kept alive in a variable);
 //! `send::run` builds its own runtime, so it is called from a plain thread, never from async
@@ -853,8 +853,9 @@ fn dropped_connections_are_resent_then_expire() {
     for (row, l) in &log {
         if *row == 10 || *row == 41 {
             assert_eq!(outcome(l), "expired", "{l}");
-            // A lost connection is no attempt, but every 5th one is charged as one.
-            assert_eq!(l["attempts"], 2, "{l}");
+            // A lost connection is not charged as an attempt, but every 5th one is: 2 charged
+            // attempts took 10 sends, and the log counts every send.
+            assert_eq!(l["attempts"], 10, "{l}");
             assert_eq!(l.get("queue_id"), None, "{l}");
         } else {
             assert_eq!(outcome(l), "accepted", "{l}");
@@ -871,6 +872,57 @@ fn dropped_connections_are_resent_then_expire() {
     );
     assert_eq!(rx.stats().accepted, 58);
     assert_eq!(cli::exit_code(&report), cli::exit::SOME_FAILED);
+    camp.done();
+}
+
+/// Issue 13: a message whose connection was lost after the final dot (possibly delivered) and
+/// that was sent again said `attempts: 1` in the delivery log and the journal.
+#[test]
+fn a_resend_after_a_lost_connection_counts_both_sends() {
+    init();
+    let rt = runtime();
+    let rx = plain(&rt);
+    let mut rows = addrs("user", 10);
+    // The receiver closes without a reply once this one's final dot arrives, the first time.
+    rows[3] = "dropfirst+3@example.com".into();
+    let camp = Camp::write(
+        "dropfirst",
+        &Cfg::new(vec![node("n1", rx.addr().port())]),
+        &rows,
+        &[],
+    );
+    // The binary, for the journal too.
+    let summary = camp.dir.join("summary.json");
+    let o = Blast::new()
+        .args(["send", "--quiet"])
+        .arg(&camp.toml)
+        .arg("--summary-json")
+        .arg(&summary)
+        .env(SECRET_VAR, SECRET)
+        .timeout(RUN_LIMIT)
+        .output();
+    assert_eq!(o.code(), 0, "{o:?}");
+    let summary: Value = serde_json::from_slice(&std::fs::read(&summary).unwrap()).unwrap();
+    assert_eq!(summary["outcomes"]["accepted"], 10, "{summary}");
+    assert_eq!(summary["retries"]["requeues"], 1, "{summary}");
+    assert_eq!(summary["retries"]["possibly_duplicated"], 1, "{summary}");
+    for (row, l) in &camp.log() {
+        assert_eq!(outcome(l), "accepted", "{l}");
+        if *row == 4 {
+            assert_eq!(l["attempts"], 2, "sent twice: {l}");
+            assert_eq!(l["possibly_duplicated"], true, "{l}");
+        } else {
+            assert_eq!(l["attempts"], 1, "{l}");
+        }
+    }
+    let journal = rusqlite::Connection::open(camp.dir.join("journal.sqlite")).unwrap();
+    let attempts: i64 = journal
+        .query_row("SELECT attempts FROM outcomes WHERE row = 4", [], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    assert_eq!(attempts, 2, "the journal's outcome of row 4");
+    assert_eq!(rx.stats().accepted, 10);
     camp.done();
 }
 

@@ -346,6 +346,7 @@ fn handle(
             node.deferral_streak.store(0, Ordering::Relaxed);
             node.error_streak.store(0, Ordering::Relaxed);
             job.attempts += 1;
+            job.charged += 1;
             let status = if verdict == Verdict::Accepted {
                 inc(&node.counters.accepted);
                 Status::Accepted
@@ -359,6 +360,7 @@ fn handle(
             node.error_streak.store(0, Ordering::Relaxed);
             inc(&node.counters.deferred);
             job.attempts += 1;
+            job.charged += 1;
             job.first_attempt.get_or_insert(now);
             if !node.fallback {
                 job.primary_deferrals += 1;
@@ -379,6 +381,8 @@ fn handle(
         }
         Verdict::Requeue { after_data } => {
             inc(&node.counters.errors);
+            // A try (the delivery log counts it), but not one the retry policy charges.
+            job.attempts += 1;
             job.requeues += 1;
             if after_data && !job.possibly_duplicated {
                 job.possibly_duplicated = true;
@@ -397,7 +401,7 @@ fn handle(
             }
             if job.requeues.is_multiple_of(REQUEUES_PER_ATTEMPT) {
                 // This message keeps breaking connections: charge it an attempt.
-                job.attempts += 1;
+                job.charged += 1;
                 job.first_attempt.get_or_insert(now);
                 shared.defer(job, &node.name, None);
             } else {

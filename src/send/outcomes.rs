@@ -166,9 +166,11 @@ impl OutcomeSink {
         if let Some(j) = &self.journal
             && j.was_unconfirmed(job.msg.row)
         {
-            // A crashed session may have had it in flight: the relay may already have it.
+            // A crashed session may have had it in flight: the relay may already have it. That
+            // session's try counts too (as one: how often it tried is not known).
             self.resumed_duplicates.fetch_add(1, Ordering::Relaxed);
             job.possibly_duplicated = true;
+            job.attempts += 1;
         }
         match status {
             Status::Accepted => inc(&self.counters.accepted),

@@ -8,7 +8,7 @@
 //! with the DATA body scanner; this file holds the options, the listener and the socket loop
 //! around it, which stays dumb. The test behaviours live apart, in `script`: a [`Script`] in
 //! [`ReceiverOptions::script`] turns on the scripted local-part prefixes (`tempfail+`,
-//! `permfail+`, `datatemp+`, `datafail+`, `drop+`, `slow+`), `reply_all` and the tarpit. The
+//! `permfail+`, `datatemp+`, `datafail+`, `drop+`, `dropfirst+`, `slow+`), `reply_all` and the tarpit. The
 //! default is none, which is what the sink runs with; tests and the demo's embedded node opt in
 //! ([`ReceiverOptions::scripted`]).
 //!
@@ -28,6 +28,7 @@ mod script;
 
 pub use script::Script;
 
+use std::collections::HashSet;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -241,6 +242,8 @@ struct Shared {
     /// Every `max_connections` slot is taken (set by the accept loop; see `busy_timeout`).
     busy: watch::Sender<bool>,
     per_ip: Arc<PerIp>,
+    /// `dropfirst+` addresses whose first transaction was dropped (scripted receivers only).
+    dropped: Mutex<HashSet<String>>,
 }
 
 impl Shared {
@@ -263,6 +266,7 @@ impl Shared {
             ehlo,
             ehlo_with_starttls,
             busy: watch::Sender::new(false),
+            dropped: Mutex::new(HashSet::new()),
         }
     }
 
@@ -273,6 +277,16 @@ impl Shared {
 
     fn count(&self, counter: impl Fn(&Counters) -> &AtomicU64, n: u64) {
         counter(&self.counters).fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// `dropfirst+`: true the first time one of `rcpts` (case-insensitive) ends a transaction.
+    fn first_drop(&self, rcpts: &[String]) -> bool {
+        let mut dropped = self.dropped.lock().unwrap_or_else(|e| e.into_inner());
+        let mut first = false;
+        for r in rcpts {
+            first |= dropped.insert(r.to_ascii_lowercase());
+        }
+        first
     }
 
     /// The test behaviours, if this receiver runs with any.

@@ -22,7 +22,7 @@ pub(super) enum Step {
     Slow,
     /// Flush and close (QUIT, 421).
     Close,
-    /// Close without replying (`drop+`).
+    /// Close without replying (`drop+`, `dropfirst+`).
     Drop,
     /// Flush the 220, then run the TLS handshake.
     StartTls,
@@ -250,6 +250,9 @@ impl Protocol {
     }
 
     fn end_of_data(&mut self) -> Step {
+        if self.tx.marks.drop_first && self.shared.first_drop(&self.tx.rcpts) {
+            return Step::Drop;
+        }
         if self.tx.marks.slow {
             return Step::Slow;
         }
