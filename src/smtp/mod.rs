@@ -21,8 +21,8 @@
 //!
 //! Layout: `reply` parses server replies, `settings` holds per-node
 //! configuration (including the rustls config, built once), `tls` builds
-//! that config, `stream` buffers a plain or TLS socket, and `client` is
-//! the [`Connection`] state machine. `receiver` (the server) shares no code with them.
+//! that config, `stream` buffers a plain or TLS socket, `wire` writes command lines and the
+//! dot-stuffed body, and `client` is the [`Connection`] state machine. `receiver` (the server) shares no code with them.
 //!
 //! `smtp` uses no other module of the crate: it sits at the bottom of the graph.
 
@@ -33,6 +33,7 @@ mod reply;
 mod settings;
 mod stream;
 mod tls;
+mod wire;
 
 pub use client::{Capabilities, Connection, Delivery, Stage};
 pub use reply::{EnhancedStatus, Reply, ReplyError};
