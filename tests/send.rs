@@ -99,6 +99,7 @@ struct Cfg {
     connect_timeout: &'static str,
     command_timeout: &'static str,
     data_timeout: &'static str,
+    max_age: &'static str,
     nodes: Vec<NodeCfg>,
 }
 
@@ -114,6 +115,7 @@ impl Cfg {
             connect_timeout: "500ms",
             command_timeout: "2s",
             data_timeout: "5s",
+            max_age: "1h",
             nodes,
         }
     }
@@ -170,7 +172,7 @@ render_threads = {}"#,
 attempts = {}
 backoff = "50ms"
 max_backoff = "200ms"
-max_age = "1h"
+max_age = "{}"
 fallback_after = {}
 all_nodes_down = "30s"
 
@@ -186,6 +188,7 @@ delivery_log = "delivery.jsonl"
 rejects = "rejects.csv"
 journal = "journal.sqlite""#,
             cfg.attempts,
+            cfg.max_age,
             cfg.fallback_after,
             cfg.connect_timeout,
             cfg.command_timeout,
@@ -923,6 +926,52 @@ fn a_resend_after_a_lost_connection_counts_both_sends() {
         .unwrap();
     assert_eq!(attempts, 2, "the journal's outcome of row 4");
     assert_eq!(rx.stats().accepted, 10);
+    camp.done();
+}
+
+/// Issue 13: a relay trickling its replies a byte at a time took 100 s over one message
+/// although `max_age` was 30 s. The recipient's age bounds its transaction: here each reply
+/// stays within `command_timeout` (MAIL, RCPT and DATA's replies take 3.25 s at 50 ms a byte,
+/// the final one 2.1 s more), but `max_age = "2s"` cuts the transaction at 2 s: expired, in
+/// about 2 s, not accepted after 5.
+#[test]
+fn max_age_bounds_a_transaction_in_flight() {
+    init();
+    let rt = runtime();
+    let rx = receiver(
+        &rt,
+        ReceiverOptions {
+            script: Some(Script {
+                trickle: Some(Duration::from_millis(50)),
+                ..Script::default()
+            }),
+            ..Default::default()
+        },
+    );
+    let cfg = Cfg {
+        command_timeout: "2s",
+        data_timeout: "3s",
+        max_age: "2s",
+        ..Cfg::new(vec![node("trickle", rx.addr().port())])
+    };
+    let camp = Camp::write("trickle", &cfg, &addrs("user", 3), &[]);
+    let running = camp.spawn();
+    let report = running.wait(RUN_LIMIT);
+    eprintln!("{}", cli::summary(&report));
+    check_report(&report, &camp);
+    assert_eq!(report.expired, 3, "{}", cli::summary(&report));
+    assert!(
+        report.duration < Duration::from_secs(4),
+        "{}",
+        cli::summary(&report)
+    );
+    for l in camp.log().values() {
+        assert_eq!(outcome(l), "expired", "{l}");
+        assert_eq!(l["attempts"], 1, "{l}");
+        let text = l["text"].as_str().unwrap_or_default();
+        assert!(text.contains("deadline"), "{l}");
+    }
+    assert_eq!(rx.stats().accepted, 0);
     camp.done();
 }
 

@@ -274,6 +274,90 @@ async fn tarpit_hits_connect_timeout() {
     .await
 }
 
+/// A receiver that writes its transaction replies a byte every 50 ms: MAIL, RCPT and DATA's
+/// (14 + 14 + 37 bytes, one pipelined write) take 3.25 s, the reply to the final dot (42 bytes)
+/// 2.1 s; every one within its own step limit below.
+async fn trickling() -> ReceiverHandle {
+    receiver(ReceiverOptions {
+        script: Some(Script {
+            trickle: Some(Duration::from_millis(50)),
+            ..Script::default()
+        }),
+        ..Default::default()
+    })
+    .await
+}
+
+/// Issue 13: a relay trickling its replies a byte at a time kept every read within its limit
+/// and took 100 s over one message. The whole transaction is bounded by `command_timeout +
+/// data_timeout` (here 4.5 s, against the 5.35 s the trickle needs): `Deadline`, after the dot,
+/// the connection dropped.
+#[tokio::test]
+async fn a_trickling_relay_cannot_stretch_a_transaction_past_its_limit() {
+    bounded(async {
+        let rx = trickling().await;
+        let s = ClientSettings::builder("client.test")
+            .command_timeout(Duration::from_secs(2))
+            .data_timeout(Duration::from_millis(2500))
+            .build()
+            .unwrap();
+        let mut conn = Connection::connect(rx.addr(), s).await.unwrap();
+        assert!(conn.pipelining());
+        let started = Instant::now();
+        let result = conn.send(FROM, "a@rcpt.test", &message(0)).await;
+        let took = started.elapsed();
+        assert!(
+            matches!(
+                result,
+                Err(SmtpError::Deadline {
+                    after_data: true,
+                    ..
+                })
+            ),
+            "{result:?} after {took:?}"
+        );
+        assert!(
+            took >= Duration::from_millis(4400) && took < Duration::from_millis(5200),
+            "{took:?}"
+        );
+        assert_eq!(classify(&result), Verdict::Deferred);
+        assert!(!conn.is_usable());
+        rx.shutdown().await;
+    })
+    .await
+}
+
+/// The caller's deadline (the recipient's remaining `max_age`) cuts a transaction sooner.
+#[tokio::test]
+async fn a_transaction_ends_by_the_callers_deadline() {
+    bounded(async {
+        let rx = trickling().await;
+        let mut conn = Connection::connect(rx.addr(), settings(true))
+            .await
+            .unwrap();
+        let started = Instant::now();
+        let deadline = started + Duration::from_secs(1);
+        let result = conn
+            .send_until(FROM, "a@rcpt.test", &message(0), Some(deadline))
+            .await;
+        let took = started.elapsed();
+        assert!(
+            matches!(
+                result,
+                Err(SmtpError::Deadline {
+                    after_data: false,
+                    ..
+                })
+            ),
+            "{result:?} after {took:?}"
+        );
+        assert!(took < Duration::from_millis(1500), "{took:?}");
+        assert!(!conn.is_usable());
+        rx.shutdown().await;
+    })
+    .await
+}
+
 #[tokio::test]
 async fn drop_during_body() {
     bounded(async {

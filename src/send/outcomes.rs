@@ -119,6 +119,19 @@ impl OutcomeSink {
         self.record(job, status, node, delivery, None, true);
     }
 
+    /// [`OutcomeSink::finish`] with a reason for when no reply says why (the text of an
+    /// expiry after a transaction past its deadline).
+    pub fn finish_why(
+        &self,
+        job: Job,
+        status: Status,
+        node: &Arc<str>,
+        delivery: Option<Delivery>,
+        reason: Option<String>,
+    ) {
+        self.record(job, status, node, delivery, reason, true);
+    }
+
     /// A row whose message could not be rendered (from a render thread): final `failed`, node
     /// `render`, the template error as its reason; not added to the suppression list.
     pub fn fail_unrendered(&self, u: Unrendered) {

@@ -7,7 +7,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::net::TcpStream;
 use tokio::time::timeout;
@@ -101,6 +101,8 @@ pub struct Connection {
     usable: bool,
     /// The final "." of the current message has been written.
     dot_sent: bool,
+    /// When the running transaction must be over (see [`Connection::send_until`]).
+    deadline: Option<Instant>,
     transactions: u64,
 }
 
@@ -166,6 +168,7 @@ impl Connection {
             pipelining: false,
             usable: true,
             dot_sent: false,
+            deadline: None,
             transactions: 0,
         };
         let n = conn.next_reply_len().await?;
@@ -189,6 +192,23 @@ impl Connection {
         rcpt: &str,
         message: &[u8],
     ) -> Result<Delivery, SmtpError> {
+        self.send_until(mail_from, rcpt, message, None).await
+    }
+
+    /// [`send`](Self::send), the whole transaction bounded: besides each step's own limit
+    /// (`command_timeout` per command reply, `data_timeout` for the body and its reply), all of
+    /// it — commands, body, final reply, RSET — must end within `command_timeout +
+    /// data_timeout` of its start, and by `deadline` if that comes first (the caller's: the
+    /// recipient's `max_age`). A server that trickles its replies a byte at a time cannot
+    /// stretch a transaction past it. When it is hit the result is
+    /// [`SmtpError::Deadline`] and the connection is no longer usable.
+    pub async fn send_until(
+        &mut self,
+        mail_from: &str,
+        rcpt: &str,
+        message: &[u8],
+        deadline: Option<Instant>,
+    ) -> Result<Delivery, SmtpError> {
         check_address(mail_from, true)?;
         check_address(rcpt, false)?;
         if !self.usable {
@@ -196,7 +216,10 @@ impl Connection {
         }
         self.dot_sent = false;
         self.transactions += 1;
+        let limit = Instant::now() + self.settings.command_timeout + self.settings.data_timeout;
+        self.deadline = Some(deadline.map_or(limit, |d| d.min(limit)));
         let result = self.transaction(mail_from, rcpt, message).await;
+        self.deadline = None;
         match &result {
             Err(_) => self.usable = false,
             Ok(d) if d.reply.code == 421 => self.usable = false,
@@ -519,14 +542,45 @@ impl Connection {
     }
 
     async fn write(&mut self, limit: Duration, waiting_for: &'static str) -> Result<(), SmtpError> {
-        let after_data = self.dot_sent;
+        let (limit, cut) = self.step_limit(limit);
         match timeout(limit, self.stream.write_all(&self.wbuf)).await {
             Ok(Ok(())) => Ok(()),
-            Ok(Err(cause)) => Err(SmtpError::Io { cause, after_data }),
-            Err(_) => Err(SmtpError::Timeout {
+            Ok(Err(cause)) => Err(SmtpError::Io {
+                cause,
+                after_data: self.dot_sent,
+            }),
+            Err(_) => Err(self.timed_out(waiting_for, cut)),
+        }
+    }
+
+    /// How long a step may take: `limit`, or what is left before the transaction's deadline
+    /// if that is less (then `true`: running out is the deadline's doing).
+    fn step_limit(&self, limit: Duration) -> (Duration, bool) {
+        match self.deadline {
+            Some(d) => {
+                let left = d.saturating_duration_since(Instant::now());
+                if left < limit {
+                    (left, true)
+                } else {
+                    (limit, false)
+                }
+            }
+            None => (limit, false),
+        }
+    }
+
+    fn timed_out(&self, waiting_for: &'static str, deadline: bool) -> SmtpError {
+        let after_data = self.dot_sent;
+        if deadline {
+            SmtpError::Deadline {
                 waiting_for,
                 after_data,
-            }),
+            }
+        } else {
+            SmtpError::Timeout {
+                waiting_for,
+                after_data,
+            }
         }
     }
 
@@ -545,13 +599,10 @@ impl Connection {
         limit: Duration,
         waiting_for: &'static str,
     ) -> Result<usize, SmtpError> {
-        let after_data = self.dot_sent;
+        let (limit, cut) = self.step_limit(limit);
         match timeout(limit, self.next_reply_len()).await {
             Ok(result) => result,
-            Err(_) => Err(SmtpError::Timeout {
-                waiting_for,
-                after_data,
-            }),
+            Err(_) => Err(self.timed_out(waiting_for, cut)),
         }
     }
 

@@ -57,6 +57,13 @@ pub enum SmtpError {
         waiting_for: &'static str,
         after_data: bool,
     },
+    /// The whole transaction ran out of time (see [`Connection::send_until`]): its own limit
+    /// (`command_timeout + data_timeout`) or the caller's deadline (the recipient's `max_age`).
+    #[error("transaction deadline reached waiting for {waiting_for}; connection dropped")]
+    Deadline {
+        waiting_for: &'static str,
+        after_data: bool,
+    },
     #[error("I/O error: {cause}")]
     Io { cause: io::Error, after_data: bool },
     #[error("server closed the connection")]
@@ -107,6 +114,7 @@ impl SmtpError {
     pub fn after_data(&self) -> bool {
         match self {
             SmtpError::Timeout { after_data, .. }
+            | SmtpError::Deadline { after_data, .. }
             | SmtpError::Io { after_data, .. }
             | SmtpError::Closed { after_data }
             | SmtpError::Malformed { after_data, .. } => *after_data,

@@ -71,7 +71,10 @@ pub struct ClientSettings {
     pub connect_timeout: Duration,
     /// Each reply to a command, and each command write.
     pub command_timeout: Duration,
-    /// Writing the body and the reply after the final ".".
+    /// Writing the body and the reply after the final ".". A whole transaction ends within
+    /// `command_timeout + data_timeout` (see [`Connection::send_until`]).
+    ///
+    /// [`Connection::send_until`]: super::Connection::send_until
     pub data_timeout: Duration,
     /// Use PIPELINING when the server advertises it.
     pub pipelining: bool,

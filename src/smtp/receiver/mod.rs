@@ -8,7 +8,8 @@
 //! with the DATA body scanner; this file holds the options, the listener and the socket loop
 //! around it, which stays dumb. The test behaviours live apart, in `script`: a [`Script`] in
 //! [`ReceiverOptions::script`] turns on the scripted local-part prefixes (`tempfail+`,
-//! `permfail+`, `datatemp+`, `datafail+`, `drop+`, `dropfirst+`, `slow+`), `reply_all` and the tarpit. The
+//! `permfail+`, `datatemp+`, `datafail+`, `drop+`, `dropfirst+`, `slow+`), `reply_all`, the
+//! tarpit and trickled replies. The
 //! default is none, which is what the sink runs with; tests and the demo's embedded node opt in
 //! ([`ReceiverOptions::scripted`]).
 //!
@@ -395,6 +396,7 @@ async fn run_session(stream: Stream, shared: Arc<Shared>) -> io::Result<()> {
     let tls = shared.opts.tls.clone();
     // Only a script marks a transaction slow (`slow+`).
     let slow_delay = shared.script().map_or(Duration::ZERO, |s| s.slow_delay);
+    let trickle = shared.script().and_then(|s| s.trickle);
     let mut s = Session {
         clock: Clock::new(&shared.opts, Instant::now()),
         busy: shared.busy.subscribe(),
@@ -415,7 +417,10 @@ async fn run_session(stream: Stream, shared: Arc<Shared>) -> io::Result<()> {
         match step {
             Step::NeedInput => {
                 if !proto.out.is_empty() {
-                    s.write(&proto.out).await?;
+                    match trickle.filter(|_| proto.mailed()) {
+                        Some(gap) => s.trickle(&proto.out, gap).await?,
+                        None => s.write(&proto.out).await?,
+                    }
                     proto.out.clear();
                 }
                 if !s.read().await? {
@@ -495,6 +500,15 @@ impl Session {
                 format!("client not reading; cut at the {cut:?} limit"),
             )),
         }
+    }
+
+    /// Writes replies a byte at a time, `gap` apart ([`Script::trickle`]).
+    async fn trickle(&mut self, bytes: &[u8], gap: Duration) -> io::Result<()> {
+        for b in bytes {
+            self.write(std::slice::from_ref(b)).await?;
+            tokio::time::sleep(gap).await;
+        }
+        Ok(())
     }
 
     /// Reads more input after the unconsumed rest. False: the client closed, or a limit ended

@@ -87,6 +87,8 @@ pub(super) struct Protocol {
     lines: u64,
     /// 5xx replies to commands since the last 2xx/3xx (see `ReceiverOptions::max_errors`).
     errors: u32,
+    /// A MAIL command was read in this session.
+    mailed: bool,
 }
 
 impl Protocol {
@@ -101,12 +103,18 @@ impl Protocol {
             tls_active: false,
             lines: 0,
             errors: 0,
+            mailed: false,
         }
     }
 
     /// Complete command lines read so far.
     pub(super) fn lines(&self) -> u64 {
         self.lines
+    }
+
+    /// A MAIL command was read in this session (for [`Script::trickle`](super::Script)).
+    pub(super) fn mailed(&self) -> bool {
+        self.mailed
     }
 
     /// Skipping the rest of an over-long command line (its bytes are consumed, not buffered).
@@ -386,6 +394,7 @@ impl Protocol {
     }
 
     fn mail(&mut self, arg: &[u8]) -> Step {
+        self.mailed = true;
         match self.phase {
             Phase::Connected => {
                 self.reply(b"503 5.5.1 Send EHLO/HELO first\r\n");

@@ -11,6 +11,7 @@
 //!   prefixes are not looked at.
 //! - [`Script::reply_all`]: every MAIL gets one reply (a 421 closes the connection).
 //! - [`Script::tarpit`]: connections are accepted and never greeted.
+//! - [`Script::trickle`]: from a session's first MAIL on, replies go out a byte at a time.
 //!
 //! [`ReceiverOptions::script`]: super::ReceiverOptions::script
 
@@ -28,15 +29,19 @@ pub struct Script {
     pub reply_all: Option<(u16, String)>,
     /// Accept TCP but never greet, to exercise client timeouts.
     pub tarpit: bool,
+    /// Write every reply from the session's first MAIL on a byte at a time, this long between
+    /// bytes: a relay that keeps each read alive but makes a transaction last for ever.
+    pub trickle: Option<Duration>,
 }
 
 impl Default for Script {
-    /// Scripted recipients on, `slow+` waiting a second, no `reply_all`, no tarpit.
+    /// Scripted recipients on, `slow+` waiting a second, no `reply_all`, no tarpit, no trickle.
     fn default() -> Script {
         Script {
             slow_delay: Duration::from_secs(1),
             reply_all: None,
             tarpit: false,
+            trickle: None,
         }
     }
 }
