@@ -638,6 +638,60 @@ async fn a_reply_before_the_body_is_a_deferral_and_retires_the_connection() {
     .await
 }
 
+/// Issue 13: a relay that sends `354`, then in a later segment, a moment after, `250 queued
+/// early` while the body is still going out, had that reply taken for the reply to the final
+/// dot. The server here answers 354, flushes, sleeps 50 ms, sends the early 250, and only then
+/// reads: with its receive buffer small and the body (8 MB) larger than the client's send
+/// buffer can hold (≤ 4 MB), the body is still being written when the 250 arrives, so the
+/// client's look before the dot must see it. Nothing is delivered: no dot is written.
+#[tokio::test]
+async fn a_reply_in_a_later_segment_before_the_dot_is_caught() {
+    bounded(async {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_recv_buffer_size(16 * 1024).unwrap();
+        socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let addr = socket.local_addr().unwrap();
+        let listener = socket.listen(4).unwrap();
+        let server = tokio::spawn(async move {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let mut io = BufReader::new(tcp);
+            io.get_mut().write_all(b"220 early\r\n").await.unwrap();
+            let mut line = String::new();
+            io.read_line(&mut line).await.unwrap();
+            let ehlo = b"250-early\r\n250 PIPELINING\r\n";
+            io.get_mut().write_all(ehlo).await.unwrap();
+            for expect in ["MAIL FROM:<a@b.test>", "RCPT TO:<c@d.test>", "DATA"] {
+                line.clear();
+                io.read_line(&mut line).await.unwrap();
+                assert_eq!(line.trim_end(), expect);
+            }
+            let replies = b"250 ok\r\n250 ok\r\n354 go\r\n";
+            io.get_mut().write_all(replies).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            let early = b"250 2.0.0 queued early\r\n";
+            io.get_mut().write_all(early).await.unwrap();
+            // Now read whatever comes, to the end: did the body end with its dot?
+            let mut got = Vec::new();
+            let _ = tokio::io::AsyncReadExt::read_to_end(&mut io, &mut got).await;
+            (got.len(), got.ends_with(b"\r\n.\r\n"))
+        });
+        let mut conn = Connection::connect(addr, settings(true)).await.unwrap();
+        let body = "x".repeat(998) + "\r\n";
+        let message = body.repeat(8 * 1024 * 1024 / body.len());
+        let result = conn.send("a@b.test", "c@d.test", message.as_bytes()).await;
+        assert!(
+            matches!(result, Err(SmtpError::ReplyBeforeBody { bytes: 24 })),
+            "{result:?}"
+        );
+        assert_eq!(classify(&result), Verdict::Deferred);
+        assert!(!conn.is_usable());
+        drop(conn);
+        let (bytes, dot) = server.await.unwrap();
+        assert!(!dot, "the final dot went out ({bytes} body bytes read)");
+    })
+    .await
+}
+
 #[tokio::test]
 async fn auth_plain_preferred_login_as_fallback() {
     bounded(async {

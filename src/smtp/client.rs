@@ -5,8 +5,10 @@
 //! is `Ok(Delivery)` so the caller can classify it; only transport trouble
 //! (I/O, timeout, EOF, garbage) is `Err`, and then the connection is dead.
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use tokio::net::TcpStream;
@@ -19,6 +21,12 @@ use super::reply::{self, Reply};
 use super::settings::{ClientSettings, Credentials, TlsMode};
 use super::stream::{ReadBuf, Stream};
 use super::wire::{check_address, push_decimal, push_rcpt, stuff_body};
+
+/// A stuffed body longer than this is written in two parts, the final dot apart, with a look
+/// for an early reply in between (see `Connection::nothing_after_354`). A shorter one goes out
+/// in one write, dot included: it takes microseconds, so a second look would cost a system
+/// call per message and seldom see anything the first did not.
+const SPLIT_DOT_OVER: usize = 64 * 1024;
 
 /// Where a transaction ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -315,7 +323,7 @@ impl Connection {
                     return Ok(failed);
                 }
                 if data_code == 354 {
-                    if self.nothing_after_354().is_err() {
+                    if self.nothing_after_354().await.is_err() {
                         // Out of step: the outcome stands, the connection goes.
                         self.usable = false;
                         return Ok(failed);
@@ -367,11 +375,26 @@ impl Connection {
             }
         }
 
-        self.nothing_after_354()?;
+        self.body(message).await
+    }
+
+    /// Writes the body after a 354 and reads the reply to its final dot.
+    async fn body(&mut self, message: &[u8]) -> Result<Delivery, SmtpError> {
+        self.nothing_after_354().await?;
         self.wbuf.clear();
         stuff_body(message, &mut self.wbuf);
         let dt = self.settings.data_timeout;
-        self.write(dt, "message body write").await?;
+        if self.wbuf.len() > SPLIT_DOT_OVER {
+            // A long body takes a while to write, and a reply the server sends meanwhile would
+            // be taken for the reply to the dot: look again before the dot goes out.
+            let dot = self.wbuf.len() - b".\r\n".len();
+            self.write_part(dt, 0..dot, "message body write").await?;
+            self.nothing_after_354().await?;
+            self.write_part(dt, dot..self.wbuf.len(), "final dot write")
+                .await?;
+        } else {
+            self.write(dt, "message body write").await?;
+        }
         self.dot_sent = true;
         let reply = self.read_reply(dt, "reply to end of data").await?;
         if reply.code == 421 {
@@ -386,10 +409,35 @@ impl Connection {
         })
     }
 
-    /// After a 354 the server waits for the body: any byte already received is a reply to a body
-    /// not yet sent, which would be taken for the reply to the final dot. Refused like plaintext
-    /// queued behind STARTTLS's 220 (see `start_tls`).
-    fn nothing_after_354(&self) -> Result<(), SmtpError> {
+    /// After a 354 the server waits for the body: any byte received before the final dot is a
+    /// reply to a body not yet (wholly) sent, which would be taken for the reply to the dot.
+    /// Refused like plaintext queued behind STARTTLS's 220 (see `start_tls`).
+    ///
+    /// Besides what is buffered (a reply in the 354's own segment), this looks once at the
+    /// socket without waiting, so a reply in a later segment that has already arrived is seen
+    /// too: before the body, and, for a long body (see [`SPLIT_DOT_OVER`]), again before its
+    /// final dot, which catches a relay that answers right after its 354 while the body is
+    /// still going out. It cannot close the race: a reply that arrives after the last look,
+    /// while the rest is being written, is still read as the reply to the dot.
+    async fn nothing_after_354(&mut self) -> Result<(), SmtpError> {
+        if self.rbuf.data().is_empty() {
+            let polled = {
+                let mut read = std::pin::pin!(self.rbuf.fill(&mut self.stream));
+                // One poll in this task's context: ready data is read, nothing is waited for
+                // (`fill` is cancel-safe).
+                std::future::poll_fn(|cx| Poll::Ready(read.as_mut().poll(cx))).await
+            };
+            match polled {
+                Poll::Pending | Poll::Ready(Ok(1..)) => {}
+                Poll::Ready(Ok(0)) => return Err(SmtpError::Closed { after_data: false }),
+                Poll::Ready(Err(cause)) => {
+                    return Err(SmtpError::Io {
+                        cause,
+                        after_data: false,
+                    });
+                }
+            }
+        }
         match self.rbuf.data().len() {
             0 => Ok(()),
             bytes => Err(SmtpError::ReplyBeforeBody { bytes }),
@@ -542,8 +590,19 @@ impl Connection {
     }
 
     async fn write(&mut self, limit: Duration, waiting_for: &'static str) -> Result<(), SmtpError> {
+        self.write_part(limit, 0..self.wbuf.len(), waiting_for)
+            .await
+    }
+
+    /// Writes `wbuf[part]`.
+    async fn write_part(
+        &mut self,
+        limit: Duration,
+        part: std::ops::Range<usize>,
+        waiting_for: &'static str,
+    ) -> Result<(), SmtpError> {
         let (limit, cut) = self.step_limit(limit);
-        match timeout(limit, self.stream.write_all(&self.wbuf)).await {
+        match timeout(limit, self.stream.write_all(&self.wbuf[part])).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(cause)) => Err(SmtpError::Io {
                 cause,

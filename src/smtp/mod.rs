@@ -80,11 +80,12 @@ pub enum SmtpError {
     StartTls(Reply),
     #[error("server sent data after its STARTTLS reply (possible injection)")]
     StartTlsInjection,
-    /// Bytes after the server's 354, before the body was written: a reply to a body that was
-    /// never sent (e.g. `354 go` and `250 queued` in one write). Nothing was delivered and the
-    /// dialogue is out of step, so the connection is dropped; the recipient is deferred.
+    /// Bytes after the server's 354, before the body's final dot was written: a reply to a body
+    /// that was never (wholly) sent (e.g. `354 go` and `250 queued` in one write, or the `250`
+    /// a moment later). Nothing was delivered and the dialogue is out of step, so the
+    /// connection is dropped; the recipient is deferred.
     #[error(
-        "server sent {bytes} bytes after its 354 reply, before the message body was written \
+        "server sent {bytes} bytes after its 354 reply, before the message body was complete \
          (protocol violation): nothing delivered, connection dropped"
     )]
     ReplyBeforeBody { bytes: usize },
