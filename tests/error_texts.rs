@@ -62,7 +62,7 @@ fn samples() -> Vec<Box<dyn Error>> {
     vec![
         Box::new(CampaignError::Read {
             path: path(),
-            cause: io_error(),
+            cause: blast::private::ReadProblem::Io(io_error()),
         }),
         Box::new(journal_sql()),
         Box::new(JournalError::Io {

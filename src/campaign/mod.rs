@@ -87,10 +87,12 @@ impl fmt::Display for Problem {
 
 #[derive(Debug, thiserror::Error)]
 pub enum CampaignError {
-    #[error("cannot read campaign file {path}: {cause}")]
+    /// Not read: missing, unreadable, a directory or device, larger than
+    /// [`MAX_INPUT_FILE`](crate::private::MAX_INPUT_FILE), not UTF-8.
+    #[error("campaign file {path} {cause}")]
     Read {
         path: PathBuf,
-        cause: std::io::Error,
+        cause: crate::private::ReadProblem,
     },
     #[error("{}", Problems(.0))]
     Invalid(Vec<Problem>),
@@ -104,7 +106,10 @@ impl CampaignError {
                 file: path.clone(),
                 line: 1,
                 column: 1,
-                message: format!("cannot read: {cause}"),
+                message: match cause {
+                    crate::private::ReadProblem::Io(e) => format!("cannot read: {e}"),
+                    _ => format!("the campaign file {cause}"),
+                },
             }],
             CampaignError::Invalid(p) => p.clone(),
         }

@@ -244,4 +244,21 @@ mod tests {
             .build();
         assert!(matches!(r, Err(SmtpError::TlsConfig(_))));
     }
+
+    #[test]
+    fn a_ca_file_that_is_no_file_is_refused_unread() {
+        for (path, what) in [
+            ("/", "CA file / is a directory, not a file"),
+            ("/dev/zero", "CA file /dev/zero is not a regular file"),
+        ] {
+            let r = ClientSettings::builder("me")
+                .tls(TlsMode::Tls, "relay.example")
+                .ca_file(path)
+                .build();
+            match r {
+                Err(SmtpError::TlsConfig(m)) => assert_eq!(m, what),
+                other => panic!("{path}: {other:?}"),
+            }
+        }
+    }
 }
