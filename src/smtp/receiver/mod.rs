@@ -83,8 +83,9 @@ pub struct ReceiverOptions {
     /// Longest time from a command line's first byte to its end.
     pub line_timeout: Duration,
     /// While every `max_connections` slot is taken: the longest time from the previous reply to
-    /// the end of the next command line, so that idle and trickling sessions make room for the
-    /// clients waiting in the backlog. None: no such mode.
+    /// the end of the next command line, and inside DATA the longest time to receive 1 KB more
+    /// of the message, so that idle and trickling sessions make room for the clients waiting
+    /// in the backlog. None: no such mode.
     pub busy_timeout: Option<Duration>,
     /// Longest session, from the accept; a DATA phase under way at the limit may finish (it has
     /// `data_timeout`), then `421`. None: unbounded.
@@ -404,6 +405,7 @@ async fn run_session(stream: Stream, shared: Arc<Shared>) -> io::Result<()> {
         buf: vec![0u8; READ_BUF],
         start: 0,
         end: 0,
+        received: 0,
     };
     let mut proto = Protocol::new(shared, tls.is_some());
     proto.greet();
@@ -412,8 +414,9 @@ async fn run_session(stream: Stream, shared: Arc<Shared>) -> io::Result<()> {
         s.start += used;
         let partial = s.start < s.end || proto.mid_line();
         let in_data = proto.phase == Phase::Data;
+        let lines = proto.lines();
         s.clock
-            .update(Instant::now(), in_data, partial, proto.lines());
+            .update(Instant::now(), in_data, partial, lines, s.received);
         match step {
             Step::NeedInput => {
                 if !proto.out.is_empty() {
@@ -474,6 +477,8 @@ struct Session {
     /// Unconsumed input is `buf[start..end]`.
     start: usize,
     end: usize,
+    /// Bytes read in the session (for the busy DATA rate, see `limits`).
+    received: u64,
 }
 
 /// What ended a wait for input.
@@ -531,6 +536,7 @@ impl Session {
                 Wake::Read(n) => {
                     let n = n?;
                     self.end += n;
+                    self.received += n as u64;
                     return Ok(n > 0);
                 }
                 Wake::Limit => {
