@@ -1,5 +1,7 @@
 //! The `blast` command: parses arguments, runs a subcommand and maps the result to a documented
-//! exit code (see `cli::exit`). Errors are printed with their whole cause chain.
+//! exit code (see `cli::exit`). Errors are printed with their whole cause chain (`{:#}`), each
+//! cause once: a library error that prints its cause in its message keeps it in a field named
+//! `cause`, not as its `source()` (`tests/error_texts.rs` holds every `#[error]` to it).
 
 use std::process::ExitCode;
 

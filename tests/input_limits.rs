@@ -324,6 +324,59 @@ fn devices_and_directories_are_refused_at_check() {
     }
 }
 
+/// The campaign file itself, a DKIM key file and `[smtp] ca_file` are held to the same rule:
+/// `blast check /dev/zero` read for ever, a key file `/dev/zero` too, and a `ca_file` that is a
+/// directory "did not exist". Each is now refused at once, saying what the path is, and read
+/// through a bounded reader (1 MB) when it is a file.
+#[test]
+fn campaign_key_and_ca_paths_that_are_not_files_are_refused_at_check() {
+    let dir = Dir::new("inputs");
+    dir.write("list.csv", "email\na@example.com\n");
+    fs::create_dir(dir.path("certs")).unwrap();
+    let key = dir.campaign(
+        "text = \"Hi\"",
+        "list.csv",
+        "[dkim]\ndomain = \"example.com\"\nselector = \"s1\"\nkey_file = \"/dev/zero\"",
+    );
+    let key = fs::rename(&key, dir.path("key.toml")).map(|()| dir.path("key.toml"));
+    let ca = dir.campaign("text = \"Hi\"", "list.csv", "[smtp]\nca_file = \"certs\"");
+    let big = dir.write("big.toml", vec![b'#'; (1 << 20) + 1]);
+    let certs = dir.path("certs");
+    for (campaign, expected) in [
+        (
+            dir.0.clone(),
+            format!(
+                "{}:1:1: the campaign file is a directory, not a file",
+                dir.0.display()
+            ),
+        ),
+        (
+            PathBuf::from("/dev/zero"),
+            "/dev/zero:1:1: the campaign file is not a regular file (a device)".to_string(),
+        ),
+        (big, "the campaign file is larger than 1024 KB".to_string()),
+        (
+            key.unwrap(),
+            "dkim.key_file: /dev/zero is not a regular file (a device)".to_string(),
+        ),
+        (
+            ca,
+            format!("CA file {} is a directory, not a file", certs.display()),
+        ),
+    ] {
+        let started = Instant::now();
+        let (o, peak_kb) = run_watched(
+            Blast::new().args(["check".as_ref(), campaign.as_os_str()]),
+            Duration::from_secs(10),
+        );
+        let what = campaign.display();
+        assert_eq!(o.code(), 2, "{what}: {o:?}");
+        assert!(o.stderr().contains(&expected), "{what}: {}", o.stderr());
+        assert!(started.elapsed() < Duration::from_secs(5), "{what}");
+        assert!(peak_kb < 200 * 1024, "{what}: peak RSS {peak_kb} KB");
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Item 6: list field and record caps
 // ---------------------------------------------------------------------------------------------

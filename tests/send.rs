@@ -1,6 +1,6 @@
 //! The whole pump, in process: CSV → render → dispatch → nodes → SMTP → outcome → delivery log,
 //! against blast's embedded receiver scripted per recipient (`tempfail+`, `permfail+`,
-//! `datatemp+`, `datafail+`, `drop+`, `slow+`).
+//! `datatemp+`, `datafail+`, `drop+`, `dropfirst+`, `slow+`).
 //!
 //! Pattern: receivers run on a tokio runtime owned by the test (kept alive in a variable);
 //! `send::run` builds its own runtime, so it is called from a plain thread, never from async
@@ -99,6 +99,7 @@ struct Cfg {
     connect_timeout: &'static str,
     command_timeout: &'static str,
     data_timeout: &'static str,
+    max_age: &'static str,
     nodes: Vec<NodeCfg>,
 }
 
@@ -114,6 +115,7 @@ impl Cfg {
             connect_timeout: "500ms",
             command_timeout: "2s",
             data_timeout: "5s",
+            max_age: "1h",
             nodes,
         }
     }
@@ -170,7 +172,7 @@ render_threads = {}"#,
 attempts = {}
 backoff = "50ms"
 max_backoff = "200ms"
-max_age = "1h"
+max_age = "{}"
 fallback_after = {}
 all_nodes_down = "30s"
 
@@ -186,6 +188,7 @@ delivery_log = "delivery.jsonl"
 rejects = "rejects.csv"
 journal = "journal.sqlite""#,
             cfg.attempts,
+            cfg.max_age,
             cfg.fallback_after,
             cfg.connect_timeout,
             cfg.command_timeout,
@@ -853,8 +856,9 @@ fn dropped_connections_are_resent_then_expire() {
     for (row, l) in &log {
         if *row == 10 || *row == 41 {
             assert_eq!(outcome(l), "expired", "{l}");
-            // A lost connection is no attempt, but every 5th one is charged as one.
-            assert_eq!(l["attempts"], 2, "{l}");
+            // A lost connection is not charged as an attempt, but every 5th one is: 2 charged
+            // attempts took 10 sends, and the log counts every send.
+            assert_eq!(l["attempts"], 10, "{l}");
             assert_eq!(l.get("queue_id"), None, "{l}");
         } else {
             assert_eq!(outcome(l), "accepted", "{l}");
@@ -871,6 +875,103 @@ fn dropped_connections_are_resent_then_expire() {
     );
     assert_eq!(rx.stats().accepted, 58);
     assert_eq!(cli::exit_code(&report), cli::exit::SOME_FAILED);
+    camp.done();
+}
+
+/// Issue 13: a message whose connection was lost after the final dot (possibly delivered) and
+/// that was sent again said `attempts: 1` in the delivery log and the journal.
+#[test]
+fn a_resend_after_a_lost_connection_counts_both_sends() {
+    init();
+    let rt = runtime();
+    let rx = plain(&rt);
+    let mut rows = addrs("user", 10);
+    // The receiver closes without a reply once this one's final dot arrives, the first time.
+    rows[3] = "dropfirst+3@example.com".into();
+    let camp = Camp::write(
+        "dropfirst",
+        &Cfg::new(vec![node("n1", rx.addr().port())]),
+        &rows,
+        &[],
+    );
+    // The binary, for the journal too.
+    let summary = camp.dir.join("summary.json");
+    let o = Blast::new()
+        .args(["send", "--quiet"])
+        .arg(&camp.toml)
+        .arg("--summary-json")
+        .arg(&summary)
+        .env(SECRET_VAR, SECRET)
+        .timeout(RUN_LIMIT)
+        .output();
+    assert_eq!(o.code(), 0, "{o:?}");
+    let summary: Value = serde_json::from_slice(&std::fs::read(&summary).unwrap()).unwrap();
+    assert_eq!(summary["outcomes"]["accepted"], 10, "{summary}");
+    assert_eq!(summary["retries"]["requeues"], 1, "{summary}");
+    assert_eq!(summary["retries"]["possibly_duplicated"], 1, "{summary}");
+    for (row, l) in &camp.log() {
+        assert_eq!(outcome(l), "accepted", "{l}");
+        if *row == 4 {
+            assert_eq!(l["attempts"], 2, "sent twice: {l}");
+            assert_eq!(l["possibly_duplicated"], true, "{l}");
+        } else {
+            assert_eq!(l["attempts"], 1, "{l}");
+        }
+    }
+    let journal = rusqlite::Connection::open(camp.dir.join("journal.sqlite")).unwrap();
+    let attempts: i64 = journal
+        .query_row("SELECT attempts FROM outcomes WHERE row = 4", [], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    assert_eq!(attempts, 2, "the journal's outcome of row 4");
+    assert_eq!(rx.stats().accepted, 10);
+    camp.done();
+}
+
+/// Issue 13: a relay trickling its replies a byte at a time took 100 s over one message
+/// although `max_age` was 30 s. The recipient's age bounds its transaction: here each reply
+/// stays within `command_timeout` (MAIL, RCPT and DATA's replies take 3.25 s at 50 ms a byte,
+/// the final one 2.1 s more), but `max_age = "2s"` cuts the transaction at 2 s: expired, in
+/// about 2 s, not accepted after 5.
+#[test]
+fn max_age_bounds_a_transaction_in_flight() {
+    init();
+    let rt = runtime();
+    let rx = receiver(
+        &rt,
+        ReceiverOptions {
+            script: Some(Script {
+                trickle: Some(Duration::from_millis(50)),
+                ..Script::default()
+            }),
+            ..Default::default()
+        },
+    );
+    let cfg = Cfg {
+        command_timeout: "2s",
+        data_timeout: "3s",
+        max_age: "2s",
+        ..Cfg::new(vec![node("trickle", rx.addr().port())])
+    };
+    let camp = Camp::write("trickle", &cfg, &addrs("user", 3), &[]);
+    let running = camp.spawn();
+    let report = running.wait(RUN_LIMIT);
+    eprintln!("{}", cli::summary(&report));
+    check_report(&report, &camp);
+    assert_eq!(report.expired, 3, "{}", cli::summary(&report));
+    assert!(
+        report.duration < Duration::from_secs(4),
+        "{}",
+        cli::summary(&report)
+    );
+    for l in camp.log().values() {
+        assert_eq!(outcome(l), "expired", "{l}");
+        assert_eq!(l["attempts"], 1, "{l}");
+        let text = l["text"].as_str().unwrap_or_default();
+        assert!(text.contains("deadline"), "{l}");
+    }
+    assert_eq!(rx.stats().accepted, 0);
     camp.done();
 }
 

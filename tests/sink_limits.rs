@@ -1,6 +1,7 @@
 //! The sink's defences against clients that hold connections (issue 13, item 2): a command
 //! line must arrive whole within its limits however it is trickled, a session has a time limit,
 //! a client making error after error is dropped, one address cannot take every connection slot,
+//! a message trickled in while every slot is taken gives its slot up,
 //! and `blast sink` (the binary) still greets a real client under 64 trickling ones.
 
 mod common;
@@ -288,6 +289,64 @@ async fn when_every_slot_is_taken_idle_sessions_make_room() {
         r.is_empty() || r.starts_with("421 4.7.0 Server busy"),
         "an idle session: {r:?}"
     );
+    s.shutdown().await;
+}
+
+/// Issue 13: DATA was bounded only by `data_timeout` from the 354, so while every slot was
+/// taken a client trickling its body a byte at a time held its slot for the whole
+/// `data_timeout` (10 minutes by default). Busy, a message must come in at 1 KB per
+/// `busy_timeout` at least: two clients trickling their bodies (10 bytes a second) are cut with
+/// the busy 421, and a third client is greeted at once.
+#[tokio::test]
+async fn when_every_slot_is_taken_sessions_trickling_data_make_room() {
+    let s = sink(|o| {
+        o.max_connections = 2;
+        o.busy_timeout = Duration::from_millis(300);
+    })
+    .await;
+    let mut tricklers = Vec::new();
+    for _ in 0..2 {
+        let mut c = Client::connect(s.addr()).await;
+        assert!(c.reply().await.starts_with("220"));
+        assert!(c.cmd("EHLO mx.test").await.starts_with("250"));
+        assert!(c.cmd("MAIL FROM:<>").await.starts_with("250"));
+        assert!(c.cmd("RCPT TO:<b-x@bounce.test>").await.starts_with("250"));
+        assert!(c.cmd("DATA").await.starts_with("354"));
+        // The body, a byte every 100 ms, until the sink says something or closes.
+        tricklers.push(tokio::spawn(async move {
+            let started = Instant::now();
+            while started.elapsed() < Duration::from_secs(20) {
+                if c.w.write_all(b"x").await.is_err() {
+                    return (started.elapsed(), String::new());
+                }
+                let mut said = String::new();
+                if timeout(Duration::from_millis(100), c.r.read_line(&mut said))
+                    .await
+                    .is_ok()
+                {
+                    return (started.elapsed(), said);
+                }
+            }
+            (started.elapsed(), "never cut".to_string())
+        }));
+    }
+    let started = Instant::now();
+    let mut waiting = Client::connect(s.addr()).await;
+    let r = waiting.reply().await;
+    assert!(r.starts_with("220"), "{r:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "a waiting client got a slot only after {:?}",
+        started.elapsed()
+    );
+    for t in tricklers {
+        let (after, said) = t.await.unwrap();
+        assert!(
+            said.is_empty() || said.starts_with("421 4.7.0 Server busy"),
+            "a session trickling its body: {said:?} after {after:?}"
+        );
+        assert!(after < Duration::from_secs(3), "cut only after {after:?}");
+    }
     s.shutdown().await;
 }
 

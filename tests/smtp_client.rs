@@ -274,6 +274,90 @@ async fn tarpit_hits_connect_timeout() {
     .await
 }
 
+/// A receiver that writes its transaction replies a byte every 50 ms: MAIL, RCPT and DATA's
+/// (14 + 14 + 37 bytes, one pipelined write) take 3.25 s, the reply to the final dot (42 bytes)
+/// 2.1 s; every one within its own step limit below.
+async fn trickling() -> ReceiverHandle {
+    receiver(ReceiverOptions {
+        script: Some(Script {
+            trickle: Some(Duration::from_millis(50)),
+            ..Script::default()
+        }),
+        ..Default::default()
+    })
+    .await
+}
+
+/// Issue 13: a relay trickling its replies a byte at a time kept every read within its limit
+/// and took 100 s over one message. The whole transaction is bounded by `command_timeout +
+/// data_timeout` (here 4.5 s, against the 5.35 s the trickle needs): `Deadline`, after the dot,
+/// the connection dropped.
+#[tokio::test]
+async fn a_trickling_relay_cannot_stretch_a_transaction_past_its_limit() {
+    bounded(async {
+        let rx = trickling().await;
+        let s = ClientSettings::builder("client.test")
+            .command_timeout(Duration::from_secs(2))
+            .data_timeout(Duration::from_millis(2500))
+            .build()
+            .unwrap();
+        let mut conn = Connection::connect(rx.addr(), s).await.unwrap();
+        assert!(conn.pipelining());
+        let started = Instant::now();
+        let result = conn.send(FROM, "a@rcpt.test", &message(0)).await;
+        let took = started.elapsed();
+        assert!(
+            matches!(
+                result,
+                Err(SmtpError::Deadline {
+                    after_data: true,
+                    ..
+                })
+            ),
+            "{result:?} after {took:?}"
+        );
+        assert!(
+            took >= Duration::from_millis(4400) && took < Duration::from_millis(5200),
+            "{took:?}"
+        );
+        assert_eq!(classify(&result), Verdict::Deferred);
+        assert!(!conn.is_usable());
+        rx.shutdown().await;
+    })
+    .await
+}
+
+/// The caller's deadline (the recipient's remaining `max_age`) cuts a transaction sooner.
+#[tokio::test]
+async fn a_transaction_ends_by_the_callers_deadline() {
+    bounded(async {
+        let rx = trickling().await;
+        let mut conn = Connection::connect(rx.addr(), settings(true))
+            .await
+            .unwrap();
+        let started = Instant::now();
+        let deadline = started + Duration::from_secs(1);
+        let result = conn
+            .send_until(FROM, "a@rcpt.test", &message(0), Some(deadline))
+            .await;
+        let took = started.elapsed();
+        assert!(
+            matches!(
+                result,
+                Err(SmtpError::Deadline {
+                    after_data: false,
+                    ..
+                })
+            ),
+            "{result:?} after {took:?}"
+        );
+        assert!(took < Duration::from_millis(1500), "{took:?}");
+        assert!(!conn.is_usable());
+        rx.shutdown().await;
+    })
+    .await
+}
+
 #[tokio::test]
 async fn drop_during_body() {
     bounded(async {
@@ -550,6 +634,60 @@ async fn a_reply_before_the_body_is_a_deferral_and_retires_the_connection() {
             server.await.unwrap().last().map(String::as_str),
             Some("DATA")
         );
+    })
+    .await
+}
+
+/// Issue 13: a relay that sends `354`, then in a later segment, a moment after, `250 queued
+/// early` while the body is still going out, had that reply taken for the reply to the final
+/// dot. The server here answers 354, flushes, sleeps 50 ms, sends the early 250, and only then
+/// reads: with its receive buffer small and the body (8 MB) larger than the client's send
+/// buffer can hold (≤ 4 MB), the body is still being written when the 250 arrives, so the
+/// client's look before the dot must see it. Nothing is delivered: no dot is written.
+#[tokio::test]
+async fn a_reply_in_a_later_segment_before_the_dot_is_caught() {
+    bounded(async {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_recv_buffer_size(16 * 1024).unwrap();
+        socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let addr = socket.local_addr().unwrap();
+        let listener = socket.listen(4).unwrap();
+        let server = tokio::spawn(async move {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let mut io = BufReader::new(tcp);
+            io.get_mut().write_all(b"220 early\r\n").await.unwrap();
+            let mut line = String::new();
+            io.read_line(&mut line).await.unwrap();
+            let ehlo = b"250-early\r\n250 PIPELINING\r\n";
+            io.get_mut().write_all(ehlo).await.unwrap();
+            for expect in ["MAIL FROM:<a@b.test>", "RCPT TO:<c@d.test>", "DATA"] {
+                line.clear();
+                io.read_line(&mut line).await.unwrap();
+                assert_eq!(line.trim_end(), expect);
+            }
+            let replies = b"250 ok\r\n250 ok\r\n354 go\r\n";
+            io.get_mut().write_all(replies).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            let early = b"250 2.0.0 queued early\r\n";
+            io.get_mut().write_all(early).await.unwrap();
+            // Now read whatever comes, to the end: did the body end with its dot?
+            let mut got = Vec::new();
+            let _ = tokio::io::AsyncReadExt::read_to_end(&mut io, &mut got).await;
+            (got.len(), got.ends_with(b"\r\n.\r\n"))
+        });
+        let mut conn = Connection::connect(addr, settings(true)).await.unwrap();
+        let body = "x".repeat(998) + "\r\n";
+        let message = body.repeat(8 * 1024 * 1024 / body.len());
+        let result = conn.send("a@b.test", "c@d.test", message.as_bytes()).await;
+        assert!(
+            matches!(result, Err(SmtpError::ReplyBeforeBody { bytes: 24 })),
+            "{result:?}"
+        );
+        assert_eq!(classify(&result), Verdict::Deferred);
+        assert!(!conn.is_usable());
+        drop(conn);
+        let (bytes, dot) = server.await.unwrap();
+        assert!(!dot, "the final dot went out ({bytes} body bytes read)");
     })
     .await
 }

@@ -15,15 +15,15 @@ use serde::Serialize;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SuppressionError {
-    #[error("suppression list {path}: {source}")]
+    #[error("suppression list {path}: {cause}")]
     Sql {
         path: PathBuf,
-        source: rusqlite::Error,
+        cause: rusqlite::Error,
     },
-    #[error("suppression list {path}: cannot create it: {source}")]
+    #[error("suppression list {path}: cannot create it: {cause}")]
     Create {
         path: PathBuf,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     #[error("{0}")]
     Csv(String),
@@ -211,9 +211,9 @@ impl BounceReport {
 impl Suppressions {
     /// Opens (creating if needed) the list at `path`.
     pub fn open(path: &Path) -> Result<Suppressions, SuppressionError> {
-        let err = |source| SuppressionError::Sql {
+        let err = |cause| SuppressionError::Sql {
             path: path.to_path_buf(),
-            source,
+            cause,
         };
         if let Some(dir) = path.parent()
             && !dir.as_os_str().is_empty()
@@ -221,9 +221,9 @@ impl Suppressions {
             let _ = std::fs::create_dir_all(dir);
         }
         // Addresses: created private (0600); SQLite's -wal and -shm files follow its mode.
-        crate::private::create_db_file(path).map_err(|source| SuppressionError::Create {
+        crate::private::create_db_file(path).map_err(|cause| SuppressionError::Create {
             path: path.to_path_buf(),
-            source,
+            cause,
         })?;
         let conn = Connection::open(path).map_err(err)?;
         conn.busy_timeout(Duration::from_secs(10)).map_err(err)?;
@@ -250,10 +250,10 @@ impl Suppressions {
         &self.path
     }
 
-    fn err(&self, source: rusqlite::Error) -> SuppressionError {
+    fn err(&self, cause: rusqlite::Error) -> SuppressionError {
         SuppressionError::Sql {
             path: self.path.clone(),
-            source,
+            cause,
         }
     }
 
@@ -525,9 +525,9 @@ impl Suppressions {
         let tx = self
             .conn
             .transaction()
-            .map_err(|source| SuppressionError::Sql {
+            .map_err(|cause| SuppressionError::Sql {
                 path: self.path.clone(),
-                source,
+                cause,
             })?;
         let (mut added, mut present) = (0, 0);
         let mut columns: Option<Vec<String>> = None;
@@ -572,9 +572,9 @@ impl Suppressions {
                     |_| Ok(()),
                 )
                 .optional()
-                .map_err(|source| SuppressionError::Sql {
+                .map_err(|cause| SuppressionError::Sql {
                     path: self.path.clone(),
-                    source,
+                    cause,
                 })?
                 .is_some();
             if exists {
@@ -595,15 +595,15 @@ impl Suppressions {
                     e.created_at
                 ],
             )
-            .map_err(|source| SuppressionError::Sql {
+            .map_err(|cause| SuppressionError::Sql {
                 path: self.path.clone(),
-                source,
+                cause,
             })?;
             added += 1;
         }
-        tx.commit().map_err(|source| SuppressionError::Sql {
+        tx.commit().map_err(|cause| SuppressionError::Sql {
             path: self.path.clone(),
-            source,
+            cause,
         })?;
         Ok((added, present))
     }

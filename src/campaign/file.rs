@@ -261,7 +261,8 @@ pub struct SmtpSection {
     /// Each reply to a command. Default "60s".
     #[serde(default)]
     pub command_timeout: Option<Spanned<Dur>>,
-    /// The reply after the end of a message. Default "120s".
+    /// The reply after the end of a message. Default "120s". A whole transaction ends within
+    /// `command_timeout + data_timeout` (and the recipient's `max_age`).
     #[serde(default)]
     pub data_timeout: Option<Spanned<Dur>>,
     /// Use PIPELINING (RFC 2920) when the node offers it. Default true.

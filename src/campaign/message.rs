@@ -2,7 +2,6 @@
 //! envelope, the templates, List-Unsubscribe, and the recipient list's format.
 
 use std::collections::BTreeMap;
-use std::io::Read;
 use std::ops::Range;
 use std::path::Path;
 
@@ -207,26 +206,17 @@ fn template_file(ctx: &mut Ctx<'_>, name: &str, s: &Spanned<String>) -> Option<T
 /// a bounded reader (a device such as `/dev/zero`, a FIFO or a directory is refused before
 /// anything is read from it). The error is the whole problem message.
 fn read_template(path: &Path) -> Result<String, String> {
-    let cannot = |e: std::io::Error| format!("cannot read template {}: {e}", path.display());
-    // Checked before opening (opening a FIFO would block) and again on what was opened.
-    let regular = |meta: std::fs::Metadata| match crate::private::not_regular(&meta) {
-        Some(problem) => Err(format!("template {} {problem}", path.display())),
-        None => Ok(()),
-    };
-    regular(std::fs::metadata(path).map_err(cannot)?)?;
-    let file = std::fs::File::open(path).map_err(cannot)?;
-    regular(file.metadata().map_err(cannot)?)?;
-    let mut bytes = Vec::new();
-    file.take(MAX_TEMPLATE_FILE + 1)
-        .read_to_end(&mut bytes)
-        .map_err(cannot)?;
-    if bytes.len() as u64 > MAX_TEMPLATE_FILE {
-        return Err(format!(
-            "template {} is larger than {} KB, the limit for a template file",
-            path.display(),
-            MAX_TEMPLATE_FILE >> 10
-        ));
-    }
+    use crate::private::{ReadProblem, read_regular};
+    let bytes = read_regular(path, MAX_TEMPLATE_FILE).map_err(|p| match p {
+        ReadProblem::Io(e) => format!("cannot read template {}: {e}", path.display()),
+        ReadProblem::TooLarge(_) => {
+            format!(
+                "template {} {p}, the limit for a template file",
+                path.display()
+            )
+        }
+        ReadProblem::NotRegular(_) => format!("template {} {p}", path.display()),
+    })?;
     String::from_utf8(bytes).map_err(|e| {
         format!(
             "template {} is not valid UTF-8 (at byte {}); save it as UTF-8",

@@ -87,10 +87,12 @@ impl fmt::Display for Problem {
 
 #[derive(Debug, thiserror::Error)]
 pub enum CampaignError {
-    #[error("cannot read campaign file {path}: {source}")]
+    /// Not read: missing, unreadable, a directory or device, larger than
+    /// [`MAX_INPUT_FILE`](crate::private::MAX_INPUT_FILE), not UTF-8.
+    #[error("campaign file {path} {cause}")]
     Read {
         path: PathBuf,
-        source: std::io::Error,
+        cause: crate::private::ReadProblem,
     },
     #[error("{}", Problems(.0))]
     Invalid(Vec<Problem>),
@@ -100,11 +102,14 @@ impl CampaignError {
     /// Every problem found (a read error is reported as a single problem at 1:1).
     pub fn problems(&self) -> Vec<Problem> {
         match self {
-            CampaignError::Read { path, source } => vec![Problem {
+            CampaignError::Read { path, cause } => vec![Problem {
                 file: path.clone(),
                 line: 1,
                 column: 1,
-                message: format!("cannot read: {source}"),
+                message: match cause {
+                    crate::private::ReadProblem::Io(e) => format!("cannot read: {e}"),
+                    _ => format!("the campaign file {cause}"),
+                },
             }],
             CampaignError::Invalid(p) => p.clone(),
         }

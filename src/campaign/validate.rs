@@ -33,10 +33,21 @@ use super::{CampaignError, DEFAULT_MAX_PART_SIZE, MAX_ID_LEN, Problem, SectionPr
 
 impl Campaign {
     /// Reads and validates a campaign file, reporting every problem found.
+    /// The file must be a regular file of at most [`MAX_INPUT_FILE`] bytes.
+    ///
+    /// [`MAX_INPUT_FILE`]: crate::private::MAX_INPUT_FILE
     pub fn load(path: &Path) -> Result<Campaign, CampaignError> {
-        let text = std::fs::read_to_string(path).map_err(|source| CampaignError::Read {
+        use crate::private::{MAX_INPUT_FILE, ReadProblem, read_regular};
+        let read_error = |cause| CampaignError::Read {
             path: path.to_path_buf(),
-            source,
+            cause,
+        };
+        let bytes = read_regular(path, MAX_INPUT_FILE).map_err(read_error)?;
+        let text = String::from_utf8(bytes).map_err(|e| {
+            read_error(ReadProblem::Io(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                e.utf8_error(),
+            )))
         })?;
         Campaign::parse(path, &text)
     }
@@ -273,8 +284,15 @@ fn smtp(ctx: &mut Ctx<'_>, s: &SmtpSection) -> SmtpOptions {
         pipelining: s.pipelining.unwrap_or(true),
         ca_file: s.ca_file.as_ref().map(|c| {
             let p = ctx.path(c.get_ref());
-            if !p.is_file() {
-                ctx.error(c.span(), format!("CA file {} does not exist", p.display()));
+            let problem = match std::fs::metadata(&p) {
+                Ok(meta) => crate::private::not_regular(&meta),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    Some("does not exist".to_string())
+                }
+                Err(e) => Some(format!("cannot be read: {e}")),
+            };
+            if let Some(problem) = problem {
+                ctx.error(c.span(), format!("CA file {} {problem}", p.display()));
             }
             p
         }),

@@ -252,7 +252,8 @@ pub struct SinkArgs {
     #[arg(long, default_value = "30s", value_parser = parse_positive_duration)]
     pub line_timeout: std::time::Duration,
     /// While all --max-connections slots are taken: longest time from a reply to the end of
-    /// the next command line (idle and trickling sessions make room for waiting clients).
+    /// the next command line, and inside DATA for each 1 KB of the message (idle and
+    /// trickling sessions make room for waiting clients).
     #[arg(long, default_value = "1s", value_parser = parse_positive_duration)]
     pub busy_timeout: std::time::Duration,
     /// Longest session; a message being received at the limit may finish (--data-timeout).

@@ -137,10 +137,14 @@ impl PrivateKey {
             .to_string())
     }
 
-    /// Reads and parses a key file.
+    /// Reads and parses a key file: a regular file of at most
+    /// [`MAX_INPUT_FILE`](crate::private::MAX_INPUT_FILE) bytes.
     pub fn load(path: &Path) -> Result<PrivateKey, String> {
-        let pem =
-            std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        use crate::private::{MAX_INPUT_FILE, ReadProblem, read_regular};
+        let pem = read_regular(path, MAX_INPUT_FILE).map_err(|p| match p {
+            ReadProblem::Io(e) => format!("cannot read {}: {e}", path.display()),
+            _ => format!("{} {p}", path.display()),
+        })?;
         PrivateKey::from_pem(&pem).map_err(|e| format!("{}: {e}", path.display()))
     }
 }

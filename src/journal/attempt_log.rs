@@ -254,9 +254,9 @@ pub(super) fn set_log_generation(
 pub(super) fn fold_log(conn: &mut Connection, path: &Path) -> Result<()> {
     let mut logs = Vec::new();
     for lp in log_paths(path) {
-        let io = |source| JournalError::Io {
+        let io = |cause| JournalError::Io {
             path: lp.clone(),
-            source,
+            cause,
         };
         let bytes = match std::fs::read(&lp) {
             Ok(b) => b,
@@ -302,7 +302,7 @@ pub(super) fn fold_log(conn: &mut Connection, path: &Path) -> Result<()> {
         match std::fs::remove_file(&lp) {
             Ok(()) => {}
             Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
-            Err(source) => return Err(JournalError::Io { path: lp, source }),
+            Err(cause) => return Err(JournalError::Io { path: lp, cause }),
         }
     }
     Ok(())

@@ -63,15 +63,15 @@ pub use writer::{BATCH, FLUSH_EVERY, JournalSender, JournalWriter, WriterStats};
 /// Why a journal operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum JournalError {
-    #[error("journal {}: {source}", path.display())]
+    #[error("journal {}: {cause}", path.display())]
     Sql {
         path: PathBuf,
-        source: rusqlite::Error,
+        cause: rusqlite::Error,
     },
-    #[error("journal {}: {source}", path.display())]
+    #[error("journal {}: {cause}", path.display())]
     Io {
         path: PathBuf,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     #[error(
         "journal {}: schema version {found} is newer than this blast understands ({SCHEMA_VERSION}); use a newer blast",
@@ -87,9 +87,9 @@ pub enum JournalError {
 type Result<T> = std::result::Result<T, JournalError>;
 
 fn sql(path: &Path) -> impl Fn(rusqlite::Error) -> JournalError + '_ {
-    move |source| JournalError::Sql {
+    move |cause| JournalError::Sql {
         path: path.to_path_buf(),
-        source,
+        cause,
     }
 }
 

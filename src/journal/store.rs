@@ -90,16 +90,16 @@ impl Journal {
     /// Opens (creating it if need be) the journal for writing and brings its schema up to date.
     pub fn open(path: &Path) -> Result<Journal> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|source| JournalError::Io {
+            std::fs::create_dir_all(dir).map_err(|cause| JournalError::Io {
                 path: path.to_path_buf(),
-                source,
+                cause,
             })?;
         }
         // It holds recipients' addresses: created private (0600), and SQLite gives its -wal
         // and -shm files the database file's mode.
-        crate::private::create_db_file(path).map_err(|source| JournalError::Io {
+        crate::private::create_db_file(path).map_err(|cause| JournalError::Io {
             path: path.to_path_buf(),
-            source,
+            cause,
         })?;
         let conn = Connection::open(path).map_err(sql(path))?;
         let mut j = Journal {
@@ -399,9 +399,9 @@ impl Journal {
                 possibly_duplicated: r.get::<_, i64>(11).map_err(&e)? != 0,
                 time: r.get(12).map_err(&e)?,
             };
-            f(&rec).map_err(|source| JournalError::Io {
+            f(&rec).map_err(|cause| JournalError::Io {
                 path: self.path.clone(),
-                source,
+                cause,
             })?;
             n += 1;
         }

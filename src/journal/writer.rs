@@ -70,9 +70,9 @@ impl Journal {
     pub fn writer(&self, run: i64, capacity: usize) -> Result<JournalWriter> {
         let w = Journal::open(&self.path)?;
         let generation = log_generation(&w.conn).map_err(sql(&self.path))? + 1;
-        let log = Log::create(&self.path, run, generation).map_err(|source| JournalError::Io {
+        let log = Log::create(&self.path, run, generation).map_err(|cause| JournalError::Io {
             path: log_path(&self.path),
-            source,
+            cause,
         })?;
         let shared = Arc::new(WriterShared {
             state: std::sync::Mutex::new(LogState {
@@ -96,9 +96,9 @@ impl Journal {
         });
         let (kick, kicks) = sync_channel(4);
         let path = self.path.clone();
-        let spawn_error = |source| JournalError::Io {
+        let spawn_error = |cause| JournalError::Io {
             path: self.path.clone(),
-            source,
+            cause,
         };
         let writer_shared = shared.clone();
         let thread = std::thread::Builder::new()
@@ -440,7 +440,7 @@ fn write_loop(
     shared.room.notify_all();
     result?;
     for lp in log_paths(path) {
-        std::fs::remove_file(&lp).map_err(|source| JournalError::Io { path: lp, source })?;
+        std::fs::remove_file(&lp).map_err(|cause| JournalError::Io { path: lp, cause })?;
     }
     conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
         .map_err(sql(path))?;
@@ -467,9 +467,9 @@ fn write_batches(
     // only writes `Status::as_str()`, and `apply_log` checks it for records read back.
     conn.pragma_update(None, "ignore_check_constraints", true)
         .map_err(&e)?;
-    let io = |source| JournalError::Io {
+    let io = |cause| JournalError::Io {
         path: log_path(path),
-        source,
+        cause,
     };
     let mut closing = false;
     loop {

@@ -205,6 +205,7 @@ impl Router {
         // No MX host of the domain is up: a temporary failure of this attempt.
         let node: Arc<str> = down.unwrap_or_else(|| DNS_NODE.into());
         job.attempts += 1;
+        job.charged += 1;
         shared.defer(job, &node, None);
         Placed::Done
     }
@@ -282,6 +283,7 @@ impl Router {
             for mut job in jobs {
                 if temporary {
                     job.attempts += 1;
+                    job.charged += 1;
                     shared.defer(job, &node, None);
                 } else {
                     shared.redispatch(job);

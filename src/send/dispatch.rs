@@ -39,8 +39,16 @@ use crate::smtp::Delivery;
 #[derive(Debug)]
 pub struct Job {
     pub msg: Message,
-    /// Attempts that got an answer (or were charged for breaking connections).
+    /// Every try: a transaction that got an answer or was cut off (lost connection, timeout),
+    /// and, sending direct, a domain that could not be resolved or had no MX host up. What the
+    /// delivery log and the journal call `attempts`: a message re-sent after a lost connection
+    /// counts each send.
     pub attempts: u32,
+    /// What the retry policy counts against `[retry] attempts` (see `send::retry`): tries that
+    /// got an answer, plus one per [`REQUEUES_PER_ATTEMPT`] lost connections.
+    ///
+    /// [`REQUEUES_PER_ATTEMPT`]: crate::send::retry::REQUEUES_PER_ATTEMPT
+    pub charged: u32,
     /// Lost connections.
     pub requeues: u32,
     pub first_attempt: Option<Instant>,
@@ -58,6 +66,7 @@ impl Job {
         Job {
             msg,
             attempts: 0,
+            charged: 0,
             requeues: 0,
             first_attempt: None,
             primary_deferrals: 0,
@@ -91,18 +100,40 @@ pub struct Shared {
 
 impl Shared {
     /// A deferral: retry later, or expire per the retry policy.
-    pub fn defer(&self, mut job: Job, node: &Arc<str>, delivery: Option<Delivery>) {
+    pub fn defer(&self, job: Job, node: &Arc<str>, delivery: Option<Delivery>) {
+        self.defer_why(job, node, delivery, None);
+    }
+
+    /// [`Shared::defer`] of a try that ended without a reply (`reason` says why: a transaction
+    /// past its deadline, a reply before the body), kept as the text if it expires.
+    pub fn defer_why(
+        &self,
+        mut job: Job,
+        node: &Arc<str>,
+        delivery: Option<Delivery>,
+        reason: Option<String>,
+    ) {
         inc(&self.counters.deferrals);
         let now = Instant::now();
         let first = *job.first_attempt.get_or_insert(now);
-        if self.policy.gives_up(job.attempts, first, now) {
-            self.outcomes.finish(job, Status::Expired, node, delivery);
+        if self.policy.gives_up(job.charged, first, now) {
+            self.outcomes
+                .finish_why(job, Status::Expired, node, delivery, reason);
             return;
         }
-        let at = now + self.policy.delay(job.attempts);
+        let at = now + self.policy.delay(job.charged);
         job.last = Some((node.clone(), delivery));
         inc(&self.counters.waiting_retry);
         let _ = self.back.send(Back::At(at, job));
+    }
+
+    /// A job whose `max_age` ran out while it waited for a try: expired without one, with its
+    /// last deferral's reply if it had one.
+    pub fn expire(&self, mut job: Job, node: &Arc<str>) {
+        let (node, delivery) = job.last.take().unwrap_or_else(|| (node.clone(), None));
+        let reason = Some("max_age reached before the next try".to_string());
+        self.outcomes
+            .finish_why(job, Status::Expired, &node, delivery, reason);
     }
 
     /// A lost connection: place the job again at once.

@@ -32,10 +32,10 @@ const BUFFER: usize = 1 << 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LogError {
-    #[error("cannot open delivery log {}: {source}", path.display())]
-    Open { path: PathBuf, source: io::Error },
-    #[error("cannot write delivery log {}: {source}", path.display())]
-    Write { path: PathBuf, source: io::Error },
+    #[error("cannot open delivery log {}: {cause}", path.display())]
+    Open { path: PathBuf, cause: io::Error },
+    #[error("cannot write delivery log {}: {cause}", path.display())]
+    Write { path: PathBuf, cause: io::Error },
     #[error("the delivery log writer thread panicked")]
     Panicked,
     #[error(transparent)]
@@ -90,9 +90,9 @@ impl DeliveryLog {
     /// waiting to be written.
     pub fn open(path: &Path, capacity: usize) -> Result<DeliveryLog, LogError> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|source| LogError::Open {
+            std::fs::create_dir_all(dir).map_err(|cause| LogError::Open {
                 path: path.to_path_buf(),
-                source,
+                cause,
             })?;
         }
         // Recipients' addresses: private (0600).
@@ -100,18 +100,18 @@ impl DeliveryLog {
             .create(true)
             .append(true)
             .open(path)
-            .map_err(|source| LogError::Open {
+            .map_err(|cause| LogError::Open {
                 path: path.to_path_buf(),
-                source,
+                cause,
             })?;
         let (tx, rx) = sync_channel(capacity.max(1));
         let path = path.to_path_buf();
         let thread = std::thread::Builder::new()
             .name("delivery-log".into())
             .spawn(move || write_loop(rx, file, &path))
-            .map_err(|source| LogError::Open {
+            .map_err(|cause| LogError::Open {
                 path: PathBuf::new(),
-                source,
+                cause,
             })?;
         Ok(DeliveryLog {
             tx: LogSender {
@@ -139,9 +139,9 @@ fn write_loop(rx: Receiver<Outcome>, file: File, path: &Path) -> Result<u64, Log
     let mut written = 0u64;
     let mut last_flush = Instant::now();
     let mut dirty = false;
-    let err = |source| LogError::Write {
+    let err = |cause| LogError::Write {
         path: path.to_path_buf(),
-        source,
+        cause,
     };
     loop {
         match rx.recv_timeout(FLUSH_EVERY) {
@@ -225,13 +225,13 @@ pub fn repair(
     run: i64,
 ) -> Result<u64, LogError> {
     use std::io::{BufRead, BufReader, Seek, SeekFrom};
-    let open_err = |source| LogError::Open {
+    let open_err = |cause| LogError::Open {
         path: path.to_path_buf(),
-        source,
+        cause,
     };
-    let write_err = |source| LogError::Write {
+    let write_err = |cause| LogError::Write {
         path: path.to_path_buf(),
-        source,
+        cause,
     };
     let mut present = RowSet::new();
     if path.exists() {

@@ -59,19 +59,19 @@ use crate::shutdown::Shutdown;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SendError {
-    #[error("node {node:?}: cannot resolve {host}:{port}: {source}")]
+    #[error("node {node:?}: cannot resolve {host}:{port}: {cause}")]
     Resolve {
         node: String,
         host: String,
         port: u16,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     #[error("node {node:?}: environment variable {var} (AUTH password) is not set")]
     MissingPassword { node: String, var: String },
-    #[error("node {node:?}: {source}")]
+    #[error("node {node:?}: {cause}")]
     Client {
         node: String,
-        source: crate::smtp::SmtpError,
+        cause: crate::smtp::SmtpError,
     },
     #[error("cannot start the embedded receiver: {0}")]
     Receiver(std::io::Error),

@@ -276,6 +276,14 @@ async fn connection_loop(node: Arc<Node>, shared: Arc<Shared>) {
             shared.redispatch(job);
             continue;
         }
+        // The recipient's max_age (from its first try) bounds its transaction too: a relay that
+        // trickles its replies cannot hold it past its age.
+        let now = Instant::now();
+        let deadline = *job.first_attempt.get_or_insert(now) + shared.policy.max_age;
+        if deadline <= now {
+            shared.expire(job, &node.name);
+            continue;
+        }
 
         if conn.is_some() && opened_in != node.outages.load(Ordering::Relaxed) {
             // Opened before the node's last outage: most likely dead, do not QUIT it.
@@ -297,15 +305,7 @@ async fn connection_loop(node: Arc<Node>, shared: Arc<Shared>) {
             }
         }
         let c = conn.as_mut().expect("connected above");
-        inc(&node.counters.in_flight);
-        let result = c
-            .send(&job.msg.mail_from, &job.msg.rcpt, &job.msg.bytes)
-            .await;
-        dec(&node.counters.in_flight);
-        let verdict = classify(&result);
-        let usable = c.is_usable();
-        let used_up = c.transactions() >= u64::from(node.messages_per_connection);
-        handle(&node, &shared, job, verdict, result);
+        let (usable, used_up) = transact(&node, &shared, c, job, deadline).await;
         if !usable {
             // Lost or closed (421): do not QUIT a dead connection.
             lost(&node, conn.take());
@@ -314,6 +314,27 @@ async fn connection_loop(node: Arc<Node>, shared: Arc<Shared>) {
         }
     }
     close(&node, conn.take()).await;
+}
+
+/// Sends `job` on `c`, its transaction ending by `deadline`, and applies the verdict. Returns
+/// whether the connection is still usable and whether it has carried its
+/// `messages_per_connection`.
+async fn transact(
+    node: &Node,
+    shared: &Shared,
+    c: &mut Connection,
+    job: Job,
+    deadline: Instant,
+) -> (bool, bool) {
+    inc(&node.counters.in_flight);
+    let (from, rcpt, bytes) = (&job.msg.mail_from, &job.msg.rcpt, &job.msg.bytes);
+    let result = c.send_until(from, rcpt, bytes, Some(deadline)).await;
+    dec(&node.counters.in_flight);
+    let verdict = classify(&result);
+    let usable = c.is_usable();
+    let used_up = c.transactions() >= u64::from(node.messages_per_connection);
+    handle(node, shared, job, verdict, result);
+    (usable, used_up)
 }
 
 /// Ends a connection politely (QUIT). Every connection counted by [`Node::connected`] ends
@@ -346,6 +367,7 @@ fn handle(
             node.deferral_streak.store(0, Ordering::Relaxed);
             node.error_streak.store(0, Ordering::Relaxed);
             job.attempts += 1;
+            job.charged += 1;
             let status = if verdict == Verdict::Accepted {
                 inc(&node.counters.accepted);
                 Status::Accepted
@@ -359,9 +381,19 @@ fn handle(
             node.error_streak.store(0, Ordering::Relaxed);
             inc(&node.counters.deferred);
             job.attempts += 1;
+            job.charged += 1;
             job.first_attempt.get_or_insert(now);
             if !node.fallback {
                 job.primary_deferrals += 1;
+            }
+            // No reply (a transaction past its deadline, a reply before the body): why, and
+            // whether the final dot had gone out (then the relay may have the message).
+            let reason = result.as_ref().err().map(ToString::to_string);
+            if result
+                .as_ref()
+                .is_err_and(crate::smtp::SmtpError::after_data)
+            {
+                job.possibly_duplicated = true;
             }
             let delivery = result.ok();
             if node.deferral_streak.fetch_add(1, Ordering::Relaxed) + 1 >= DEFERRALS_TO_TRIP {
@@ -375,10 +407,12 @@ fn handle(
                     &format!("{DEFERRALS_TO_TRIP} deferrals (4xx) in a row{last}"),
                 );
             }
-            shared.defer(job, &node.name, delivery);
+            shared.defer_why(job, &node.name, delivery, reason);
         }
         Verdict::Requeue { after_data } => {
             inc(&node.counters.errors);
+            // A try (the delivery log counts it), but not one the retry policy charges.
+            job.attempts += 1;
             job.requeues += 1;
             if after_data && !job.possibly_duplicated {
                 job.possibly_duplicated = true;
@@ -397,7 +431,7 @@ fn handle(
             }
             if job.requeues.is_multiple_of(REQUEUES_PER_ATTEMPT) {
                 // This message keeps breaking connections: charge it an attempt.
-                job.attempts += 1;
+                job.charged += 1;
                 job.first_attempt.get_or_insert(now);
                 shared.defer(job, &node.name, None);
             } else {

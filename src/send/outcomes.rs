@@ -119,6 +119,19 @@ impl OutcomeSink {
         self.record(job, status, node, delivery, None, true);
     }
 
+    /// [`OutcomeSink::finish`] with a reason for when no reply says why (the text of an
+    /// expiry after a transaction past its deadline).
+    pub fn finish_why(
+        &self,
+        job: Job,
+        status: Status,
+        node: &Arc<str>,
+        delivery: Option<Delivery>,
+        reason: Option<String>,
+    ) {
+        self.record(job, status, node, delivery, reason, true);
+    }
+
     /// A row whose message could not be rendered (from a render thread): final `failed`, node
     /// `render`, the template error as its reason; not added to the suppression list.
     pub fn fail_unrendered(&self, u: Unrendered) {
@@ -166,9 +179,11 @@ impl OutcomeSink {
         if let Some(j) = &self.journal
             && j.was_unconfirmed(job.msg.row)
         {
-            // A crashed session may have had it in flight: the relay may already have it.
+            // A crashed session may have had it in flight: the relay may already have it. That
+            // session's try counts too (as one: how often it tried is not known).
             self.resumed_duplicates.fetch_add(1, Ordering::Relaxed);
             job.possibly_duplicated = true;
+            job.attempts += 1;
         }
         match status {
             Status::Accepted => inc(&self.counters.accepted),

@@ -51,11 +51,11 @@ async fn resolve(
     host: &str,
     port: u16,
 ) -> Result<SocketAddr, SendError> {
-    let err = |source| SendError::Resolve {
+    let err = |cause| SendError::Resolve {
         node: node.to_string(),
         host: host.to_string(),
         port,
-        source,
+        cause,
     };
     if let Ok(ip) = host.parse::<std::net::IpAddr>() {
         return Ok(SocketAddr::new(ip, port));
@@ -103,9 +103,9 @@ pub(super) fn direct_settings(
     if let Some(ca) = &s.ca_file {
         b = b.ca_file(ca.clone());
     }
-    b.build().map_err(|source| SendError::Client {
+    b.build().map_err(|cause| SendError::Client {
         node: "direct".into(),
-        source,
+        cause,
     })
 }
 
@@ -149,9 +149,9 @@ pub fn client_settings(
             })?;
         b = b.auth(Credentials::new(auth.user.clone(), password));
     }
-    b.build().map_err(|source| SendError::Client {
+    b.build().map_err(|cause| SendError::Client {
         node: n.name.clone(),
-        source,
+        cause,
     })
 }
 
@@ -194,9 +194,9 @@ pub fn send_one(
             }
         };
         let settings = client_settings(campaign, node)?;
-        let client_err = |source| SendError::Client {
+        let client_err = |cause| SendError::Client {
             node: node.name.clone(),
-            source,
+            cause,
         };
         let mut conn = Connection::connect(addr, settings)
             .await

@@ -3,9 +3,11 @@
 //! Exponential backoff (`backoff`, doubled per attempt, capped at `max_backoff`) with ±20 %
 //! jitter, so thousands of recipients deferred by one node in the same second do not come back
 //! in the same second. A recipient expires after `attempts` answered attempts or `max_age`
-//! after its first attempt, whichever comes first. Lost connections are not attempts (the
-//! recipient was never judged), but a message that keeps killing connections is charged an
-//! attempt every [`REQUEUES_PER_ATTEMPT`] requeues so it cannot loop forever.
+//! after its first attempt, whichever comes first. Lost connections are not charged as
+//! attempts (the recipient was never judged), but a message that keeps killing connections is
+//! charged an attempt every [`REQUEUES_PER_ATTEMPT`] requeues so it cannot loop forever. (The
+//! `attempts` of the delivery log and the journal count every try, lost ones included: see
+//! `Job::attempts` and `Job::charged` in `send::dispatch`.)
 
 use std::cell::Cell;
 use std::time::{Duration, Instant};

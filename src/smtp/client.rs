@@ -5,9 +5,11 @@
 //! is `Ok(Delivery)` so the caller can classify it; only transport trouble
 //! (I/O, timeout, EOF, garbage) is `Err`, and then the connection is dead.
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::task::Poll;
+use std::time::{Duration, Instant};
 
 use tokio::net::TcpStream;
 use tokio::time::timeout;
@@ -18,9 +20,13 @@ use super::auth;
 use super::reply::{self, Reply};
 use super::settings::{ClientSettings, Credentials, TlsMode};
 use super::stream::{ReadBuf, Stream};
+use super::wire::{check_address, push_decimal, push_rcpt, stuff_body};
 
-/// RFC 5321 §4.5.3.1.3: a path is at most 256 octets including "<>".
-const MAX_ADDRESS: usize = 254;
+/// A stuffed body longer than this is written in two parts, the final dot apart, with a look
+/// for an early reply in between (see `Connection::nothing_after_354`). A shorter one goes out
+/// in one write, dot included: it takes microseconds, so a second look would cost a system
+/// call per message and seldom see anything the first did not.
+const SPLIT_DOT_OVER: usize = 64 * 1024;
 
 /// Where a transaction ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -103,6 +109,8 @@ pub struct Connection {
     usable: bool,
     /// The final "." of the current message has been written.
     dot_sent: bool,
+    /// When the running transaction must be over (see [`Connection::send_until`]).
+    deadline: Option<Instant>,
     transactions: u64,
 }
 
@@ -148,10 +156,10 @@ impl Connection {
     ) -> Result<Connection, SmtpError> {
         let tcp = TcpStream::connect(addr)
             .await
-            .map_err(|source| SmtpError::Connect { addr, source })?;
+            .map_err(|cause| SmtpError::Connect { addr, cause })?;
         // Nagle plus delayed ACK costs ~40 ms per command round trip.
-        tcp.set_nodelay(true).map_err(|source| SmtpError::Io {
-            source,
+        tcp.set_nodelay(true).map_err(|cause| SmtpError::Io {
+            cause,
             after_data: false,
         })?;
         let stream = match settings.tls {
@@ -168,6 +176,7 @@ impl Connection {
             pipelining: false,
             usable: true,
             dot_sent: false,
+            deadline: None,
             transactions: 0,
         };
         let n = conn.next_reply_len().await?;
@@ -191,6 +200,23 @@ impl Connection {
         rcpt: &str,
         message: &[u8],
     ) -> Result<Delivery, SmtpError> {
+        self.send_until(mail_from, rcpt, message, None).await
+    }
+
+    /// [`send`](Self::send), the whole transaction bounded: besides each step's own limit
+    /// (`command_timeout` per command reply, `data_timeout` for the body and its reply), all of
+    /// it — commands, body, final reply, RSET — must end within `command_timeout +
+    /// data_timeout` of its start, and by `deadline` if that comes first (the caller's: the
+    /// recipient's `max_age`). A server that trickles its replies a byte at a time cannot
+    /// stretch a transaction past it. When it is hit the result is
+    /// [`SmtpError::Deadline`] and the connection is no longer usable.
+    pub async fn send_until(
+        &mut self,
+        mail_from: &str,
+        rcpt: &str,
+        message: &[u8],
+        deadline: Option<Instant>,
+    ) -> Result<Delivery, SmtpError> {
         check_address(mail_from, true)?;
         check_address(rcpt, false)?;
         if !self.usable {
@@ -198,7 +224,10 @@ impl Connection {
         }
         self.dot_sent = false;
         self.transactions += 1;
+        let limit = Instant::now() + self.settings.command_timeout + self.settings.data_timeout;
+        self.deadline = Some(deadline.map_or(limit, |d| d.min(limit)));
         let result = self.transaction(mail_from, rcpt, message).await;
+        self.deadline = None;
         match &result {
             Err(_) => self.usable = false,
             Ok(d) if d.reply.code == 421 => self.usable = false,
@@ -294,7 +323,7 @@ impl Connection {
                     return Ok(failed);
                 }
                 if data_code == 354 {
-                    if self.nothing_after_354().is_err() {
+                    if self.nothing_after_354().await.is_err() {
                         // Out of step: the outcome stands, the connection goes.
                         self.usable = false;
                         return Ok(failed);
@@ -346,11 +375,26 @@ impl Connection {
             }
         }
 
-        self.nothing_after_354()?;
+        self.body(message).await
+    }
+
+    /// Writes the body after a 354 and reads the reply to its final dot.
+    async fn body(&mut self, message: &[u8]) -> Result<Delivery, SmtpError> {
+        self.nothing_after_354().await?;
         self.wbuf.clear();
         stuff_body(message, &mut self.wbuf);
         let dt = self.settings.data_timeout;
-        self.write(dt, "message body write").await?;
+        if self.wbuf.len() > SPLIT_DOT_OVER {
+            // A long body takes a while to write, and a reply the server sends meanwhile would
+            // be taken for the reply to the dot: look again before the dot goes out.
+            let dot = self.wbuf.len() - b".\r\n".len();
+            self.write_part(dt, 0..dot, "message body write").await?;
+            self.nothing_after_354().await?;
+            self.write_part(dt, dot..self.wbuf.len(), "final dot write")
+                .await?;
+        } else {
+            self.write(dt, "message body write").await?;
+        }
         self.dot_sent = true;
         let reply = self.read_reply(dt, "reply to end of data").await?;
         if reply.code == 421 {
@@ -365,10 +409,35 @@ impl Connection {
         })
     }
 
-    /// After a 354 the server waits for the body: any byte already received is a reply to a body
-    /// not yet sent, which would be taken for the reply to the final dot. Refused like plaintext
-    /// queued behind STARTTLS's 220 (see `start_tls`).
-    fn nothing_after_354(&self) -> Result<(), SmtpError> {
+    /// After a 354 the server waits for the body: any byte received before the final dot is a
+    /// reply to a body not yet (wholly) sent, which would be taken for the reply to the dot.
+    /// Refused like plaintext queued behind STARTTLS's 220 (see `start_tls`).
+    ///
+    /// Besides what is buffered (a reply in the 354's own segment), this looks once at the
+    /// socket without waiting, so a reply in a later segment that has already arrived is seen
+    /// too: before the body, and, for a long body (see [`SPLIT_DOT_OVER`]), again before its
+    /// final dot, which catches a relay that answers right after its 354 while the body is
+    /// still going out. It cannot close the race: a reply that arrives after the last look,
+    /// while the rest is being written, is still read as the reply to the dot.
+    async fn nothing_after_354(&mut self) -> Result<(), SmtpError> {
+        if self.rbuf.data().is_empty() {
+            let polled = {
+                let mut read = std::pin::pin!(self.rbuf.fill(&mut self.stream));
+                // One poll in this task's context: ready data is read, nothing is waited for
+                // (`fill` is cancel-safe).
+                std::future::poll_fn(|cx| Poll::Ready(read.as_mut().poll(cx))).await
+            };
+            match polled {
+                Poll::Pending | Poll::Ready(Ok(1..)) => {}
+                Poll::Ready(Ok(0)) => return Err(SmtpError::Closed { after_data: false }),
+                Poll::Ready(Err(cause)) => {
+                    return Err(SmtpError::Io {
+                        cause,
+                        after_data: false,
+                    });
+                }
+            }
+        }
         match self.rbuf.data().len() {
             0 => Ok(()),
             bytes => Err(SmtpError::ReplyBeforeBody { bytes }),
@@ -521,14 +590,56 @@ impl Connection {
     }
 
     async fn write(&mut self, limit: Duration, waiting_for: &'static str) -> Result<(), SmtpError> {
-        let after_data = self.dot_sent;
-        match timeout(limit, self.stream.write_all(&self.wbuf)).await {
+        self.write_part(limit, 0..self.wbuf.len(), waiting_for)
+            .await
+    }
+
+    /// Writes `wbuf[part]`.
+    async fn write_part(
+        &mut self,
+        limit: Duration,
+        part: std::ops::Range<usize>,
+        waiting_for: &'static str,
+    ) -> Result<(), SmtpError> {
+        let (limit, cut) = self.step_limit(limit);
+        match timeout(limit, self.stream.write_all(&self.wbuf[part])).await {
             Ok(Ok(())) => Ok(()),
-            Ok(Err(source)) => Err(SmtpError::Io { source, after_data }),
-            Err(_) => Err(SmtpError::Timeout {
+            Ok(Err(cause)) => Err(SmtpError::Io {
+                cause,
+                after_data: self.dot_sent,
+            }),
+            Err(_) => Err(self.timed_out(waiting_for, cut)),
+        }
+    }
+
+    /// How long a step may take: `limit`, or what is left before the transaction's deadline
+    /// if that is less (then `true`: running out is the deadline's doing).
+    fn step_limit(&self, limit: Duration) -> (Duration, bool) {
+        match self.deadline {
+            Some(d) => {
+                let left = d.saturating_duration_since(Instant::now());
+                if left < limit {
+                    (left, true)
+                } else {
+                    (limit, false)
+                }
+            }
+            None => (limit, false),
+        }
+    }
+
+    fn timed_out(&self, waiting_for: &'static str, deadline: bool) -> SmtpError {
+        let after_data = self.dot_sent;
+        if deadline {
+            SmtpError::Deadline {
                 waiting_for,
                 after_data,
-            }),
+            }
+        } else {
+            SmtpError::Timeout {
+                waiting_for,
+                after_data,
+            }
         }
     }
 
@@ -547,13 +658,10 @@ impl Connection {
         limit: Duration,
         waiting_for: &'static str,
     ) -> Result<usize, SmtpError> {
-        let after_data = self.dot_sent;
+        let (limit, cut) = self.step_limit(limit);
         match timeout(limit, self.next_reply_len()).await {
             Ok(result) => result,
-            Err(_) => Err(SmtpError::Timeout {
-                waiting_for,
-                after_data,
-            }),
+            Err(_) => Err(self.timed_out(waiting_for, cut)),
         }
     }
 
@@ -570,12 +678,12 @@ impl Connection {
             match reply::complete_len(self.rbuf.data()) {
                 Ok(Some(n)) => return Ok(n),
                 Ok(None) => {}
-                Err(source) => return Err(SmtpError::Malformed { source, after_data }),
+                Err(cause) => return Err(SmtpError::Malformed { cause, after_data }),
             }
             match self.rbuf.fill(&mut self.stream).await {
                 Ok(0) => return Err(SmtpError::Closed { after_data }),
                 Ok(_) => {}
-                Err(source) => return Err(SmtpError::Io { source, after_data }),
+                Err(cause) => return Err(SmtpError::Io { cause, after_data }),
             }
         }
     }
@@ -606,136 +714,9 @@ async fn tls_handshake(tcp: TcpStream, settings: &ClientSettings) -> Result<Stre
     Ok(Stream::Tls(Box::new(tls)))
 }
 
-/// Defence in depth against command injection through addresses taken
-/// from CSV input: nothing that could end or split an SMTP command line.
-fn check_address(addr: &str, allow_empty: bool) -> Result<(), SmtpError> {
-    let bad = (addr.is_empty() && !allow_empty)
-        || addr.len() > MAX_ADDRESS
-        || addr
-            .chars()
-            .any(|c| c.is_control() || matches!(c, ' ' | '<' | '>'));
-    if bad {
-        return Err(SmtpError::InvalidAddress(addr.to_owned()));
-    }
-    Ok(())
-}
-
-fn push_rcpt(buf: &mut Vec<u8>, rcpt: &str) {
-    buf.extend_from_slice(b"RCPT TO:<");
-    buf.extend_from_slice(rcpt.as_bytes());
-    buf.extend_from_slice(b">\r\n");
-}
-
-fn push_decimal(buf: &mut Vec<u8>, mut n: u64) {
-    let mut digits = [0u8; 20];
-    let mut i = digits.len();
-    loop {
-        i -= 1;
-        digits[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    buf.extend_from_slice(&digits[i..]);
-}
-
-/// Appends `message` as a DATA payload: a "." starting a line is doubled,
-/// bare LF becomes CRLF (a lone LF or "\n.\n" is how SMTP smuggling starts),
-/// a missing final CRLF is added, then the terminating ".\r\n".
-pub(crate) fn stuff_body(message: &[u8], out: &mut Vec<u8>) {
-    out.reserve(message.len() + message.len() / 32 + 8);
-    let mut rest = message;
-    while !rest.is_empty() {
-        if rest[0] == b'.' {
-            out.push(b'.');
-        }
-        match rest.iter().position(|&b| b == b'\n') {
-            Some(i) => {
-                let line = &rest[..i];
-                out.extend_from_slice(line);
-                if line.last() != Some(&b'\r') {
-                    out.push(b'\r');
-                }
-                out.push(b'\n');
-                rest = &rest[i + 1..];
-            }
-            None => {
-                out.extend_from_slice(rest);
-                if rest.last() != Some(&b'\r') {
-                    out.push(b'\r');
-                }
-                out.push(b'\n');
-                rest = &[];
-            }
-        }
-    }
-    out.extend_from_slice(b".\r\n");
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn stuffed(m: &[u8]) -> Vec<u8> {
-        let mut v = Vec::new();
-        stuff_body(m, &mut v);
-        v
-    }
-
-    #[test]
-    fn dot_stuffing() {
-        assert_eq!(stuffed(b""), b".\r\n");
-        assert_eq!(stuffed(b"a\r\n"), b"a\r\n.\r\n");
-        assert_eq!(stuffed(b"a"), b"a\r\n.\r\n");
-        assert_eq!(stuffed(b".\r\n"), b"..\r\n.\r\n");
-        assert_eq!(
-            stuffed(b"Subject: x\r\n\r\n.hidden\r\nmid.dle\r\n..two\r\n"),
-            b"Subject: x\r\n\r\n..hidden\r\nmid.dle\r\n...two\r\n.\r\n"
-        );
-    }
-
-    #[test]
-    fn bare_newlines_cannot_smuggle_an_end_of_data() {
-        assert_eq!(
-            stuffed(b"a\n.\nMAIL FROM:<x>\n"),
-            b"a\r\n..\r\nMAIL FROM:<x>\r\n.\r\n"
-        );
-        assert_eq!(stuffed(b"a\r"), b"a\r\n.\r\n");
-    }
-
-    #[test]
-    fn address_validation() {
-        assert!(check_address("", true).is_ok());
-        assert!(check_address("", false).is_err());
-        assert!(check_address("bounce+x=y@example.org", false).is_ok());
-        assert!(check_address("jörg@exämple.org", false).is_ok());
-        for bad in [
-            "a@b\r\nRCPT TO:<c@d>",
-            "a@b\n",
-            "a\0@b",
-            "a @b",
-            "a<@b",
-            "a>@b",
-            "a\u{7f}@b",
-            "a\u{85}@b",
-        ] {
-            assert!(
-                matches!(check_address(bad, false), Err(SmtpError::InvalidAddress(_))),
-                "{bad:?}"
-            );
-        }
-        assert!(check_address(&"a".repeat(MAX_ADDRESS + 1), false).is_err());
-    }
-
-    #[test]
-    fn decimal() {
-        for n in [0u64, 7, 10, 1234567890, u64::MAX] {
-            let mut v = Vec::new();
-            push_decimal(&mut v, n);
-            assert_eq!(v, n.to_string().as_bytes());
-        }
-    }
 
     #[test]
     fn ehlo_capabilities() {

@@ -21,8 +21,8 @@
 //!
 //! Layout: `reply` parses server replies, `settings` holds per-node
 //! configuration (including the rustls config, built once), `tls` builds
-//! that config, `stream` buffers a plain or TLS socket, and `client` is
-//! the [`Connection`] state machine. `receiver` (the server) shares no code with them.
+//! that config, `stream` buffers a plain or TLS socket, `wire` writes command lines and the
+//! dot-stuffed body, and `client` is the [`Connection`] state machine. `receiver` (the server) shares no code with them.
 //!
 //! `smtp` uses no other module of the crate: it sits at the bottom of the graph.
 
@@ -33,8 +33,9 @@ mod reply;
 mod settings;
 mod stream;
 mod tls;
+mod wire;
 
-pub(crate) use client::stuff_body;
+pub(crate) use wire::stuff_body;
 pub use client::{Capabilities, Connection, Delivery, Stage};
 pub(crate) use reply::complete_len;
 pub use reply::{EnhancedStatus, MAX_REPLY_BYTES, Reply, ReplyError};
@@ -51,22 +52,26 @@ use std::net::SocketAddr;
 /// so a retry elsewhere can duplicate it.
 #[derive(Debug, thiserror::Error)]
 pub enum SmtpError {
-    #[error("connecting to {addr}: {source}")]
-    Connect { addr: SocketAddr, source: io::Error },
+    #[error("connecting to {addr}: {cause}")]
+    Connect { addr: SocketAddr, cause: io::Error },
     #[error("timed out waiting for {waiting_for}")]
     Timeout {
         waiting_for: &'static str,
         after_data: bool,
     },
-    #[error("I/O error: {source}")]
-    Io { source: io::Error, after_data: bool },
-    #[error("server closed the connection")]
-    Closed { after_data: bool },
-    #[error("malformed reply: {source}")]
-    Malformed {
-        source: ReplyError,
+    /// The whole transaction ran out of time (see [`Connection::send_until`]): its own limit
+    /// (`command_timeout + data_timeout`) or the caller's deadline (the recipient's `max_age`).
+    #[error("transaction deadline reached waiting for {waiting_for}; connection dropped")]
+    Deadline {
+        waiting_for: &'static str,
         after_data: bool,
     },
+    #[error("I/O error: {cause}")]
+    Io { cause: io::Error, after_data: bool },
+    #[error("server closed the connection")]
+    Closed { after_data: bool },
+    #[error("malformed reply: {cause}")]
+    Malformed { cause: ReplyError, after_data: bool },
     #[error("unexpected greeting: {0}")]
     Greeting(Reply),
     #[error("EHLO/HELO rejected: {0}")]
@@ -77,11 +82,12 @@ pub enum SmtpError {
     StartTls(Reply),
     #[error("server sent data after its STARTTLS reply (possible injection)")]
     StartTlsInjection,
-    /// Bytes after the server's 354, before the body was written: a reply to a body that was
-    /// never sent (e.g. `354 go` and `250 queued` in one write). Nothing was delivered and the
-    /// dialogue is out of step, so the connection is dropped; the recipient is deferred.
+    /// Bytes after the server's 354, before the body's final dot was written: a reply to a body
+    /// that was never (wholly) sent (e.g. `354 go` and `250 queued` in one write, or the `250`
+    /// a moment later). Nothing was delivered and the dialogue is out of step, so the
+    /// connection is dropped; the recipient is deferred.
     #[error(
-        "server sent {bytes} bytes after its 354 reply, before the message body was written \
+        "server sent {bytes} bytes after its 354 reply, before the message body was complete \
          (protocol violation): nothing delivered, connection dropped"
     )]
     ReplyBeforeBody { bytes: usize },
@@ -111,6 +117,7 @@ impl SmtpError {
     pub fn after_data(&self) -> bool {
         match self {
             SmtpError::Timeout { after_data, .. }
+            | SmtpError::Deadline { after_data, .. }
             | SmtpError::Io { after_data, .. }
             | SmtpError::Closed { after_data }
             | SmtpError::Malformed { after_data, .. } => *after_data,

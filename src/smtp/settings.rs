@@ -71,7 +71,10 @@ pub struct ClientSettings {
     pub connect_timeout: Duration,
     /// Each reply to a command, and each command write.
     pub command_timeout: Duration,
-    /// Writing the body and the reply after the final ".".
+    /// Writing the body and the reply after the final ".". A whole transaction ends within
+    /// `command_timeout + data_timeout` (see [`Connection::send_until`]).
+    ///
+    /// [`Connection::send_until`]: super::Connection::send_until
     pub data_timeout: Duration,
     /// Use PIPELINING when the server advertises it.
     pub pipelining: bool,
@@ -240,5 +243,22 @@ mod tests {
             .ca_file("/nonexistent/ca.pem")
             .build();
         assert!(matches!(r, Err(SmtpError::TlsConfig(_))));
+    }
+
+    #[test]
+    fn a_ca_file_that_is_no_file_is_refused_unread() {
+        for (path, what) in [
+            ("/", "CA file / is a directory, not a file"),
+            ("/dev/zero", "CA file /dev/zero is not a regular file"),
+        ] {
+            let r = ClientSettings::builder("me")
+                .tls(TlsMode::Tls, "relay.example")
+                .ca_file(path)
+                .build();
+            match r {
+                Err(SmtpError::TlsConfig(m)) => assert_eq!(m, what),
+                other => panic!("{path}: {other:?}"),
+            }
+        }
     }
 }

@@ -321,16 +321,16 @@ impl SourceStats {
 /// Fatal problems: the list cannot be read (or the rejects file written).
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
-    #[error("{}: cannot open recipient list: {source}", path.display())]
-    Open { path: PathBuf, source: io::Error },
+    #[error("{}: cannot open recipient list: {cause}", path.display())]
+    Open { path: PathBuf, cause: io::Error },
     /// A directory, device, FIFO or socket: `what` says which.
     #[error("{}: recipient list {what}", path.display())]
     NotRegular { path: PathBuf, what: String },
     /// A header field or the header row over its size cap.
     #[error("{}: header row: {what}; is this the right file?", path.display())]
     HeaderTooLarge { path: PathBuf, what: String },
-    #[error("{}: cannot read recipient list: {source}", path.display())]
-    Read { path: PathBuf, source: csv::Error },
+    #[error("{}: cannot read recipient list: {cause}", path.display())]
+    Read { path: PathBuf, cause: csv::Error },
     #[error("{}: delimiter {:?} is not usable", path.display(), char::from(*delimiter))]
     InvalidDelimiter { path: PathBuf, delimiter: u8 },
     #[error("{}: file is empty, expected a header row", path.display())]
@@ -361,10 +361,10 @@ pub enum SourceError {
         column: String,
         available: Vec<String>,
     },
-    #[error("{}: cannot create rejects file: {source}", path.display())]
-    CreateRejects { path: PathBuf, source: io::Error },
-    #[error("{}: cannot write rejects file: {source}", path.display())]
-    WriteRejects { path: PathBuf, source: csv::Error },
+    #[error("{}: cannot create rejects file: {cause}", path.display())]
+    CreateRejects { path: PathBuf, cause: io::Error },
+    #[error("{}: cannot write rejects file: {cause}", path.display())]
+    WriteRejects { path: PathBuf, cause: csv::Error },
 }
 
 /// Streams validated recipients from one CSV file.
@@ -418,7 +418,7 @@ impl Source {
             match reader.read_byte_record(&mut record) {
                 Ok(true) => {}
                 Ok(false) => return Err(SourceError::MissingHeader { path }),
-                Err(source) => return Err(SourceError::Read { path, source }),
+                Err(cause) => return Err(SourceError::Read { path, cause }),
             }
             let end = reader.position().byte();
             if let Some(cut) = reader.get_ref().inner.first_cut()
@@ -528,10 +528,10 @@ impl Source {
             match self.reader.read_byte_record(&mut self.record) {
                 Ok(true) => {}
                 Ok(false) => return Ok(None),
-                Err(source) => {
+                Err(cause) => {
                     return Err(SourceError::Read {
                         path: self.path.clone(),
-                        source,
+                        cause,
                     });
                 }
             }
@@ -642,9 +642,9 @@ impl Source {
 /// Opens the list if it is a regular file: a directory, device (`/dev/zero`), FIFO or socket
 /// is refused with what it is, before reading (a FIFO is not even opened: that would block).
 fn open_regular(path: &std::path::Path) -> Result<File, SourceError> {
-    let open_error = |source| SourceError::Open {
+    let open_error = |cause| SourceError::Open {
         path: path.to_owned(),
-        source,
+        cause,
     };
     let check = |meta: std::fs::Metadata| match crate::private::not_regular(&meta) {
         None => Ok(()),

@@ -20,14 +20,14 @@ impl Rejects {
         // The rejected rows, addresses included: private (0600).
         let file = match crate::private::create(&path) {
             Ok(file) => file,
-            Err(source) => return Err(SourceError::CreateRejects { path, source }),
+            Err(cause) => return Err(SourceError::CreateRejects { path, cause }),
         };
         let mut writer = csv::WriterBuilder::new().flexible(true).from_writer(file);
         let header = ["row", "line", "reason"]
             .into_iter()
             .chain(columns.names().iter().map(String::as_str));
-        if let Err(source) = writer.write_record(header) {
-            return Err(SourceError::WriteRejects { path, source });
+        if let Err(cause) = writer.write_record(header) {
+            return Err(SourceError::WriteRejects { path, cause });
         }
         Ok(Rejects { path, writer })
     }
@@ -57,9 +57,9 @@ impl Rejects {
             }
             writer.write_record(std::iter::empty::<&[u8]>())
         })();
-        result.map_err(|source| SourceError::WriteRejects {
+        result.map_err(|cause| SourceError::WriteRejects {
             path: self.path.clone(),
-            source,
+            cause,
         })
     }
 
@@ -69,7 +69,7 @@ impl Rejects {
             .flush()
             .map_err(|err| SourceError::WriteRejects {
                 path: self.path,
-                source: err.into(),
+                cause: err.into(),
             })
     }
 }

@@ -7,7 +7,10 @@
 //!   not restarted by each read, so a client trickling `EHLO aaaa…` a byte at a time is cut off;
 //! - while every connection slot is taken ("busy"), the line must arrive within `busy_timeout`
 //!   of the previous reply, so idle and trickling sessions give their slots to the clients
-//!   waiting in the listen backlog;
+//!   waiting in the listen backlog; inside DATA, a busy session must receive at least
+//!   [`BUSY_DATA_BYTES`] of the message per `busy_timeout` (a minimum rate: 1 KB/s with the
+//!   sink's default 1 s), so a client trickling its body a byte at a time gives its slot up
+//!   too;
 //! - the session ends at `session_timeout` after the accept, except inside DATA, which has its
 //!   own limit (`data_timeout` from the 354 to the final dot): a session lasts at most
 //!   `session_timeout + data_timeout`.
@@ -20,6 +23,10 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::ReceiverOptions;
+
+/// While busy, a DATA phase must receive this many bytes per `busy_timeout` (see the module
+/// documentation): far below any real sender's rate, far above a trickle's.
+pub(super) const BUSY_DATA_BYTES: u64 = 1024;
 
 /// Which limit ended a wait; [`Cut::reply`] is what the client is told.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -64,6 +71,9 @@ pub(super) struct Clock {
     lines_seen: u64,
     /// The 354's deadline for the final dot.
     data_end: Option<Instant>,
+    /// Inside DATA: since when, and from how many bytes received in the session, the body is
+    /// measured against the busy rate ([`BUSY_DATA_BYTES`] per `busy_timeout`).
+    data_mark: Option<(Instant, u64)>,
 }
 
 impl Clock {
@@ -78,20 +88,34 @@ impl Clock {
             first_byte: None,
             lines_seen: 0,
             data_end: None,
+            data_mark: None,
         }
     }
 
     /// Called after the protocol consumed what it could: `in_data` (after a 354), `partial`
-    /// (bytes of an unfinished command line are buffered or being skipped) and `lines` (complete
-    /// command lines so far; a change means the line being waited for is a new one).
-    pub(super) fn update(&mut self, now: Instant, in_data: bool, partial: bool, lines: u64) {
+    /// (bytes of an unfinished command line are buffered or being skipped), `lines` (complete
+    /// command lines so far; a change means the line being waited for is a new one) and
+    /// `received` (bytes read in the session so far).
+    pub(super) fn update(
+        &mut self,
+        now: Instant,
+        in_data: bool,
+        partial: bool,
+        lines: u64,
+        received: u64,
+    ) {
         if in_data {
             self.data_end.get_or_insert_with(|| after(now, self.data));
+            let mark = self.data_mark.get_or_insert((now, received));
+            if received - mark.1 >= BUSY_DATA_BYTES {
+                *mark = (now, received);
+            }
             self.line_wait = None;
             self.first_byte = None;
             return;
         }
         self.data_end = None;
+        self.data_mark = None;
         if self.line_wait.is_none() || lines != self.lines_seen {
             self.line_wait = Some(now);
             self.lines_seen = lines;
@@ -104,6 +128,12 @@ impl Clock {
     /// When the current wait ends and which limit ends it; `busy`: every slot is taken.
     pub(super) fn deadline(&self, now: Instant, busy: bool) -> (Instant, Cut) {
         if let Some(end) = self.data_end {
+            if let (true, Some(busy), Some((mark, _))) = (busy, self.busy, self.data_mark) {
+                let slow = after(mark, busy);
+                if slow < end {
+                    return (slow, Cut::Busy);
+                }
+            }
             return (end, Cut::Data);
         }
         let waiting = self.line_wait.unwrap_or(now);
@@ -214,16 +244,16 @@ mod tests {
     #[test]
     fn a_trickled_line_is_timed_from_its_first_byte_not_from_each_read() {
         let (mut c, t0) = clock(|_| {});
-        c.update(t0, false, false, 0);
+        c.update(t0, false, false, 0, 0);
         assert_eq!(c.deadline(t0, false), (t0 + S(300), Cut::Command));
         // The first byte after 10 s of silence starts the line's 30 s.
-        c.update(t0 + S(10), false, true, 0);
+        c.update(t0 + S(10), false, true, 0, 0);
         assert_eq!(c.deadline(t0 + S(10), false), (t0 + S(40), Cut::Line));
         // More bytes of the same line do not move it.
-        c.update(t0 + S(20), false, true, 0);
+        c.update(t0 + S(20), false, true, 0, 0);
         assert_eq!(c.deadline(t0 + S(20), false), (t0 + S(40), Cut::Line));
         // A finished line starts the next wait.
-        c.update(t0 + S(25), false, false, 1);
+        c.update(t0 + S(25), false, false, 1, 0);
         assert_eq!(c.deadline(t0 + S(25), false), (t0 + S(325), Cut::Command));
         // Busy: the whole line within 1 s of the previous reply.
         assert_eq!(c.deadline(t0 + S(25), true), (t0 + S(26), Cut::Busy));
@@ -232,13 +262,38 @@ mod tests {
     #[test]
     fn data_has_its_own_limit_and_the_session_ends_after_it() {
         let (mut c, t0) = clock(|o| o.session_timeout = Some(S(60)));
-        c.update(t0 + S(50), false, false, 3);
+        c.update(t0 + S(50), false, false, 3, 0);
         assert_eq!(c.deadline(t0 + S(50), false), (t0 + S(60), Cut::Session));
-        c.update(t0 + S(55), true, false, 4);
+        c.update(t0 + S(55), true, false, 4, 0);
         assert_eq!(c.deadline(t0 + S(55), false), (t0 + S(655), Cut::Data));
-        assert_eq!(c.deadline(t0 + S(55), true), (t0 + S(655), Cut::Data));
-        c.update(t0 + S(100), false, false, 4);
+        c.update(t0 + S(100), false, false, 4, 0);
         assert_eq!(c.deadline(t0 + S(100), false), (t0 + S(60), Cut::Session));
+    }
+
+    #[test]
+    fn a_busy_data_phase_must_keep_a_minimum_rate() {
+        let (mut c, t0) = clock(|_| {});
+        // The 354 at 10 s, with 500 bytes of the session read so far.
+        c.update(t0 + S(10), true, false, 3, 500);
+        assert_eq!(c.deadline(t0 + S(10), false), (t0 + S(610), Cut::Data));
+        assert_eq!(c.deadline(t0 + S(10), true), (t0 + S(11), Cut::Busy));
+        // A trickle (1023 bytes in) does not move the mark; 1024 bytes do.
+        c.update(
+            t0 + S(10) + Duration::from_millis(900),
+            true,
+            false,
+            3,
+            1523,
+        );
+        assert_eq!(c.deadline(t0 + S(11), true), (t0 + S(11), Cut::Busy));
+        c.update(t0 + S(11), true, false, 3, 1524);
+        assert_eq!(c.deadline(t0 + S(11), true), (t0 + S(12), Cut::Busy));
+        // Not busy: only data_timeout.
+        assert_eq!(c.deadline(t0 + S(11), false), (t0 + S(610), Cut::Data));
+        // After the dot, the command-line limits again.
+        c.update(t0 + S(12), false, false, 4, 2000);
+        assert_eq!(c.deadline(t0 + S(12), true), (t0 + S(13), Cut::Busy));
+        assert_eq!(c.deadline(t0 + S(12), false), (t0 + S(312), Cut::Command));
     }
 
     #[test]
@@ -247,7 +302,7 @@ mod tests {
             o.command_timeout = Duration::MAX;
             o.session_timeout = Some(Duration::MAX);
         });
-        c.update(t0, false, false, 0);
+        c.update(t0, false, false, 0, 0);
         assert!(c.deadline(t0, false).0 > t0 + S(86_400));
     }
 

@@ -8,7 +8,8 @@
 //! with the DATA body scanner; this file holds the options, the listener and the socket loop
 //! around it, which stays dumb. The test behaviours live apart, in `script`: a [`Script`] in
 //! [`ReceiverOptions::script`] turns on the scripted local-part prefixes (`tempfail+`,
-//! `permfail+`, `datatemp+`, `datafail+`, `drop+`, `slow+`), `reply_all` and the tarpit. The
+//! `permfail+`, `datatemp+`, `datafail+`, `drop+`, `dropfirst+`, `slow+`), `reply_all`, the
+//! tarpit and trickled replies. The
 //! default is none, which is what the sink runs with; tests and the demo's embedded node opt in
 //! ([`ReceiverOptions::scripted`]).
 //!
@@ -30,6 +31,7 @@ mod script;
 
 pub use script::Script;
 
+use std::collections::HashSet;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -83,8 +85,9 @@ pub struct ReceiverOptions {
     /// Longest time from a command line's first byte to its end.
     pub line_timeout: Duration,
     /// While every `max_connections` slot is taken: the longest time from the previous reply to
-    /// the end of the next command line, so that idle and trickling sessions make room for the
-    /// clients waiting in the backlog. None: no such mode.
+    /// the end of the next command line, and inside DATA the longest time to receive 1 KB more
+    /// of the message, so that idle and trickling sessions make room for the clients waiting
+    /// in the backlog. None: no such mode.
     pub busy_timeout: Option<Duration>,
     /// Longest session, from the accept; a DATA phase under way at the limit may finish (it has
     /// `data_timeout`), then `421`. None: unbounded.
@@ -243,6 +246,8 @@ struct Shared {
     /// Every `max_connections` slot is taken (set by the accept loop; see `busy_timeout`).
     busy: watch::Sender<bool>,
     per_ip: Arc<PerIp>,
+    /// `dropfirst+` addresses whose first transaction was dropped (scripted receivers only).
+    dropped: Mutex<HashSet<String>>,
 }
 
 impl Shared {
@@ -265,6 +270,7 @@ impl Shared {
             ehlo,
             ehlo_with_starttls,
             busy: watch::Sender::new(false),
+            dropped: Mutex::new(HashSet::new()),
         }
     }
 
@@ -275,6 +281,16 @@ impl Shared {
 
     fn count(&self, counter: impl Fn(&Counters) -> &AtomicU64, n: u64) {
         counter(&self.counters).fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// `dropfirst+`: true the first time one of `rcpts` (case-insensitive) ends a transaction.
+    fn first_drop(&self, rcpts: &[String]) -> bool {
+        let mut dropped = self.dropped.lock().unwrap_or_else(|e| e.into_inner());
+        let mut first = false;
+        for r in rcpts {
+            first |= dropped.insert(r.to_ascii_lowercase());
+        }
+        first
     }
 
     /// The test behaviours, if this receiver runs with any.
@@ -383,6 +399,7 @@ async fn run_session(stream: Stream, shared: Arc<Shared>) -> io::Result<()> {
     let tls = shared.opts.tls.clone();
     // Only a script marks a transaction slow (`slow+`).
     let slow_delay = shared.script().map_or(Duration::ZERO, |s| s.slow_delay);
+    let trickle = shared.script().and_then(|s| s.trickle);
     let mut s = Session {
         clock: Clock::new(&shared.opts, Instant::now()),
         busy: shared.busy.subscribe(),
@@ -390,6 +407,7 @@ async fn run_session(stream: Stream, shared: Arc<Shared>) -> io::Result<()> {
         buf: vec![0u8; READ_BUF],
         start: 0,
         end: 0,
+        received: 0,
     };
     let mut proto = Protocol::new(shared, tls.is_some());
     proto.greet();
@@ -398,12 +416,16 @@ async fn run_session(stream: Stream, shared: Arc<Shared>) -> io::Result<()> {
         s.start += used;
         let partial = s.start < s.end || proto.mid_line();
         let in_data = proto.phase == Phase::Data;
+        let lines = proto.lines();
         s.clock
-            .update(Instant::now(), in_data, partial, proto.lines());
+            .update(Instant::now(), in_data, partial, lines, s.received);
         match step {
             Step::NeedInput => {
                 if !proto.out.is_empty() {
-                    s.write(&proto.out).await?;
+                    match trickle.filter(|_| proto.mailed()) {
+                        Some(gap) => s.trickle(&proto.out, gap).await?,
+                        None => s.write(&proto.out).await?,
+                    }
                     proto.out.clear();
                 }
                 if !s.read().await? {
@@ -457,6 +479,8 @@ struct Session {
     /// Unconsumed input is `buf[start..end]`.
     start: usize,
     end: usize,
+    /// Bytes read in the session (for the busy DATA rate, see `limits`).
+    received: u64,
 }
 
 /// What ended a wait for input.
@@ -485,6 +509,15 @@ impl Session {
         }
     }
 
+    /// Writes replies a byte at a time, `gap` apart ([`Script::trickle`]).
+    async fn trickle(&mut self, bytes: &[u8], gap: Duration) -> io::Result<()> {
+        for b in bytes {
+            self.write(std::slice::from_ref(b)).await?;
+            tokio::time::sleep(gap).await;
+        }
+        Ok(())
+    }
+
     /// Reads more input after the unconsumed rest. False: the client closed, or a limit ended
     /// the session (after a `421` saying which).
     async fn read(&mut self) -> io::Result<bool> {
@@ -505,6 +538,7 @@ impl Session {
                 Wake::Read(n) => {
                     let n = n?;
                     self.end += n;
+                    self.received += n as u64;
                     return Ok(n > 0);
                 }
                 Wake::Limit => {

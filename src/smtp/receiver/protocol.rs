@@ -22,7 +22,7 @@ pub(super) enum Step {
     Slow,
     /// Flush and close (QUIT, 421).
     Close,
-    /// Close without replying (`drop+`).
+    /// Close without replying (`drop+`, `dropfirst+`).
     Drop,
     /// Flush the 220, then run the TLS handshake.
     StartTls,
@@ -87,6 +87,8 @@ pub(super) struct Protocol {
     lines: u64,
     /// 5xx replies to commands since the last 2xx/3xx (see `ReceiverOptions::max_errors`).
     errors: u32,
+    /// A MAIL command was read in this session.
+    mailed: bool,
 }
 
 impl Protocol {
@@ -101,12 +103,18 @@ impl Protocol {
             tls_active: false,
             lines: 0,
             errors: 0,
+            mailed: false,
         }
     }
 
     /// Complete command lines read so far.
     pub(super) fn lines(&self) -> u64 {
         self.lines
+    }
+
+    /// A MAIL command was read in this session (for [`Script::trickle`](super::Script)).
+    pub(super) fn mailed(&self) -> bool {
+        self.mailed
     }
 
     /// Skipping the rest of an over-long command line (its bytes are consumed, not buffered).
@@ -250,6 +258,9 @@ impl Protocol {
     }
 
     fn end_of_data(&mut self) -> Step {
+        if self.tx.marks.drop_first && self.shared.first_drop(&self.tx.rcpts) {
+            return Step::Drop;
+        }
         if self.tx.marks.slow {
             return Step::Slow;
         }
@@ -383,6 +394,7 @@ impl Protocol {
     }
 
     fn mail(&mut self, arg: &[u8]) -> Step {
+        self.mailed = true;
         match self.phase {
             Phase::Connected => {
                 self.reply(b"503 5.5.1 Send EHLO/HELO first\r\n");

@@ -4,11 +4,14 @@
 //! - Scripted recipients: a local-part prefix (matched case-insensitively) scripts the
 //!   transaction: `tempfail+` / `permfail+` get 451 4.3.0 / 550 5.1.1 at RCPT, `datatemp+` /
 //!   `datafail+` get 451 4.3.0 / 554 5.6.0 at the final dot, `drop+` closes the connection
-//!   without a reply once the body arrives, `slow+` waits [`Script::slow_delay`] before the
-//!   final reply. With a [`ReceiverPolicy`](super::ReceiverPolicy) the policy decides RCPT and
+//!   without a reply once the body arrives, `dropfirst+` closes it without a reply once the
+//!   final dot arrives the first time this receiver sees the address (the message possibly
+//!   delivered; a later transaction is accepted), `slow+` waits [`Script::slow_delay`] before
+//!   the final reply. With a [`ReceiverPolicy`](super::ReceiverPolicy) the policy decides RCPT and
 //!   prefixes are not looked at.
 //! - [`Script::reply_all`]: every MAIL gets one reply (a 421 closes the connection).
 //! - [`Script::tarpit`]: connections are accepted and never greeted.
+//! - [`Script::trickle`]: from a session's first MAIL on, replies go out a byte at a time.
 //!
 //! [`ReceiverOptions::script`]: super::ReceiverOptions::script
 
@@ -26,15 +29,19 @@ pub struct Script {
     pub reply_all: Option<(u16, String)>,
     /// Accept TCP but never greet, to exercise client timeouts.
     pub tarpit: bool,
+    /// Write every reply from the session's first MAIL on a byte at a time, this long between
+    /// bytes: a relay that keeps each read alive but makes a transaction last for ever.
+    pub trickle: Option<Duration>,
 }
 
 impl Default for Script {
-    /// Scripted recipients on, `slow+` waiting a second, no `reply_all`, no tarpit.
+    /// Scripted recipients on, `slow+` waiting a second, no `reply_all`, no tarpit, no trickle.
     fn default() -> Script {
         Script {
             slow_delay: Duration::from_secs(1),
             reply_all: None,
             tarpit: false,
+            trickle: None,
         }
     }
 }
@@ -52,6 +59,7 @@ impl Script {
         marks.data_temp |= strip_prefix_ci(local, b"datatemp+").is_some();
         marks.data_fail |= strip_prefix_ci(local, b"datafail+").is_some();
         marks.drop |= strip_prefix_ci(local, b"drop+").is_some();
+        marks.drop_first |= strip_prefix_ci(local, b"dropfirst+").is_some();
         marks.slow |= strip_prefix_ci(local, b"slow+").is_some();
         Ok(())
     }
@@ -64,6 +72,8 @@ pub(super) struct Marks {
     data_fail: bool,
     /// Close without replying once body bytes arrive.
     pub(super) drop: bool,
+    /// Close without replying once the final dot arrives, the first time for the address.
+    pub(super) drop_first: bool,
     /// Wait [`Script::slow_delay`] before the final reply.
     pub(super) slow: bool,
 }
@@ -86,8 +96,8 @@ mod tests {
     use std::sync::atomic::Ordering;
 
     use super::super::ReceiverOptions;
-    use super::super::protocol::Step;
     use super::super::protocol::tests::{codes, protocol, run};
+    use super::super::protocol::{Protocol, Step};
     use super::*;
 
     #[test]
@@ -111,6 +121,21 @@ mod tests {
         assert_eq!(stats.transactions.load(Ordering::Relaxed), 3);
         assert_eq!(stats.accepted.load(Ordering::Relaxed), 1);
         assert_eq!(stats.rejected.load(Ordering::Relaxed), 3);
+    }
+
+    #[test]
+    fn dropfirst_drops_the_first_transaction_of_an_address_only() {
+        let mut p = protocol(ReceiverOptions::scripted());
+        let tx = b"MAIL FROM:<a@x>\r\nRCPT TO:<DropFirst+1@y>\r\nDATA\r\nx\r\n.\r\n";
+        let (out, step) = run(&mut p, &[b"EHLO c\r\n".as_slice(), tx].concat());
+        // The final dot arrived; no reply to it, the connection is closed.
+        assert_eq!(codes(&out), ["220", "250", "250", "250", "354"]);
+        assert_eq!(step, Step::Drop);
+        // The next session of the same receiver gets the address accepted.
+        let mut again = Protocol::new(p.shared.clone(), false);
+        let (out, _) = run(&mut again, &[b"EHLO c\r\n".as_slice(), tx].concat());
+        assert_eq!(codes(&out), ["250", "250", "250", "354", "250"]);
+        assert_eq!(p.shared.counters.accepted.load(Ordering::Relaxed), 1);
     }
 
     #[test]
