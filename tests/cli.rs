@@ -221,23 +221,30 @@ password_env = "BLAST_RELAY_PASSWORD"
 "#;
     let path = dir.0.join("late.toml");
     fs::write(&path, toml).unwrap();
-    // The secret is needed to build the renderer, so without it only environment problems.
-    let o = blast(&["check", path.to_str().unwrap()], &[]);
-    assert_eq!(o.code(), 2);
-    let stderr = o.stderr();
-    assert!(stderr.contains("2 problems found"), "{stderr}");
-    assert!(stderr.contains("BLAST_SECRET is not set"), "{stderr}");
-    assert!(stderr.contains("BLAST_RELAY_PASSWORD"), "{stderr}");
-    // With both set, the template's unknown variable, with its file and line.
-    let o = blast(&["check", path.to_str().unwrap()], &example_env());
-    assert_eq!(o.code(), 2);
-    let stderr = o.stderr();
+    // check sends nothing: the missing secrets are warnings ("needed to send"), and the
+    // template's unknown variable is still found, with its file and line.
     let body = dir.0.join("body.txt");
+    let unknown = format!("{}:2: template uses \"first_nmae\"", body.display());
+    for env in [&[][..], &example_env()[..]] {
+        let o = blast(&["check", path.to_str().unwrap()], env);
+        assert_eq!(o.code(), 2);
+        let stderr = o.stderr();
+        assert!(stderr.contains("1 problem found"), "{stderr}");
+        assert!(stderr.contains(&unknown), "{stderr}");
+        let warned = stderr.contains("warning: needed to send: environment variable BLAST_SECRET is not set")
+            && stderr.contains("warning: needed to send: node \"relay.example.com:25\": environment variable BLAST_RELAY_PASSWORD");
+        assert_eq!(warned, env.is_empty(), "{stderr}");
+    }
+    // send needs both: problems, before anything is sent.
+    let o = blast(&["send", "--dry-run", path.to_str().unwrap()], &[]);
+    assert_eq!(o.code(), 2);
+    let stderr = o.stderr();
     assert!(
-        stderr.contains(&format!(
-            "{}:2: template uses \"first_nmae\"",
-            body.display()
-        )),
+        stderr.contains("BLAST_SECRET is not set: it must hold"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("BLAST_RELAY_PASSWORD (its AUTH password) is not set"),
         "{stderr}"
     );
 }
@@ -255,13 +262,28 @@ fn check_example_with_secrets_exits_0() {
     assert!(stdout.contains("node       relay-1 relay1.example.com:25"));
     assert_eq!(stdout.lines().last(), Some("ok"));
 
-    // Without the relay password the same campaign is not ready.
-    let o = blast(
-        &["check", "campaigns/example.toml"],
-        &[("BLAST_SECRET", SECRET)],
+    // On a fresh clone (no secrets set) the example checks, with warnings for what only
+    // send needs; preview works too.
+    let o = blast(&["check", "campaigns/example.toml"], &[]);
+    assert_eq!(o.code(), 0, "{}", o.stderr());
+    assert_eq!(o.stdout().lines().last(), Some("ok"));
+    let stderr = o.stderr();
+    assert!(
+        stderr.contains(
+            "blast: warning: needed to send: environment variable BLAST_SECRET is not set"
+        ),
+        "{stderr}"
     );
-    assert_eq!(o.code(), 2);
-    assert!(o.stderr().contains("BLAST_RELAY_PASSWORD"));
+    assert!(
+        stderr.contains("blast: warning: needed to send: node \"relay-1\": environment variable BLAST_RELAY_PASSWORD"),
+        "{stderr}"
+    );
+    let o = blast(&["preview", "campaigns/example.toml", "--row", "1"], &[]);
+    assert_eq!(o.code(), 0, "{}", o.stderr());
+    assert!(
+        o.stdout()
+            .contains("Subject: Alice, our spring sale starts today")
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -351,7 +373,21 @@ fn preview_of_a_rejected_row_exits_2() {
     assert_eq!(o.code(), 2);
     assert!(o.stdout_bytes().is_empty());
     let stderr = o.stderr();
-    assert!(stderr.contains("row 5 was rejected"), "{stderr}");
+    assert!(
+        stderr.contains("row 5 was rejected: empty address"),
+        "{stderr}"
+    );
+    // Rows are numbered from 1.
+    let o = blast(
+        &["preview", "campaigns/example.toml", "--row", "0"],
+        &example_env(),
+    );
+    assert_eq!(o.code(), 2);
+    assert!(
+        o.stderr().contains("no row 0: rows are numbered from 1"),
+        "{}",
+        o.stderr()
+    );
     // A row past the end of the list.
     let o = blast(
         &["preview", "campaigns/example.toml", "--row", "99"],

@@ -239,8 +239,9 @@ messages_per_connection = {}"#,
         std::thread::Builder::new()
             .name("send-run".into())
             .spawn(move || {
-                let (campaign, source, renderer) = cli::prepare(&path, Some(rejects))
-                    .unwrap_or_else(|problems| panic!("campaign problems: {problems:#?}"));
+                let (campaign, source, renderer) =
+                    cli::prepare(&path, Some(rejects), cli::Purpose::Send)
+                        .unwrap_or_else(|problems| panic!("campaign problems: {problems:#?}"));
                 let opts = SendOptions {
                     dry_run: false,
                     limit: None,

@@ -5,17 +5,17 @@ use std::io::Write;
 use std::path::Path;
 use std::process::ExitCode;
 
-use anyhow::{Context, anyhow};
+use anyhow::Context;
 
 use super::BadInput;
-use super::prepare::{prepare, report_problems};
+use super::prepare::{Purpose, prepare, report_problems};
 use crate::campaign::NodeAddress;
 use crate::clock::unix_now;
 use crate::send::render::Renderer;
 use crate::terminal::{printable, printable_lines};
 
 pub fn check(path: &Path, sample: u64, dns: bool) -> anyhow::Result<ExitCode> {
-    let (campaign, mut source, renderer) = match prepare(path, None) {
+    let (campaign, mut source, renderer) = match prepare(path, None, Purpose::Inspect) {
         Ok(t) => t,
         Err(problems) => return Ok(report_problems(&problems)),
     };
@@ -132,35 +132,34 @@ fn renderer_columns(r: &Renderer) -> String {
 }
 
 pub fn preview(path: &Path, row: u64, out: Option<&Path>) -> anyhow::Result<ExitCode> {
-    let (_campaign, mut source, renderer) = match prepare(path, None) {
+    let (_campaign, mut source, renderer) = match prepare(path, None, Purpose::Inspect) {
         Ok(t) => t,
         Err(problems) => return Ok(report_problems(&problems)),
     };
+    if row == 0 {
+        return Err(BadInput(
+            "no row 0: rows are numbered from 1 (the first data row after the header is row 1)"
+                .into(),
+        )
+        .into());
+    }
+    source.watch(row);
     let recipient = loop {
         match source
             .next_recipient()
             .context("reading the recipient list")?
         {
             Some(r) if r.row == row => break r,
-            Some(r) if r.row > row => {
-                return Err(BadInput(format!(
-                    "row {row} was rejected (see `blast check`; the rejects file names the reason)"
-                ))
-                .into());
-            }
-            Some(_) => continue,
-            None => {
-                let rows = source.stats().rows;
-                return Err(anyhow!(BadInput(format!(
-                    "row {row} not found: the list has {rows} rows{}",
-                    if rows >= row {
-                        " (that row was rejected)"
-                    } else {
-                        ""
-                    }
-                ))));
-            }
+            Some(r) if r.row < row => continue,
+            _ => {}
         }
+        let rows = source.stats().rows;
+        let why = match source.watched_reject() {
+            // The reason quotes the list (column names): anyone's text.
+            Some(reason) => format!("row {row} was rejected: {}", printable(&reason.to_string())),
+            None => format!("row {row} not found: the list has {rows} rows"),
+        };
+        return Err(BadInput(why).into());
     };
     let message = renderer
         .render(recipient, unix_now())

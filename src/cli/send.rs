@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 
-use super::prepare::{prepare, report_problems};
+use super::prepare::{Purpose, prepare, report_problems};
 use super::{BadInput, exit};
 use crate::campaign::Campaign;
 use crate::journal::RowSet;
@@ -91,7 +91,7 @@ pub fn send(a: super::SendArgs) -> anyhow::Result<ExitCode> {
         None
     };
     let rejects = (to.is_none() && !opts.dry_run).then(|| loaded.output.rejects.clone());
-    let (mut campaign, source, renderer) = match prepare(path, rejects) {
+    let (mut campaign, source, renderer) = match prepare(path, rejects, Purpose::Send) {
         Ok(t) => t,
         Err(problems) => return Ok(report_problems(&problems)),
     };

@@ -383,6 +383,8 @@ pub struct Source {
     rejects: Option<Rejects>,
     stats: SourceStats,
     done: Option<Arc<crate::journal::RowSet>>,
+    /// The row whose reject reason is kept ([`Source::watch`]), and the reason once rejected.
+    watch: Option<(u64, Option<RejectReason>)>,
 }
 
 impl Source {
@@ -477,6 +479,7 @@ impl Source {
             rejects,
             stats: SourceStats::default(),
             done: None,
+            watch: None,
         })
     }
 
@@ -498,6 +501,17 @@ impl Source {
     /// dedupe, so a later duplicate of a done row is still rejected as before.
     pub fn skip_done(&mut self, done: Arc<crate::journal::RowSet>) {
         self.done = Some(done);
+    }
+
+    /// Keeps the reason if `row` is rejected (see [`Source::watched_reject`]): for `preview`,
+    /// which must say why the row asked for is not there.
+    pub fn watch(&mut self, row: u64) {
+        self.watch = Some((row, None));
+    }
+
+    /// Why the watched row was rejected, once it has been read and was.
+    pub fn watched_reject(&self) -> Option<&RejectReason> {
+        self.watch.as_ref().and_then(|(_, r)| r.as_ref())
     }
 
     /// The fast path of [`Source::skip_done`]: true when the current record was skipped.
@@ -580,6 +594,11 @@ impl Source {
         cut: bool,
     ) -> Result<(), SourceError> {
         self.stats.reject(reason.kind());
+        if let Some((watched, kept)) = &mut self.watch
+            && *watched == row
+        {
+            *kept = Some(reason.clone());
+        }
         if let Some(rejects) = &mut self.rejects {
             let shorten = cut.then_some(ECHO);
             rejects.write(row, line, reason, &self.record, shorten)?;
