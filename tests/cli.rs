@@ -260,6 +260,19 @@ fn check_example_with_secrets_exits_0() {
         "{stdout}"
     );
     assert!(stdout.contains("node       relay-1 relay1.example.com:25"));
+    // The rejected rows, with their reasons, and where send writes them all.
+    assert!(
+        stdout.contains("  row 5 (line 6): empty address"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("  row 7 (line 8): invalid address"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("rejects    `blast send` writes every rejected row with its reason to "),
+        "{stdout}"
+    );
     assert_eq!(stdout.lines().last(), Some("ok"));
 
     // On a fresh clone (no secrets set) the example checks, with warnings for what only
@@ -511,7 +524,7 @@ fn dry_run_send_of_the_demo_prints_a_summary() {
     let lines: Vec<&str> = stdout.lines().collect();
     assert_eq!(
         lines.first().copied(),
-        Some("rows       2000 read, 0 rejected (see the rejects file), 2000 rendered"),
+        Some("rows       2000 read, 0 rejected, 2000 rendered"),
         "{stdout}"
     );
     assert!(lines.contains(&"dry run    nothing sent"), "{stdout}");

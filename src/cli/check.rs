@@ -19,6 +19,7 @@ pub fn check(path: &Path, sample: u64, dns: bool) -> anyhow::Result<ExitCode> {
         Ok(t) => t,
         Err(problems) => return Ok(report_problems(&problems)),
     };
+    source.keep_first_rejects(5);
     let mut problems = Vec::new();
     let now = unix_now();
     let mut rendered = 0u64;
@@ -42,6 +43,7 @@ pub fn check(path: &Path, sample: u64, dns: bool) -> anyhow::Result<ExitCode> {
             }
         }
     }
+    let first_rejects = source.first_rejects().to_vec();
     let stats = source.finish().context("reading the recipient list")?;
     let mut out = std::io::stdout().lock();
     writeln!(out, "campaign   {} ({})", campaign.id, campaign.name)?;
@@ -63,6 +65,21 @@ pub fn check(path: &Path, sample: u64, dns: bool) -> anyhow::Result<ExitCode> {
     )?;
     for (kind, n) in stats.rejected_by_kind().filter(|(_, n)| *n > 0) {
         writeln!(out, "  rejected {n:>8}  {kind}")?;
+    }
+    // Reasons quote the list's column names: anyone's text.
+    for (row, line, reason) in &first_rejects {
+        writeln!(
+            out,
+            "  row {row} (line {line}): {}",
+            printable(&reason.to_string())
+        )?;
+    }
+    if stats.rejected > 0 {
+        writeln!(
+            out,
+            "rejects    `blast send` writes every rejected row with its reason to {}",
+            campaign.output.rejects.display()
+        )?;
     }
     for n in &campaign.nodes {
         let addr = match &n.address {

@@ -26,8 +26,10 @@ pub fn exit_code(report: &Report) -> u8 {
 }
 
 /// The summary printed at the end of a run, ending with the exit code.
-pub fn summary(report: &Report) -> String {
-    crate::report::RunSummary::new(report, exit_code(report)).to_string()
+pub fn summary(report: &Report, rejects: Option<&Path>) -> String {
+    crate::report::RunSummary::new(report, exit_code(report))
+        .rejects_file(rejects)
+        .to_string()
 }
 
 /// Writes the summary as JSON to `path` (through a temporary file: never half a file).
@@ -91,7 +93,7 @@ pub fn send(a: super::SendArgs) -> anyhow::Result<ExitCode> {
         None
     };
     let rejects = (to.is_none() && !opts.dry_run).then(|| loaded.output.rejects.clone());
-    let (mut campaign, source, renderer) = match prepare(path, rejects, Purpose::Send) {
+    let (mut campaign, source, renderer) = match prepare(path, rejects.clone(), Purpose::Send) {
         Ok(t) => t,
         Err(problems) => return Ok(report_problems(&problems)),
     };
@@ -107,7 +109,7 @@ pub fn send(a: super::SendArgs) -> anyhow::Result<ExitCode> {
     let Some(plan) = plan else {
         let report = crate::send::run(&campaign, source, renderer, opts)
             .with_context(|| format!("sending {}", path.display()))?;
-        println!("{}", summary(&report));
+        println!("{}", summary(&report, rejects.as_deref()));
         if let Some(p) = summary_json {
             write_summary_json(p, &report, None)?;
         }
@@ -150,7 +152,7 @@ pub fn send(a: super::SendArgs) -> anyhow::Result<ExitCode> {
         }
     };
     let state = run.finish(&report)?;
-    println!("{}", summary(&report));
+    println!("{}", summary(&report, rejects.as_deref()));
     if let Some(p) = summary_json {
         write_summary_json(p, &report, Some((run.id, state)))?;
     }
