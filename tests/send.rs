@@ -1337,8 +1337,7 @@ fn progress_lines_are_run_wide_and_say_the_stop() {
     let stderr = second.stderr();
     let last = stderr
         .lines()
-        .filter(|l| l.starts_with("blast: ") && l.contains(" done ("))
-        .last()
+        .rfind(|l| l.starts_with("blast: ") && l.contains(" done ("))
         .unwrap_or_else(|| panic!("no progress line:\n{stderr}"));
     assert!(last.starts_with("blast: 598/598 done"), "{last}");
     let rejects = camp.dir.join("rejects.csv");
