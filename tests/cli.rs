@@ -562,3 +562,53 @@ fn dry_run_send_of_the_demo_prints_a_summary() {
     // The embedded-only demo runs without a secret, with a warning.
     assert!(o.stderr().contains("BLAST_SECRET is not set"));
 }
+
+/// The demo keeps one run's output: its first send says it is writing the list (a pause of a
+/// few seconds otherwise unexplained), and `--new-run` replaces the previous run's journal and
+/// delivery log instead of appending to them (the embedded receiver only: nothing left the
+/// machine, nothing is worth keeping).
+#[test]
+fn the_demo_says_it_writes_its_list_and_new_run_starts_over() {
+    let dir = TempDir::new("demo-new-run");
+    let path = demo_copy(&dir);
+    let text = fs::read_to_string(&path).unwrap();
+    assert!(text.contains("generate = 200000"));
+    fs::write(&path, text.replace("generate = 200000", "generate = 3000")).unwrap();
+    let log = dir.0.join("out/delivery.jsonl");
+    let lines = || fs::read_to_string(&log).unwrap().lines().count();
+
+    let o = blast(&["send", path.to_str().unwrap(), "--quiet"], &[]);
+    assert_eq!(o.code(), 0, "{}", o.stderr());
+    assert!(
+        o.stderr()
+            .contains("blast: writing the demo list (3000 rows) to "),
+        "{}",
+        o.stderr()
+    );
+    assert_eq!(lines(), 3000);
+    let journal_size = fs::metadata(dir.0.join("out/journal.sqlite"))
+        .unwrap()
+        .len();
+
+    for _ in 0..2 {
+        let o = blast(
+            &["send", path.to_str().unwrap(), "--quiet", "--new-run"],
+            &[],
+        );
+        assert_eq!(o.code(), 0, "{}", o.stderr());
+        let stderr = o.stderr();
+        assert!(!stderr.contains("writing the demo list"), "{stderr}");
+        assert!(
+            stderr.contains("blast: embedded receiver only: --new-run starts over ("),
+            "{stderr}"
+        );
+        assert_eq!(lines(), 3000, "the log holds one run");
+        let size = fs::metadata(dir.0.join("out/journal.sqlite"))
+            .unwrap()
+            .len();
+        assert!(
+            size <= journal_size + 64 * 1024,
+            "journal grew {journal_size} → {size}"
+        );
+    }
+}

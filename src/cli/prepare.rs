@@ -67,6 +67,10 @@ pub fn source_options(
             std::fs::create_dir_all(dir)
                 .with_context(|| format!("cannot create {}", dir.display()))?;
         }
+        eprintln!(
+            "blast: writing the demo list ({rows} rows) to {} — first run only, a few seconds",
+            r.path.display()
+        );
         let tmp = r.path.with_extension("csv.tmp");
         let f = std::fs::File::create(&tmp)
             .with_context(|| format!("cannot create {}", tmp.display()))?;
