@@ -100,6 +100,11 @@ impl Shutdown {
         self.cut.notify_waiters();
     }
 
+    /// Whether running transactions are being cut off (the second signal).
+    pub fn is_cutting(&self) -> bool {
+        self.cutting.load(Ordering::Relaxed)
+    }
+
     async fn cut(&self) {
         let notified = self.cut.notified();
         tokio::pin!(notified);

@@ -375,6 +375,40 @@ fn unknown_keys() {
     expect_one("unknown-section", &t, "[^limts]", "unknown field `limts`");
 }
 
+/// Unknown keys, wrong types and invalid values anywhere in the file are all reported at once
+/// (serde stops at the first; blast reads on past each), in file order, each where it is.
+#[test]
+fn every_problem_in_one_pass() {
+    let t = Spec::base()
+        .set("", "id = \"spring\"\ncolour = \"blue\"")
+        .set("[recipients]", "path = \"list.csv\"\ndelimeter = \";\"")
+        .set("[limits]", "queue_depth = -1\nrate = \"5 per second\"")
+        .nodes(&[
+            "host = \"relay.example.com\"\nport = \"25\"",
+            "host = \"relay2.example.com\"\nhots = \"typo.example.com\"",
+        ])
+        .text();
+    let f = Fixture::new("all-at-once");
+    let problems = f.problems(&t);
+    let expected = [
+        ("^colour", "unknown field `colour`"),
+        ("^delimeter", "unknown field `delimeter`"),
+        ("queue_depth = ^-1", "invalid value: integer `-1`"),
+        ("rate = ^\"5 per second\"", "rate"),
+        ("port = ^\"25\"", "invalid type: string \"25\""),
+        ("^hots", "unknown field `hots`"),
+    ];
+    assert_eq!(
+        problems.len(),
+        expected.len(),
+        "{problems:#?}\n--- fixture ---\n{t}"
+    );
+    for (p, (needle, fragment)) in problems.iter().zip(expected) {
+        assert_eq!((p.line, p.column), locate(&t, needle), "{p} vs {needle:?}");
+        assert!(p.message.contains(fragment), "{p} lacks {fragment:?}");
+    }
+}
+
 #[test]
 fn wrong_types() {
     let t = Spec::base()

@@ -221,23 +221,30 @@ password_env = "BLAST_RELAY_PASSWORD"
 "#;
     let path = dir.0.join("late.toml");
     fs::write(&path, toml).unwrap();
-    // The secret is needed to build the renderer, so without it only environment problems.
-    let o = blast(&["check", path.to_str().unwrap()], &[]);
-    assert_eq!(o.code(), 2);
-    let stderr = o.stderr();
-    assert!(stderr.contains("2 problems found"), "{stderr}");
-    assert!(stderr.contains("BLAST_SECRET is not set"), "{stderr}");
-    assert!(stderr.contains("BLAST_RELAY_PASSWORD"), "{stderr}");
-    // With both set, the template's unknown variable, with its file and line.
-    let o = blast(&["check", path.to_str().unwrap()], &example_env());
-    assert_eq!(o.code(), 2);
-    let stderr = o.stderr();
+    // check sends nothing: the missing secrets are warnings ("needed to send"), and the
+    // template's unknown variable is still found, with its file and line.
     let body = dir.0.join("body.txt");
+    let unknown = format!("{}:2: template uses \"first_nmae\"", body.display());
+    for env in [&[][..], &example_env()[..]] {
+        let o = blast(&["check", path.to_str().unwrap()], env);
+        assert_eq!(o.code(), 2);
+        let stderr = o.stderr();
+        assert!(stderr.contains("1 problem found"), "{stderr}");
+        assert!(stderr.contains(&unknown), "{stderr}");
+        let warned = stderr.contains("warning: needed to send: environment variable BLAST_SECRET is not set")
+            && stderr.contains("warning: needed to send: node \"relay.example.com:25\": environment variable BLAST_RELAY_PASSWORD");
+        assert_eq!(warned, env.is_empty(), "{stderr}");
+    }
+    // send needs both: problems, before anything is sent.
+    let o = blast(&["send", "--dry-run", path.to_str().unwrap()], &[]);
+    assert_eq!(o.code(), 2);
+    let stderr = o.stderr();
     assert!(
-        stderr.contains(&format!(
-            "{}:2: template uses \"first_nmae\"",
-            body.display()
-        )),
+        stderr.contains("BLAST_SECRET is not set: it must hold"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("BLAST_RELAY_PASSWORD (its AUTH password) is not set"),
         "{stderr}"
     );
 }
@@ -253,15 +260,43 @@ fn check_example_with_secrets_exits_0() {
         "{stdout}"
     );
     assert!(stdout.contains("node       relay-1 relay1.example.com:25"));
+    // The rejected rows, with their reasons, and where send writes them all.
+    assert!(
+        stdout.contains("  row 5 (line 6): empty address"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("  row 7 (line 8): invalid address"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("rejects    `blast send` writes every rejected row with its reason to "),
+        "{stdout}"
+    );
     assert_eq!(stdout.lines().last(), Some("ok"));
 
-    // Without the relay password the same campaign is not ready.
-    let o = blast(
-        &["check", "campaigns/example.toml"],
-        &[("BLAST_SECRET", SECRET)],
+    // On a fresh clone (no secrets set) the example checks, with warnings for what only
+    // send needs; preview works too.
+    let o = blast(&["check", "campaigns/example.toml"], &[]);
+    assert_eq!(o.code(), 0, "{}", o.stderr());
+    assert_eq!(o.stdout().lines().last(), Some("ok"));
+    let stderr = o.stderr();
+    assert!(
+        stderr.contains(
+            "blast: warning: needed to send: environment variable BLAST_SECRET is not set"
+        ),
+        "{stderr}"
     );
-    assert_eq!(o.code(), 2);
-    assert!(o.stderr().contains("BLAST_RELAY_PASSWORD"));
+    assert!(
+        stderr.contains("blast: warning: needed to send: node \"relay-1\": environment variable BLAST_RELAY_PASSWORD"),
+        "{stderr}"
+    );
+    let o = blast(&["preview", "campaigns/example.toml", "--row", "1"], &[]);
+    assert_eq!(o.code(), 0, "{}", o.stderr());
+    assert!(
+        o.stdout()
+            .contains("Subject: Alice, our spring sale starts today")
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -351,7 +386,21 @@ fn preview_of_a_rejected_row_exits_2() {
     assert_eq!(o.code(), 2);
     assert!(o.stdout_bytes().is_empty());
     let stderr = o.stderr();
-    assert!(stderr.contains("row 5 was rejected"), "{stderr}");
+    assert!(
+        stderr.contains("row 5 was rejected: empty address"),
+        "{stderr}"
+    );
+    // Rows are numbered from 1.
+    let o = blast(
+        &["preview", "campaigns/example.toml", "--row", "0"],
+        &example_env(),
+    );
+    assert_eq!(o.code(), 2);
+    assert!(
+        o.stderr().contains("no row 0: rows are numbered from 1"),
+        "{}",
+        o.stderr()
+    );
     // A row past the end of the list.
     let o = blast(
         &["preview", "campaigns/example.toml", "--row", "99"],
@@ -475,7 +524,7 @@ fn dry_run_send_of_the_demo_prints_a_summary() {
     let lines: Vec<&str> = stdout.lines().collect();
     assert_eq!(
         lines.first().copied(),
-        Some("rows       2000 read, 0 rejected (see the rejects file), 2000 rendered"),
+        Some("rows       2000 read, 0 rejected, 2000 rendered"),
         "{stdout}"
     );
     assert!(lines.contains(&"dry run    nothing sent"), "{stdout}");
@@ -512,4 +561,54 @@ fn dry_run_send_of_the_demo_prints_a_summary() {
     assert!(dir.0.join("summary.json").exists());
     // The embedded-only demo runs without a secret, with a warning.
     assert!(o.stderr().contains("BLAST_SECRET is not set"));
+}
+
+/// The demo keeps one run's output: its first send says it is writing the list (a pause of a
+/// few seconds otherwise unexplained), and `--new-run` replaces the previous run's journal and
+/// delivery log instead of appending to them (the embedded receiver only: nothing left the
+/// machine, nothing is worth keeping).
+#[test]
+fn the_demo_says_it_writes_its_list_and_new_run_starts_over() {
+    let dir = TempDir::new("demo-new-run");
+    let path = demo_copy(&dir);
+    let text = fs::read_to_string(&path).unwrap();
+    assert!(text.contains("generate = 200000"));
+    fs::write(&path, text.replace("generate = 200000", "generate = 3000")).unwrap();
+    let log = dir.0.join("out/delivery.jsonl");
+    let lines = || fs::read_to_string(&log).unwrap().lines().count();
+
+    let o = blast(&["send", path.to_str().unwrap(), "--quiet"], &[]);
+    assert_eq!(o.code(), 0, "{}", o.stderr());
+    assert!(
+        o.stderr()
+            .contains("blast: writing the demo list (3000 rows) to "),
+        "{}",
+        o.stderr()
+    );
+    assert_eq!(lines(), 3000);
+    let journal_size = fs::metadata(dir.0.join("out/journal.sqlite"))
+        .unwrap()
+        .len();
+
+    for _ in 0..2 {
+        let o = blast(
+            &["send", path.to_str().unwrap(), "--quiet", "--new-run"],
+            &[],
+        );
+        assert_eq!(o.code(), 0, "{}", o.stderr());
+        let stderr = o.stderr();
+        assert!(!stderr.contains("writing the demo list"), "{stderr}");
+        assert!(
+            stderr.contains("blast: embedded receiver only: --new-run starts over ("),
+            "{stderr}"
+        );
+        assert_eq!(lines(), 3000, "the log holds one run");
+        let size = fs::metadata(dir.0.join("out/journal.sqlite"))
+            .unwrap()
+            .len();
+        assert!(
+            size <= journal_size + 64 * 1024,
+            "journal grew {journal_size} → {size}"
+        );
+    }
 }

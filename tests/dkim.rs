@@ -165,8 +165,8 @@ embedded = true
 
 /// Renders every row of the campaign into `dir/msg-N.eml`.
 fn render_all(path: &Path, dir: &Path) -> Vec<PathBuf> {
-    let (_c, mut source, renderer) =
-        blast::cli::prepare(path, None).unwrap_or_else(|p| panic!("{p:?}"));
+    let (_c, mut source, renderer) = blast::cli::prepare(path, None, blast::cli::Purpose::Send)
+        .unwrap_or_else(|p| panic!("{p:?}"));
     let mut files = Vec::new();
     let mut rows = Vec::new();
     while let Some(r) = source.next_recipient().unwrap() {

@@ -242,8 +242,9 @@ messages_per_connection = {}"#,
         std::thread::Builder::new()
             .name("send-run".into())
             .spawn(move || {
-                let (campaign, source, renderer) = cli::prepare(&path, Some(rejects))
-                    .unwrap_or_else(|problems| panic!("campaign problems: {problems:#?}"));
+                let (campaign, source, renderer) =
+                    cli::prepare(&path, Some(rejects), cli::Purpose::Send)
+                        .unwrap_or_else(|problems| panic!("campaign problems: {problems:#?}"));
                 let opts = SendOptions {
                     dry_run: false,
                     limit: None,
@@ -353,21 +354,21 @@ fn node_report<'a>(r: &'a Report, name: &str) -> &'a send::NodeReport {
 
 /// Invariants of every finished run.
 fn check_report(r: &Report, camp: &Camp) {
-    assert_eq!(r.end, End::Done, "{}", cli::summary(r));
+    assert_eq!(r.end, End::Done, "{}", cli::summary(r, None));
     assert_eq!(r.signal, None);
-    assert_eq!(r.render_errors, 0, "{}", cli::summary(r));
+    assert_eq!(r.render_errors, 0, "{}", cli::summary(r, None));
     assert_eq!(r.source.accepted, camp.valid.len() as u64);
     assert_eq!(r.rendered, camp.valid.len() as u64);
     assert_eq!(
         r.accepted + r.failed + r.expired,
         r.rendered,
         "{}",
-        cli::summary(r)
+        cli::summary(r, None)
     );
-    assert_eq!(r.unfinished, 0, "{}", cli::summary(r));
-    assert_eq!(r.log_lines, r.rendered, "{}", cli::summary(r));
+    assert_eq!(r.unfinished, 0, "{}", cli::summary(r, None));
+    assert_eq!(r.log_lines, r.rendered, "{}", cli::summary(r, None));
     let per_node: u64 = r.nodes.iter().map(|n| n.accepted).sum();
-    assert_eq!(per_node, r.accepted, "{}", cli::summary(r));
+    assert_eq!(per_node, r.accepted, "{}", cli::summary(r, None));
     // Every connection opened was closed or counted as lost: none is left open after a run.
     for n in &r.nodes {
         assert_eq!(
@@ -408,7 +409,7 @@ fn mixed_outcomes_on_one_node() {
         &["not-an-address", "USER0@example.com"],
     );
     let report = camp.run();
-    eprintln!("{}", cli::summary(&report));
+    eprintln!("{}", cli::summary(&report, None));
     check_report(&report, &camp);
     assert_eq!(report.source.rejected, 2);
     assert_eq!(report.source.rows, rows.len() as u64);
@@ -592,7 +593,7 @@ fn deferring_primary_hands_over_to_fallback() {
     let rows = addrs("user", 8);
     let camp = Camp::write("fallback", &cfg, &rows, &[]);
     let report = camp.run();
-    eprintln!("{}", cli::summary(&report));
+    eprintln!("{}", cli::summary(&report, None));
     check_report(&report, &camp);
     assert_eq!(report.accepted, 8);
     assert_eq!(cli::exit_code(&report), cli::exit::OK);
@@ -637,7 +638,7 @@ fn fallback_takes_everything_when_the_primary_trips() {
     let rows = addrs("user", 400);
     let camp = Camp::write("fallback-trip", &cfg, &rows, &[]);
     let report = camp.run();
-    eprintln!("{}", cli::summary(&report));
+    eprintln!("{}", cli::summary(&report, None));
     check_report(&report, &camp);
     assert_eq!(report.accepted, 400);
     let log = camp.log();
@@ -650,7 +651,7 @@ fn fallback_takes_everything_when_the_primary_trips() {
     }
     assert_eq!(fallback.stats().accepted, 400);
     assert_eq!(primary.stats().accepted, 0);
-    assert!(report.deferrals >= 20, "{}", cli::summary(&report));
+    assert!(report.deferrals >= 20, "{}", cli::summary(&report, None));
     // The trip is in the primary's health history, with the deferral as the reason.
     let primary_health = &node_report(&report, "primary").health.events;
     assert!(
@@ -658,9 +659,9 @@ fn fallback_takes_everything_when_the_primary_trips() {
             .first()
             .is_some_and(|e| !e.up && e.reason.contains("deferrals (4xx) in a row")),
         "{}",
-        cli::summary(&report)
+        cli::summary(&report, None)
     );
-    assert!(cli::summary(&report).contains("  health   "));
+    assert!(cli::summary(&report, None).contains("  health   "));
     camp.done();
 }
 
@@ -684,7 +685,7 @@ fn dead_node_is_routed_around() {
         &[],
     );
     let report = camp.run();
-    eprintln!("{}", cli::summary(&report));
+    eprintln!("{}", cli::summary(&report, None));
     check_report(&report, &camp);
     assert_eq!(report.accepted, 500);
     assert!(node_report(&report, "dead").errors > 0);
@@ -699,7 +700,7 @@ fn dead_node_is_routed_around() {
     assert!(
         report.duration < Duration::from_secs(20),
         "{}",
-        cli::summary(&report)
+        cli::summary(&report, None)
     );
     camp.done();
 }
@@ -734,7 +735,7 @@ fn tarpit_node_costs_only_connect_timeouts() {
     );
     let running = camp.spawn();
     let report = running.wait(RUN_LIMIT);
-    eprintln!("{}", cli::summary(&report));
+    eprintln!("{}", cli::summary(&report, None));
     check_report(&report, &camp);
     assert_eq!(report.accepted, 500);
     assert!(node_report(&report, "tarpit").errors > 0);
@@ -788,7 +789,7 @@ fn node_dying_mid_campaign_loses_nothing() {
     let report = running.wait(RUN_LIMIT);
     eprintln!(
         "node a killed after {killed_at:?}\n{}",
-        cli::summary(&report)
+        cli::summary(&report, None)
     );
     check_report(&report, &camp);
     assert_eq!(report.accepted, ROWS as u64);
@@ -801,7 +802,7 @@ fn node_dying_mid_campaign_loses_nothing() {
     assert!(
         a_health.last().is_some_and(|e| !e.up),
         "{}",
-        cli::summary(&report)
+        cli::summary(&report, None)
     );
     assert!(node_report(&report, "b").health.events.is_empty());
 
@@ -847,7 +848,7 @@ fn dropped_connections_are_resent_then_expire() {
     };
     let camp = Camp::write("drop", &cfg, &rows, &[]);
     let report = camp.run();
-    eprintln!("{}", cli::summary(&report));
+    eprintln!("{}", cli::summary(&report, None));
     check_report(&report, &camp);
     assert_eq!(report.accepted, 58);
     assert_eq!(report.expired, 2);
@@ -871,7 +872,7 @@ fn dropped_connections_are_resent_then_expire() {
         report.requeues + report.deferrals,
         2 * 2 * 5,
         "{}",
-        cli::summary(&report)
+        cli::summary(&report, None)
     );
     assert_eq!(rx.stats().accepted, 58);
     assert_eq!(cli::exit_code(&report), cli::exit::SOME_FAILED);
@@ -991,7 +992,7 @@ fn global_rate_limit_holds() {
     let camp = Camp::write("rate", &cfg, &addrs("user", 300), &[]);
     let running = camp.spawn();
     let report = running.wait(RUN_LIMIT);
-    eprintln!("{}", cli::summary(&report));
+    eprintln!("{}", cli::summary(&report, None));
     check_report(&report, &camp);
     assert_eq!(report.accepted, 300);
     // 300 messages at 200/s with a burst of 10: at least 1.45 s; allow for clock slop.
@@ -1245,7 +1246,7 @@ fn node_back_after_a_short_outage_is_probed_again_soon() {
     let report = running.wait(RUN_LIMIT);
     eprintln!(
         "node a killed after {killed_at:?}, back 0.5 s later\n{}",
-        cli::summary(&report)
+        cli::summary(&report, None)
     );
     check_report(&report, &camp);
     assert_eq!(report.accepted, ROWS as u64);
@@ -1257,14 +1258,14 @@ fn node_back_after_a_short_outage_is_probed_again_soon() {
         ups,
         [false, true],
         "node a should go down once, then up:\n{}",
-        cli::summary(&report)
+        cli::summary(&report, None)
     );
     // Back within the first probes (1 s, then 2 s later), with seconds of the run left.
     assert!(
         a2.stats().accepted > 500,
         "node a took {} after it came back:\n{}",
         a2.stats().accepted,
-        cli::summary(&report)
+        cli::summary(&report, None)
     );
     camp.done();
 }
@@ -1308,7 +1309,7 @@ fn tiny_queue_and_one_slow_connection_do_not_deadlock() {
         .collect();
     let camp = Camp::write("backpressure", &cfg, &rows, &[]);
     let report = camp.run();
-    eprintln!("{}", cli::summary(&report));
+    eprintln!("{}", cli::summary(&report, None));
     check_report(&report, &camp);
     assert_eq!(report.accepted, ROWS as u64 - 60);
     assert_eq!(report.expired, 30);
@@ -1366,7 +1367,7 @@ fn a_slow_suppression_write_does_not_delay_other_transactions() {
     let waited = locked_at.elapsed();
     holder.execute_batch("COMMIT").unwrap();
     let report = running.wait(RUN_LIMIT);
-    eprintln!("{}", cli::summary(&report));
+    eprintln!("{}", cli::summary(&report, None));
     assert_eq!(
         accepted_while_locked, want,
         "only {accepted_while_locked} of {want} accepted in {waited:?} while the suppression list was locked"
@@ -1378,5 +1379,76 @@ fn a_slow_suppression_write_does_not_delay_other_transactions() {
     for a in rows.iter().filter(|a| a.starts_with("permfail+")) {
         assert!(list.contains(a).unwrap(), "{a} is not suppressed");
     }
+    camp.done();
+}
+
+/// Without a terminal (cron) the progress lines count the whole run: a stop by Ctrl-C is said
+/// at once with what is in flight and the grace period, and the resume's lines count the rows
+/// of the first session as done, against the real number of rows to send (rejected rows are
+/// not in it: "598/598", not "1/9"-style estimates). The summary names the rejects file.
+#[test]
+fn progress_lines_are_run_wide_and_say_the_stop() {
+    init();
+    let rt = runtime();
+    let rx = plain(&rt);
+    let cfg = Cfg {
+        rate: Some("100/s"),
+        ..Cfg::new(vec![node("n", rx.addr().port())])
+    };
+    let mut rows = addrs("user", 598);
+    rows.insert(10, "not-an-address".to_string());
+    rows.insert(20, "user5@example.com".to_string());
+    let camp = Camp::write(
+        "progress-lines",
+        &cfg,
+        &rows,
+        &["not-an-address", "user5@example.com"],
+    );
+    let child = Blast::new()
+        .arg("send")
+        .arg(&camp.toml)
+        .args(["--grace", "5s"])
+        .env(SECRET_VAR, SECRET)
+        .spawn();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while rx.stats().accepted < 100 {
+        assert!(Instant::now() < deadline, "blast send never got going");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    child.signal("INT");
+    let first = child.wait_bounded(Duration::from_secs(30));
+    assert_eq!(first.status().code(), Some(130), "{}", first.stderr());
+    let stderr = first.stderr();
+    let stop = stderr
+        .lines()
+        .find(|l| l.contains("stopping:"))
+        .unwrap_or_else(|| panic!("no stop line:\n{stderr}"));
+    assert!(
+        stop.contains("in flight, grace 5s (Ctrl-C again to cut them off)"),
+        "{stop}"
+    );
+    assert!(stop.contains("/598 done"), "{stop}");
+
+    let second = Blast::new()
+        .arg("send")
+        .arg(&camp.toml)
+        .env(SECRET_VAR, SECRET)
+        .output();
+    assert_eq!(second.code(), 0, "{}", second.stderr());
+    let stderr = second.stderr();
+    let last = stderr
+        .lines()
+        .rfind(|l| l.starts_with("blast: ") && l.contains(" done ("))
+        .unwrap_or_else(|| panic!("no progress line:\n{stderr}"));
+    assert!(last.starts_with("blast: 598/598 done"), "{last}");
+    let rejects = camp.dir.join("rejects.csv");
+    assert!(
+        second.stdout().contains(&format!(
+            "2 rejected (rows and reasons in {})",
+            rejects.display()
+        )),
+        "{}",
+        second.stdout()
+    );
     camp.done();
 }

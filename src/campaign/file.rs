@@ -5,6 +5,7 @@
 //! `direct` files.
 
 use std::collections::BTreeMap;
+use std::ops::Range;
 
 use serde::Deserialize;
 use toml::Spanned;
@@ -357,4 +358,85 @@ pub struct NodeSection {
     /// A fallback node: gets only mail the primaries kept deferring (Exim's `fallback_hosts`).
     #[serde(default)]
     pub fallback: bool,
+}
+
+/// Longest list of problems reading the file reports (each found by one more pass).
+const MAX_READ_PROBLEMS: usize = 50;
+
+/// Reads the TOML into [`CampaignFile`], finding every unknown key and wrongly typed value, not
+/// only the first: serde stops at the first, so each one found is taken out of the parsed
+/// document and the rest read again (a file has few). Returns the file read without the bad
+/// entries (their defaults in their place, so the values can still be validated) when that is
+/// possible, and every problem with the span it points at.
+pub(super) fn read(text: &str) -> (Option<CampaignFile>, Vec<(Range<usize>, String)>) {
+    use serde::Deserialize as _;
+    let (mut root, syntax) = toml::de::DeTable::parse_recoverable(text);
+    if !syntax.is_empty() {
+        let problems = syntax
+            .iter()
+            .map(|e| (e.span().unwrap_or(0..0), toml_message(e)))
+            .collect();
+        return (None, problems);
+    }
+    let mut problems = Vec::new();
+    let mut taken_out: Vec<String> = Vec::new();
+    while problems.len() < MAX_READ_PROBLEMS {
+        let e = match CampaignFile::deserialize(toml::de::Deserializer::from(root.clone())) {
+            Ok(f) => return (Some(f), problems),
+            Err(e) => e,
+        };
+        let span = e.span().unwrap_or(0..0);
+        let message = toml_message(&e);
+        // A required key taken out for its type is reported once, not as missing too.
+        if taken_out
+            .iter()
+            .any(|k| message.starts_with(&format!("missing field `{k}`")))
+        {
+            break;
+        }
+        problems.push((span.clone(), message));
+        match take_out(root.get_mut(), &span) {
+            Some(key) => taken_out.push(key),
+            None => break,
+        }
+    }
+    (None, problems)
+}
+
+/// Removes the entry whose key or value is at `span`, anywhere in the document; its key.
+fn take_out(table: &mut toml::de::DeTable<'_>, span: &Range<usize>) -> Option<String> {
+    let mut hit = None;
+    for (key, value) in table.iter_mut() {
+        if key.span() == *span || value.span() == *span {
+            hit = Some(key.get_ref().to_string());
+            break;
+        }
+        let found = match value.get_mut() {
+            toml::de::DeValue::Table(t) => take_out(t, span),
+            toml::de::DeValue::Array(items) => {
+                items.iter_mut().find_map(|item| match item.get_mut() {
+                    toml::de::DeValue::Table(t) => take_out(t, span),
+                    _ => None,
+                })
+            }
+            _ => None,
+        };
+        if found.is_some() {
+            return found;
+        }
+    }
+    let key = hit?;
+    table.remove(key.as_str());
+    Some(key)
+}
+
+/// toml's message is multi-line with a snippet; keep the first meaningful line.
+pub(super) fn toml_message(e: &toml::de::Error) -> String {
+    let msg = e.message().trim();
+    let msg = msg.lines().next().unwrap_or(msg).to_string();
+    if msg.starts_with("unknown field") {
+        format!("{msg} (check the spelling; see campaigns/example.toml for every field)")
+    } else {
+        msg
+    }
 }

@@ -59,31 +59,20 @@ impl Campaign {
             text,
             problems: Vec::new(),
         };
-        let file: CampaignFile = match toml::from_str(text) {
-            Ok(f) => f,
-            Err(e) => {
-                let span = e.span().unwrap_or(0..0);
-                ctx.error(span, toml_message(&e));
-                return Err(CampaignError::Invalid(ctx.problems));
-            }
+        let (file, problems) = super::file::read(text);
+        ctx.report(problems);
+        let Some(file) = file else {
+            ctx.problems.sort_by_key(|p| (p.line, p.column));
+            return Err(CampaignError::Invalid(ctx.problems));
         };
         let campaign = validate(&mut ctx, file);
+        // In file order (the reader finds them in key order, the validator section by section).
+        ctx.problems.sort_by_key(|p| (p.line, p.column));
         if ctx.problems.is_empty() {
             Ok(campaign.expect("validation without problems yields a campaign"))
         } else {
             Err(CampaignError::Invalid(ctx.problems))
         }
-    }
-}
-
-/// toml's message is multi-line with a snippet; keep the first meaningful line.
-fn toml_message(e: &toml::de::Error) -> String {
-    let msg = e.message().trim();
-    let msg = msg.lines().next().unwrap_or(msg).to_string();
-    if msg.starts_with("unknown field") {
-        format!("{msg} (check the spelling; see campaigns/example.toml for every field)")
-    } else {
-        msg
     }
 }
 

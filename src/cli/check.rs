@@ -5,20 +5,21 @@ use std::io::Write;
 use std::path::Path;
 use std::process::ExitCode;
 
-use anyhow::{Context, anyhow};
+use anyhow::Context;
 
 use super::BadInput;
-use super::prepare::{prepare, report_problems};
+use super::prepare::{Purpose, prepare, report_problems};
 use crate::campaign::NodeAddress;
 use crate::clock::unix_now;
 use crate::send::render::Renderer;
 use crate::terminal::{printable, printable_lines};
 
 pub fn check(path: &Path, sample: u64, dns: bool) -> anyhow::Result<ExitCode> {
-    let (campaign, mut source, renderer) = match prepare(path, None) {
+    let (campaign, mut source, renderer) = match prepare(path, None, Purpose::Inspect) {
         Ok(t) => t,
         Err(problems) => return Ok(report_problems(&problems)),
     };
+    source.keep_first_rejects(5);
     let mut problems = Vec::new();
     let now = unix_now();
     let mut rendered = 0u64;
@@ -42,6 +43,7 @@ pub fn check(path: &Path, sample: u64, dns: bool) -> anyhow::Result<ExitCode> {
             }
         }
     }
+    let first_rejects = source.first_rejects().to_vec();
     let stats = source.finish().context("reading the recipient list")?;
     let mut out = std::io::stdout().lock();
     writeln!(out, "campaign   {} ({})", campaign.id, campaign.name)?;
@@ -63,6 +65,21 @@ pub fn check(path: &Path, sample: u64, dns: bool) -> anyhow::Result<ExitCode> {
     )?;
     for (kind, n) in stats.rejected_by_kind().filter(|(_, n)| *n > 0) {
         writeln!(out, "  rejected {n:>8}  {kind}")?;
+    }
+    // Reasons quote the list's column names: anyone's text.
+    for (row, line, reason) in &first_rejects {
+        writeln!(
+            out,
+            "  row {row} (line {line}): {}",
+            printable(&reason.to_string())
+        )?;
+    }
+    if stats.rejected > 0 {
+        writeln!(
+            out,
+            "rejects    `blast send` writes every rejected row with its reason to {}",
+            campaign.output.rejects.display()
+        )?;
     }
     for n in &campaign.nodes {
         let addr = match &n.address {
@@ -132,35 +149,34 @@ fn renderer_columns(r: &Renderer) -> String {
 }
 
 pub fn preview(path: &Path, row: u64, out: Option<&Path>) -> anyhow::Result<ExitCode> {
-    let (_campaign, mut source, renderer) = match prepare(path, None) {
+    let (_campaign, mut source, renderer) = match prepare(path, None, Purpose::Inspect) {
         Ok(t) => t,
         Err(problems) => return Ok(report_problems(&problems)),
     };
+    if row == 0 {
+        return Err(BadInput(
+            "no row 0: rows are numbered from 1 (the first data row after the header is row 1)"
+                .into(),
+        )
+        .into());
+    }
+    source.watch(row);
     let recipient = loop {
         match source
             .next_recipient()
             .context("reading the recipient list")?
         {
             Some(r) if r.row == row => break r,
-            Some(r) if r.row > row => {
-                return Err(BadInput(format!(
-                    "row {row} was rejected (see `blast check`; the rejects file names the reason)"
-                ))
-                .into());
-            }
-            Some(_) => continue,
-            None => {
-                let rows = source.stats().rows;
-                return Err(anyhow!(BadInput(format!(
-                    "row {row} not found: the list has {rows} rows{}",
-                    if rows >= row {
-                        " (that row was rejected)"
-                    } else {
-                        ""
-                    }
-                ))));
-            }
+            Some(r) if r.row < row => continue,
+            _ => {}
         }
+        let rows = source.stats().rows;
+        let why = match source.watched_reject() {
+            // The reason quotes the list (column names): anyone's text.
+            Some(reason) => format!("row {row} was rejected: {}", printable(&reason.to_string())),
+            None => format!("row {row} not found: the list has {rows} rows"),
+        };
+        return Err(BadInput(why).into());
     };
     let message = renderer
         .render(recipient, unix_now())

@@ -27,7 +27,7 @@ mod prepare;
 mod send;
 mod status;
 
-pub use prepare::{load_key, prepare, source_options};
+pub use prepare::{Purpose, load_key, prepare, source_options};
 pub use send::{exit_code, summary};
 
 pub mod exit {

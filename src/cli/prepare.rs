@@ -13,9 +13,24 @@ use crate::send::render::Renderer;
 use crate::send::source::{Source, SourceOptions};
 use crate::verp::VerpKey;
 
+/// What the campaign is loaded for: `send` needs every secret; `check` and `preview` send
+/// nothing, so a secret missing from their environment is a warning ("needed to send"), not a
+/// problem.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Purpose {
+    Send,
+    Inspect,
+}
+
+/// The placeholder key of the embedded demo, and of `check`/`preview` without the secret.
+fn placeholder_key() -> VerpKey {
+    VerpKey::new(b"blast-demo-key-not-secret").expect("long enough")
+}
+
 /// The HMAC key from the environment. A campaign whose nodes are all the embedded receiver
-/// (nothing leaves the machine) may run without one: it gets a fixed demo key and a warning.
-pub fn load_key(campaign: &Campaign) -> Result<VerpKey, String> {
+/// (nothing leaves the machine) may run without one: it gets a fixed demo key and a warning;
+/// so do `check` and `preview` ([`Purpose::Inspect`]), which send nothing.
+pub fn load_key(campaign: &Campaign, purpose: Purpose) -> Result<VerpKey, String> {
     let name = &campaign.envelope.secret_env;
     match std::env::var(name) {
         Ok(secret) => {
@@ -25,7 +40,13 @@ pub fn load_key(campaign: &Campaign) -> Result<VerpKey, String> {
             eprintln!(
                 "blast: warning: {name} is not set; using a fixed demo key (fine for the embedded receiver only)"
             );
-            Ok(VerpKey::new(b"blast-demo-key-not-secret").expect("long enough"))
+            Ok(placeholder_key())
+        }
+        Err(_) if purpose == Purpose::Inspect => {
+            eprintln!(
+                "blast: warning: needed to send: environment variable {name} is not set (the HMAC secret for VERP and unsubscribe tokens, e.g. `export {name}=$(openssl rand -hex 32)`); tokens shown here are made with a placeholder key"
+            );
+            Ok(placeholder_key())
         }
         Err(_) => Err(format!(
             "environment variable {name} is not set: it must hold the HMAC secret for VERP and unsubscribe tokens (16+ random bytes, e.g. `export {name}=$(openssl rand -hex 32)`)"
@@ -46,6 +67,10 @@ pub fn source_options(
             std::fs::create_dir_all(dir)
                 .with_context(|| format!("cannot create {}", dir.display()))?;
         }
+        eprintln!(
+            "blast: writing the demo list ({rows} rows) to {} — first run only, a few seconds",
+            r.path.display()
+        );
         let tmp = r.path.with_extension("csv.tmp");
         let f = std::fs::File::create(&tmp)
             .with_context(|| format!("cannot create {}", tmp.display()))?;
@@ -78,20 +103,24 @@ pub fn source_options(
 pub fn prepare(
     path: &Path,
     rejects: Option<PathBuf>,
+    purpose: Purpose,
 ) -> Result<(Campaign, Source, Renderer), Vec<String>> {
     let campaign = Campaign::load(path).map_err(|e| lines(e.problems()))?;
     let mut problems = Vec::new();
-    let key = load_key(&campaign).map_err(|e| problems.push(format!("{}: {e}", path.display())));
+    let key =
+        load_key(&campaign, purpose).map_err(|e| problems.push(format!("{}: {e}", path.display())));
     for node in &campaign.nodes {
         if let Some(auth) = &node.auth
             && std::env::var_os(&auth.password_env).is_none()
         {
-            problems.push(format!(
-                "{}: node {:?}: environment variable {} (its AUTH password) is not set",
-                path.display(),
-                node.name,
-                auth.password_env
-            ));
+            let missing = format!(
+                "node {:?}: environment variable {} (its AUTH password) is not set",
+                node.name, auth.password_env
+            );
+            match purpose {
+                Purpose::Send => problems.push(format!("{}: {missing}", path.display())),
+                Purpose::Inspect => eprintln!("blast: warning: needed to send: {missing}"),
+            }
         }
     }
     let source = source_options(&campaign, rejects)

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 
-use super::prepare::{prepare, report_problems};
+use super::prepare::{Purpose, prepare, report_problems};
 use super::{BadInput, exit};
 use crate::campaign::Campaign;
 use crate::journal::RowSet;
@@ -26,8 +26,10 @@ pub fn exit_code(report: &Report) -> u8 {
 }
 
 /// The summary printed at the end of a run, ending with the exit code.
-pub fn summary(report: &Report) -> String {
-    crate::report::RunSummary::new(report, exit_code(report)).to_string()
+pub fn summary(report: &Report, rejects: Option<&Path>) -> String {
+    crate::report::RunSummary::new(report, exit_code(report))
+        .rejects_file(rejects)
+        .to_string()
 }
 
 /// Writes the summary as JSON to `path` (through a temporary file: never half a file).
@@ -75,6 +77,9 @@ pub fn send(a: super::SendArgs) -> anyhow::Result<ExitCode> {
     } else {
         None
     };
+    if journaled && flags.new_run && loaded.all_embedded() {
+        start_demo_over(&loaded)?;
+    }
     let plan = if journaled {
         match RunPlan::choose(&loaded, &base_journal, opts.shard, flags)? {
             Planned::Finished(r) => {
@@ -91,7 +96,7 @@ pub fn send(a: super::SendArgs) -> anyhow::Result<ExitCode> {
         None
     };
     let rejects = (to.is_none() && !opts.dry_run).then(|| loaded.output.rejects.clone());
-    let (mut campaign, source, renderer) = match prepare(path, rejects) {
+    let (mut campaign, source, renderer) = match prepare(path, rejects.clone(), Purpose::Send) {
         Ok(t) => t,
         Err(problems) => return Ok(report_problems(&problems)),
     };
@@ -107,7 +112,7 @@ pub fn send(a: super::SendArgs) -> anyhow::Result<ExitCode> {
     let Some(plan) = plan else {
         let report = crate::send::run(&campaign, source, renderer, opts)
             .with_context(|| format!("sending {}", path.display()))?;
-        println!("{}", summary(&report));
+        println!("{}", summary(&report, rejects.as_deref()));
         if let Some(p) = summary_json {
             write_summary_json(p, &report, None)?;
         }
@@ -150,7 +155,7 @@ pub fn send(a: super::SendArgs) -> anyhow::Result<ExitCode> {
         }
     };
     let state = run.finish(&report)?;
-    println!("{}", summary(&report));
+    println!("{}", summary(&report, rejects.as_deref()));
     if let Some(p) = summary_json {
         write_summary_json(p, &report, Some((run.id, state)))?;
     }
@@ -165,4 +170,27 @@ pub fn send(a: super::SendArgs) -> anyhow::Result<ExitCode> {
         }
     );
     Ok(ExitCode::from(exit_code(&report)))
+}
+
+/// `--new-run` of a campaign whose nodes are all the embedded receiver (the demo): nothing
+/// left the machine, so the previous runs' journal and delivery log are worth nothing and are
+/// replaced, not appended to (six demo runs used to leave 640 MB behind).
+fn start_demo_over(c: &Campaign) -> anyhow::Result<()> {
+    let mut freed = crate::journal::remove_files(&c.output.journal)?;
+    for p in [&c.output.delivery_log, &c.output.rejects] {
+        match std::fs::metadata(p) {
+            Ok(m) => {
+                std::fs::remove_file(p)
+                    .with_context(|| format!("cannot remove {}", p.display()))?;
+                freed += m.len();
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e).with_context(|| format!("cannot read {}", p.display())),
+        }
+    }
+    eprintln!(
+        "blast: embedded receiver only: --new-run starts over ({} MB of the previous run's journal and delivery log removed)",
+        freed.div_ceil(1 << 20)
+    );
+    Ok(())
 }

@@ -60,6 +60,25 @@ pub use status::{DnsStatus, FailureReason, GroupCounts, NodeEventRow, StatusCoun
 pub use store::{Journal, OutcomeRecord, RunInfo, RunState};
 pub use writer::{BATCH, FLUSH_EVERY, JournalSender, JournalWriter, WriterStats};
 
+/// Deletes a journal and the files beside it (`-wal`, `-shm`, `-log`, `-log2`): for a campaign
+/// that starts over (the demo's `--new-run`). A file that is not there is fine. Returns the
+/// bytes freed.
+pub fn remove_files(path: &Path) -> Result<u64> {
+    let mut freed = 0;
+    for suffix in ["", "-wal", "-shm", "-log", "-log2"] {
+        let mut p = path.as_os_str().to_owned();
+        p.push(suffix);
+        let p = PathBuf::from(p);
+        match std::fs::metadata(&p) {
+            Ok(m) => freed += m.len(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(source) => return Err(JournalError::Io { path: p, source }),
+        }
+        std::fs::remove_file(&p).map_err(|source| JournalError::Io { path: p, source })?;
+    }
+    Ok(freed)
+}
+
 /// Why a journal operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum JournalError {

@@ -11,6 +11,7 @@ pub use status::StatusText;
 
 use std::fmt;
 use std::fmt::Write;
+use std::path::Path;
 
 use crate::send::dispatch::End;
 use crate::send::{NodeReport, Report, Signal};
@@ -74,12 +75,23 @@ impl fmt::Display for DnsLine {
 pub struct RunSummary<'a> {
     report: &'a Report,
     exit_code: u8,
+    rejects_file: Option<&'a Path>,
 }
 
 impl<'a> RunSummary<'a> {
     /// `exit_code` is what the process exits with (the CLI decides it).
     pub fn new(report: &'a Report, exit_code: u8) -> RunSummary<'a> {
-        RunSummary { report, exit_code }
+        RunSummary {
+            report,
+            exit_code,
+            rejects_file: None,
+        }
+    }
+
+    /// Where the rejected rows were written (none in a dry run or a `--to` test send).
+    pub fn rejects_file(mut self, path: Option<&'a Path>) -> RunSummary<'a> {
+        self.rejects_file = path;
+        self
     }
 }
 
@@ -87,7 +99,7 @@ impl fmt::Display for RunSummary<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let r = self.report;
         let mut s = String::new();
-        rows_lines(&mut s, r);
+        rows_lines(&mut s, r, self.rejects_file);
         outcome_lines(&mut s, r);
         rate_and_output_lines(&mut s, r);
         let why = match (r.signal, r.end) {
@@ -103,10 +115,15 @@ impl fmt::Display for RunSummary<'_> {
 }
 
 /// What was read: rows, rejects by reason, rows skipped (resumed, other shards, suppressed).
-fn rows_lines(s: &mut String, r: &Report) {
+fn rows_lines(s: &mut String, r: &Report, rejects_file: Option<&Path>) {
+    let rejects = match (r.source.rejected, rejects_file) {
+        (0, _) => String::new(),
+        (_, Some(p)) => format!(" (rows and reasons in {})", p.display()),
+        (_, None) => " (no rejects file in this mode)".to_string(),
+    };
     let _ = writeln!(
         s,
-        "rows       {} read, {} rejected (see the rejects file), {} rendered{}",
+        "rows       {} read, {} rejected{rejects}, {} rendered{}",
         r.source.rows,
         r.source.rejected,
         r.rendered,

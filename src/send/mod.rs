@@ -264,7 +264,14 @@ async fn run_async(
         .iter()
         .map(|n| (n.name.to_string(), n.counters.clone()))
         .collect();
-    let progress = Progress::start(opts.mode, counters.clone(), node_counters, total);
+    let progress = Progress::start(
+        opts.mode,
+        counters.clone(),
+        node_counters,
+        total,
+        shutdown.clone(),
+        opts.grace,
+    );
 
     let delivered = match (sink, signals) {
         (Some(sink), Some(signals)) => {

@@ -12,6 +12,8 @@ use std::time::{Duration, Instant};
 
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
+use crate::shutdown::Shutdown;
+
 /// Campaign-wide counters.
 #[derive(Debug, Default)]
 pub struct Counters {
@@ -27,11 +29,30 @@ pub struct Counters {
     pub possibly_duplicated: AtomicU64,
     /// Recipients currently waiting for a retry.
     pub waiting_retry: AtomicU64,
+    /// Rows final in earlier sessions of the run (a resume): counted as done from the start.
+    pub earlier: AtomicU64,
+    /// Rows the reader handed to the render threads.
+    pub queued: AtomicU64,
+    /// Set when the reader reached the end of the list (`list_read`): the rows of the whole
+    /// run that get an outcome (`earlier + queued`). Until then the display uses its estimate.
+    pub expected: AtomicU64,
+    pub list_read: AtomicBool,
 }
 
 impl Counters {
     pub fn finals(&self) -> u64 {
         get(&self.accepted) + get(&self.failed) + get(&self.expired)
+    }
+
+    /// Done and total of the whole run, for the display: the earlier sessions' rows count as
+    /// done, and once the list has been read the total is the real count, not `estimate`.
+    pub fn run_progress(&self, estimate: u64) -> (u64, u64) {
+        let done = get(&self.earlier) + self.finals();
+        if self.list_read.load(Ordering::Relaxed) {
+            (done, get(&self.expected).max(done))
+        } else {
+            (done, estimate.max(done))
+        }
     }
 }
 
@@ -88,15 +109,27 @@ pub struct Progress {
 }
 
 impl Progress {
-    /// Starts the display task. `total` is an estimate of the rows (for the bar and ETA).
+    /// Starts the display task. `total` is an estimate of the rows (for the bar and ETA) until
+    /// the reader knows the real count; `shutdown` and `grace` are shown when a signal stops
+    /// the run.
     pub fn start(
         mode: Mode,
         counters: Arc<Counters>,
         nodes: Vec<(String, Arc<NodeCounters>)>,
         total: u64,
+        shutdown: Arc<Shutdown>,
+        grace: Duration,
     ) -> Progress {
         let stop = Arc::new(AtomicBool::new(false));
-        let task = tokio::spawn(display(mode, counters, nodes, total, stop.clone()));
+        let view = View {
+            mode,
+            c: counters,
+            nodes,
+            estimate: total,
+            shutdown,
+            grace,
+        };
+        let task = tokio::spawn(display(view, stop.clone()));
         Progress {
             stop,
             task: Some(task),
@@ -113,23 +146,60 @@ impl Progress {
     }
 }
 
-async fn display(
+/// What the display reads.
+struct View {
     mode: Mode,
     c: Arc<Counters>,
     nodes: Vec<(String, Arc<NodeCounters>)>,
-    total: u64,
-    stop: Arc<AtomicBool>,
-) -> f64 {
+    estimate: u64,
+    shutdown: Arc<Shutdown>,
+    grace: Duration,
+}
+
+impl View {
+    /// After a signal: what the run is doing about it; None while it runs normally.
+    fn stopping(&self) -> Option<String> {
+        self.shutdown.signal()?;
+        let in_flight: u64 = self.nodes.iter().map(|(_, n)| get(&n.in_flight)).sum();
+        Some(if self.shutdown.is_cutting() {
+            format!("cutting off: {in_flight} in flight, closing connections now")
+        } else {
+            format!(
+                "stopping: {in_flight} in flight, grace {}s (Ctrl-C again to cut them off)",
+                self.grace.as_secs()
+            )
+        })
+    }
+
+    fn status(&self) -> String {
+        let c = &self.c;
+        let counts = format!(
+            "accepted {}  deferred {}  failed {}  expired {}",
+            get(&c.accepted),
+            get(&c.waiting_retry),
+            get(&c.failed),
+            get(&c.expired)
+        );
+        match self.stopping() {
+            Some(stop) => format!("{stop}  {counts}"),
+            None => counts,
+        }
+    }
+}
+
+async fn display(v: View, stop: Arc<AtomicBool>) -> f64 {
     let tick = Duration::from_millis(200);
     let line_every = Duration::from_secs(10);
     let started = Instant::now();
+    let c = v.c.clone();
     let mut window = (Instant::now(), c.finals());
     let mut peak = 0.0f64;
     let mut last_line = Instant::now();
+    let mut stop_said = false;
 
-    let (multi, overall, node_bars) = if mode == Mode::Bars {
+    let (multi, overall, node_bars) = if v.mode == Mode::Bars {
         let multi = MultiProgress::with_draw_target(ProgressDrawTarget::stderr_with_hz(5));
-        let overall = multi.add(ProgressBar::new(total.max(1)));
+        let overall = multi.add(ProgressBar::new(c.run_progress(v.estimate).1.max(1)));
         overall.set_style(
             ProgressStyle::with_template(
                 "{bar:30.green/white} {pos:>9}/{len:9} eta {eta:>4}  {msg}",
@@ -137,7 +207,8 @@ async fn display(
             .expect("static template")
             .progress_chars("█▉▊▋▌▍▎▏ "),
         );
-        let bars: Vec<ProgressBar> = nodes
+        let bars: Vec<ProgressBar> = v
+            .nodes
             .iter()
             .map(|_| {
                 let b = multi.add(ProgressBar::new_spinner());
@@ -153,47 +224,48 @@ async fn display(
     loop {
         let stopping = stop.load(Ordering::Relaxed);
         let finals = c.finals();
+        let (done, total) = c.run_progress(v.estimate);
         let now = Instant::now();
         let dt = now.duration_since(window.0);
         if dt >= Duration::from_secs(1) {
             peak = peak.max((finals - window.1) as f64 / dt.as_secs_f64());
             window = (now, finals);
         }
-        let status = format!(
-            "accepted {}  deferred {}  failed {}  expired {}",
-            get(&c.accepted),
-            get(&c.waiting_retry),
-            get(&c.failed),
-            get(&c.expired)
-        );
+        // This session's rate: rows of earlier sessions were not sent now.
+        let rate = finals as f64 / started.elapsed().as_secs_f64().max(0.001);
+        let status = v.status();
         if let Some(bar) = &overall {
-            if finals > bar.length().unwrap_or(0) {
-                bar.set_length(finals);
-            }
-            bar.set_position(finals);
-            let elapsed = started.elapsed().as_secs_f64().max(0.001);
-            bar.set_message(format!("{:>7.0}/s  {status}", finals as f64 / elapsed));
-            for ((name, n), b) in nodes.iter().zip(&node_bars) {
+            bar.set_length(total.max(1));
+            bar.set_position(done);
+            bar.set_message(format!("{rate:>7.0}/s  {status}"));
+            for ((name, n), b) in v.nodes.iter().zip(&node_bars) {
                 b.set_message(node_line(name, n));
             }
-        } else if mode == Mode::Lines && (last_line.elapsed() >= line_every || stopping) {
-            let elapsed = started.elapsed().as_secs_f64().max(0.001);
-            eprintln!(
-                "blast: {finals}/{total} done ({:.0}/s)  {status}",
-                finals as f64 / elapsed
-            );
-            for (name, n) in &nodes {
-                eprintln!("blast:   {}", node_line(name, n));
+        } else if v.mode == Mode::Lines {
+            // A stop is said at once, not at the next 10-second line.
+            let stop_now = !stop_said && v.stopping().is_some();
+            if last_line.elapsed() >= line_every || stopping || stop_now {
+                stop_said |= stop_now;
+                eprintln!("blast: {done}/{total} done ({rate:.0}/s)  {status}");
+                for (name, n) in &v.nodes {
+                    eprintln!("blast:   {}", node_line(name, n));
+                }
+                last_line = Instant::now();
             }
-            last_line = Instant::now();
         }
         if stopping {
             break;
         }
         tokio::time::sleep(tick).await;
     }
+    let (done, total) = c.run_progress(v.estimate);
     if let Some(bar) = overall {
-        bar.finish();
+        if done >= total {
+            bar.finish();
+        } else {
+            // Stopped early: the bar stays at the real count (finish() would fill it).
+            bar.abandon();
+        }
     }
     for b in node_bars {
         b.finish();

@@ -57,6 +57,9 @@ pub(super) fn start_stages(
     };
     source.expect_rows(rows);
     if let Some(done) = skip {
+        counters
+            .earlier
+            .store(done.len(), std::sync::atomic::Ordering::Relaxed);
         source.skip_done(done);
     }
     let reader = {
@@ -64,7 +67,19 @@ pub(super) fn start_stages(
         let (limit, shard) = (opts.limit, opts.shard);
         std::thread::Builder::new()
             .name("blast-reader".into())
-            .spawn(move || read_loop(source, batch_tx, stop, limit, suppressions.as_ref(), shard))
+            .spawn({
+                let counters = counters.clone();
+                move || {
+                    let read = Read {
+                        stop,
+                        limit,
+                        suppressions: suppressions.as_ref(),
+                        shard,
+                        counters: &counters,
+                    };
+                    read_loop(source, batch_tx, read)
+                }
+            })
             .map_err(SendError::Runtime)?
     };
     let renderer = Arc::new(renderer);
@@ -110,14 +125,32 @@ impl Stages {
     }
 }
 
+/// What the reader thread works with besides the list.
+struct Read<'a> {
+    stop: Arc<Shutdown>,
+    limit: Option<u64>,
+    suppressions: Option<&'a crate::bounce::suppression::Suppressions>,
+    shard: Option<crate::send::shard::Shard>,
+    counters: &'a Counters,
+}
+
 fn read_loop(
     mut source: Source,
     tx: async_channel::Sender<Vec<Recipient>>,
-    stop: Arc<Shutdown>,
-    limit: Option<u64>,
-    suppressions: Option<&crate::bounce::suppression::Suppressions>,
-    shard: Option<crate::send::shard::Shard>,
+    read: Read<'_>,
 ) -> Result<ReadEnd, crate::send::source::SourceError> {
+    let Read {
+        stop,
+        limit,
+        suppressions,
+        shard,
+        counters,
+    } = read;
+    let handed = |n: usize| {
+        counters
+            .queued
+            .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed)
+    };
     let mut batch = Vec::with_capacity(BATCH);
     let (mut eof, mut suppressed) = (false, 0u64);
     let mut other_shards = 0u64;
@@ -143,6 +176,7 @@ fn read_loop(
                 batch.push(r);
                 if batch.len() == BATCH {
                     let full = std::mem::replace(&mut batch, Vec::with_capacity(BATCH));
+                    handed(full.len());
                     if tx.send_blocking(full).is_err() {
                         break;
                     }
@@ -154,8 +188,18 @@ fn read_loop(
             }
         }
     }
-    if !batch.is_empty() && !stop.is_stopping() && tx.send_blocking(batch).is_err() {
-        eof = false;
+    let last = batch.len();
+    if !batch.is_empty() && !stop.is_stopping() {
+        handed(last);
+        if tx.send_blocking(batch).is_err() {
+            eof = false;
+        }
+    }
+    if eof {
+        use std::sync::atomic::Ordering::Relaxed;
+        let expected = counters.earlier.load(Relaxed) + counters.queued.load(Relaxed);
+        counters.expected.store(expected, Relaxed);
+        counters.list_read.store(true, Relaxed);
     }
     let stats = source.finish()?;
     Ok(ReadEnd {

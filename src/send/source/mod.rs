@@ -383,6 +383,11 @@ pub struct Source {
     rejects: Option<Rejects>,
     stats: SourceStats,
     done: Option<Arc<crate::journal::RowSet>>,
+    /// The row whose reject reason is kept ([`Source::watch`]), and the reason once rejected.
+    watch: Option<(u64, Option<RejectReason>)>,
+    /// The first rejects kept for `check` ([`Source::keep_first_rejects`]), and how many.
+    first_rejects: Vec<(u64, u64, RejectReason)>,
+    keep_rejects: usize,
 }
 
 impl Source {
@@ -477,6 +482,9 @@ impl Source {
             rejects,
             stats: SourceStats::default(),
             done: None,
+            watch: None,
+            first_rejects: Vec::new(),
+            keep_rejects: 0,
         })
     }
 
@@ -498,6 +506,27 @@ impl Source {
     /// dedupe, so a later duplicate of a done row is still rejected as before.
     pub fn skip_done(&mut self, done: Arc<crate::journal::RowSet>) {
         self.done = Some(done);
+    }
+
+    /// Keeps the reason if `row` is rejected (see [`Source::watched_reject`]): for `preview`,
+    /// which must say why the row asked for is not there.
+    pub fn watch(&mut self, row: u64) {
+        self.watch = Some((row, None));
+    }
+
+    /// Why the watched row was rejected, once it has been read and was.
+    pub fn watched_reject(&self) -> Option<&RejectReason> {
+        self.watch.as_ref().and_then(|(_, r)| r.as_ref())
+    }
+
+    /// Keeps the row, line and reason of the first `n` rejected rows ([`Source::first_rejects`]):
+    /// for `check`, which shows them.
+    pub fn keep_first_rejects(&mut self, n: usize) {
+        self.keep_rejects = n;
+    }
+
+    pub fn first_rejects(&self) -> &[(u64, u64, RejectReason)] {
+        &self.first_rejects
     }
 
     /// The fast path of [`Source::skip_done`]: true when the current record was skipped.
@@ -580,6 +609,14 @@ impl Source {
         cut: bool,
     ) -> Result<(), SourceError> {
         self.stats.reject(reason.kind());
+        if self.first_rejects.len() < self.keep_rejects {
+            self.first_rejects.push((row, line, reason.clone()));
+        }
+        if let Some((watched, kept)) = &mut self.watch
+            && *watched == row
+        {
+            *kept = Some(reason.clone());
+        }
         if let Some(rejects) = &mut self.rejects {
             let shorten = cut.then_some(ECHO);
             rejects.write(row, line, reason, &self.record, shorten)?;
