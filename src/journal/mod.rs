@@ -72,9 +72,9 @@ pub fn remove_files(path: &Path) -> Result<u64> {
         match std::fs::metadata(&p) {
             Ok(m) => freed += m.len(),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-            Err(source) => return Err(JournalError::Io { path: p, source }),
+            Err(cause) => return Err(JournalError::Io { path: p, cause }),
         }
-        std::fs::remove_file(&p).map_err(|source| JournalError::Io { path: p, source })?;
+        std::fs::remove_file(&p).map_err(|cause| JournalError::Io { path: p, cause })?;
     }
     Ok(freed)
 }

@@ -35,11 +35,11 @@ mod stream;
 mod tls;
 mod wire;
 
-pub(crate) use wire::stuff_body;
 pub use client::{Capabilities, Connection, Delivery, Stage};
 pub(crate) use reply::complete_len;
 pub use reply::{EnhancedStatus, MAX_REPLY_BYTES, Reply, ReplyError};
 pub use settings::{ClientSettings, ClientSettingsBuilder, Credentials, TlsMode};
+pub(crate) use wire::stuff_body;
 
 use std::io;
 use std::net::SocketAddr;
