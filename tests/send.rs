@@ -958,13 +958,13 @@ fn max_age_bounds_a_transaction_in_flight() {
     let camp = Camp::write("trickle", &cfg, &addrs("user", 3), &[]);
     let running = camp.spawn();
     let report = running.wait(RUN_LIMIT);
-    eprintln!("{}", cli::summary(&report));
+    eprintln!("{}", cli::summary(&report, None));
     check_report(&report, &camp);
-    assert_eq!(report.expired, 3, "{}", cli::summary(&report));
+    assert_eq!(report.expired, 3, "{}", cli::summary(&report, None));
     assert!(
         report.duration < Duration::from_secs(4),
         "{}",
-        cli::summary(&report)
+        cli::summary(&report, None)
     );
     for l in camp.log().values() {
         assert_eq!(outcome(l), "expired", "{l}");
